@@ -1,0 +1,77 @@
+"""A blocking face for any asyncio gateway, by running it on a private event loop thread.
+
+The embedded gateway is asyncio-native (it shares the daemon's code); code
+without an event loop still deserves the same calls, so this bridge owns one
+loop in a daemon thread and submits every call to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ratatoskr_client.protocol import ModelGateway
+from ratatoskr_client.types import EmbedResult
+
+T = TypeVar("T")
+
+
+class BlockingGateway:
+    """Wraps an async ``ModelGateway`` built on the bridge's own loop."""
+
+    def __init__(self, factory: Callable[[], Awaitable[ModelGateway]]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ratatoskr-embedded", daemon=True)
+        self._thread.start()
+        self._closed = False
+        try:
+            self._inner: ModelGateway = self._run(self._build(factory))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _build(factory: Callable[[], Awaitable[ModelGateway]]) -> ModelGateway:
+        return await factory()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def inner(self) -> ModelGateway:
+        return self._inner
+
+    def embed(
+        self,
+        inputs: Sequence[str],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        return self._run(self._inner.embed(inputs, model=model, truncate=truncate, timeout=timeout))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._inner.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> BlockingGateway:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

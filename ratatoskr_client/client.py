@@ -1,0 +1,217 @@
+"""gRPC transport: ``AsyncServiceClient`` (grpc.aio) and ``ServiceClient`` (blocking).
+
+Both return domain types and raise the typed errors of ``errors.py``; the
+status-code mapping is the shared table there, read in reverse.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ratatoskr_client import convert
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
+from ratatoskr_client.errors import RatatoskrError, error_for_code
+from ratatoskr_client.paths import grpc_target
+from ratatoskr_client.types import EmbedResult, LoadedModel, ReloadResult, ServerStatus
+
+RETRY_AFTER_KEY = "retry-after"
+REQUEST_ID_KEY = "x-request-id"
+
+#: Embedding responses for big batches exceed gRPC's 4 MiB default.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
+
+
+def raise_for_rpc_error(err: grpc.RpcError) -> NoReturn:
+    """Re-raise a gRPC failure as the matching typed error."""
+    call: Any = err  # every RpcError the stubs raise is also a grpc.Call
+    code: grpc.StatusCode = call.code()
+    details: str = call.details() or code.name
+    retry_after: float | None = None
+    for key, value in call.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                retry_after = float(value)
+            except (TypeError, ValueError):
+                retry_after = None
+    raise error_for_code(code.name, details, retry_after_s=retry_after) from None
+
+
+def _health_status_name(resp: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+class AsyncServiceClient:
+    """A connection to a daemon over its Unix socket or TCP, for asyncio code."""
+
+    def __init__(self, address: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+        self.target = grpc_target(address)
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._gateway = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def embed(
+        self,
+        inputs: Sequence[str],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        req = convert.embed_request_to_pb(inputs, model, truncate)
+        try:
+            resp = await self._gateway.Embed(req, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.embed_result_from_pb(resp)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
+        try:
+            resp = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
+            )
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return _health_status_name(resp)
+
+    async def status(self) -> ServerStatus:
+        try:
+            resp = await self._admin.Status(admin_pb2.StatusRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.status_from_pb(resp)
+
+    async def reload(self) -> ReloadResult:
+        try:
+            resp = await self._admin.Reload(admin_pb2.ReloadRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.reload_from_pb(resp)
+
+    async def load_model(self, name: str) -> LoadedModel:
+        try:
+            resp = await self._admin.LoadModel(admin_pb2.LoadModelRequest(model=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.loaded_model_from_pb(resp)
+
+    async def unload_model(self, name: str) -> bool:
+        try:
+            resp = await self._admin.UnloadModel(admin_pb2.UnloadModelRequest(model=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return resp.unloaded
+
+    async def list_loaded_models(self) -> list[LoadedModel]:
+        try:
+            resp = await self._admin.ListLoadedModels(admin_pb2.ListLoadedModelsRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return [convert.loaded_model_from_pb(m) for m in resp.models]
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncServiceClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class ServiceClient:
+    """A blocking connection to a daemon, for code without an event loop."""
+
+    def __init__(self, address: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+        self.target = grpc_target(address)
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._gateway = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def embed(
+        self,
+        inputs: Sequence[str],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        req = convert.embed_request_to_pb(inputs, model, truncate)
+        try:
+            resp = self._gateway.Embed(req, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.embed_result_from_pb(resp)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
+        try:
+            resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return _health_status_name(resp)
+
+    def status(self) -> ServerStatus:
+        try:
+            resp = self._admin.Status(admin_pb2.StatusRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.status_from_pb(resp)
+
+    def reload(self) -> ReloadResult:
+        try:
+            resp = self._admin.Reload(admin_pb2.ReloadRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.reload_from_pb(resp)
+
+    def load_model(self, name: str) -> LoadedModel:
+        try:
+            resp = self._admin.LoadModel(admin_pb2.LoadModelRequest(model=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return convert.loaded_model_from_pb(resp)
+
+    def unload_model(self, name: str) -> bool:
+        try:
+            resp = self._admin.UnloadModel(admin_pb2.UnloadModelRequest(model=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return resp.unloaded
+
+    def list_loaded_models(self) -> list[LoadedModel]:
+        try:
+            resp = self._admin.ListLoadedModels(admin_pb2.ListLoadedModelsRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        return [convert.loaded_model_from_pb(m) for m in resp.models]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+__all__ = ["AsyncServiceClient", "RatatoskrError", "ServiceClient", "raise_for_rpc_error"]

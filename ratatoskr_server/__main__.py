@@ -1,0 +1,3 @@
+from ratatoskr_server.cli import main
+
+raise SystemExit(main())

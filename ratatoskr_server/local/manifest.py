@@ -1,0 +1,53 @@
+"""The small JSON file that tells the runtime how to serve a model directory.
+
+Imported models get one written by ``ratatoskr models import``; users who
+bring an ONNX file exported elsewhere write one by hand.  Keeping every
+serving decision (input names, pooling, window) in this file means the
+runtime never has to guess from the graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    task: Literal["embed", "nli", "classify"]
+    architecture: str = Field(description="Model family, e.g. 'bert'.")
+    source: str = Field(default="", description="Where the weights were imported from.")
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    #: Graph inputs in the order the tokenizer fills them; any subset of
+    #: input_ids, attention_mask, token_type_ids.
+    input_names: list[str] = Field(default_factory=lambda: ["input_ids", "attention_mask"])
+    output_name: str
+    #: "sentence_embedding": one vector per input, pooled (and maybe normalised) in the graph.
+    #: "token_embeddings": one vector per token; the runtime pools with ``pooling``.
+    #: "logits": classification head output, one row of ``labels`` per input.
+    output_kind: Literal["sentence_embedding", "token_embeddings", "logits"]
+    pooling: Literal["mean", "cls"] = "mean"
+    #: True when the runtime must L2-normalise the vectors (False when the graph already does).
+    normalize: bool = False
+    dimension: int | None = None
+    max_length: int = Field(gt=0)
+    labels: list[str] = Field(default_factory=list)
+    quantization: str | None = None
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelManifest:
+        return cls.model_validate_json((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+    def write(self, model_dir: Path) -> Path:
+        path = model_dir / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path

@@ -1,0 +1,128 @@
+"""What every RPC goes through: request id, in-flight limit, status mapping, metrics, one log line.
+
+Errors raised in the core are domain exceptions; their ``code`` (the table in
+``ratatoskr_client.errors``) becomes the gRPC status here and nowhere else.
+Anything unexpected is logged with its traceback and answered INTERNAL with
+the request id, so the caller never sees a Python traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+import grpc.aio
+
+from ratatoskr_client.client import REQUEST_ID_KEY, RETRY_AFTER_KEY
+from ratatoskr_client.errors import RatatoskrError, Unimplemented
+from ratatoskr_server.telemetry.metrics import Metrics
+
+log = logging.getLogger("ratatoskr.request")
+
+T = TypeVar("T")
+
+
+class Edge:
+    def __init__(self, metrics: Metrics, max_in_flight: int) -> None:
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def call(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        handler: Callable[[], Awaitable[T]],
+        *,
+        model: str = "",
+        limited: bool = True,
+    ) -> T:
+        """Run ``handler`` as RPC ``rpc``; ``limited`` calls count against ``server.max_in_flight``."""
+        request_id = _request_id(context)
+        started = time.perf_counter()
+        code = "OK"
+        counted = False
+        trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, request_id)]
+        try:
+            if limited:
+                if self.in_flight >= self.max_in_flight:
+                    code = "RESOURCE_EXHAUSTED"
+                    trailing.append((RETRY_AFTER_KEY, "1"))
+                    await _abort(
+                        context,
+                        trailing,
+                        code,
+                        f"the daemon is at its limit of {self.max_in_flight} requests in flight "
+                        "(server.max_in_flight); retry shortly",
+                    )
+                self.in_flight += 1
+                counted = True
+                self.metrics.in_flight.inc()
+            result = await handler()
+            context.set_trailing_metadata(tuple(trailing))
+            return result
+        except RatatoskrError as err:
+            code = err.code
+            if err.retry_after_s is not None:
+                trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
+            await _abort(context, trailing, code, err.message)
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unhandled error", extra={"request_id": request_id, "rpc": rpc})
+            await _abort(
+                context, trailing, code, f"internal error (request id {request_id}); the daemon's log has details"
+            )
+        finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(rpc=rpc, code=code).inc()
+            self.metrics.latency.labels(rpc=rpc).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "rpc": rpc,
+                    "model": model,
+                    "status": code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+    async def unimplemented(
+        self, rpc: str, context: grpc.aio.ServicerContext[object, object], what_is_missing: str
+    ) -> NoReturn:
+        """Answer UNIMPLEMENTED saying what is missing: never a made-up answer."""
+
+        async def fail() -> NoReturn:
+            raise Unimplemented(f"{rpc} is not available in this version: {what_is_missing}")
+
+        await self.call(rpc, context, fail, limited=False)
+        raise AssertionError("unreachable")  # call() always aborts for a raising handler
+
+
+def _request_id(context: grpc.aio.ServicerContext[object, object]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[object, object], trailing: list[tuple[str, str]], code: str, message: str
+) -> NoReturn:
+    context.set_trailing_metadata(tuple(trailing))
+    await context.abort(grpc.StatusCode[code], message)
+    raise AssertionError("unreachable")  # abort() raises

@@ -1,0 +1,158 @@
+"""gRPC servicers: decode the request, call the gateway or daemon, encode the answer.
+
+No decisions live here; each method is protobuf conversion around one call,
+run through the ``Edge`` so limits, status codes, metrics and logs are uniform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc.aio
+
+from ratatoskr_client import convert
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
+from ratatoskr_client.types import ReloadResult, ServerStatus
+from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.rpc.edge import Edge
+
+Context = grpc.aio.ServicerContext[object, object]
+
+_NO_PROVIDERS = (
+    "no chat providers are built yet (OpenAI-compatible, Anthropic, Ollama and Hugging Face adapters are "
+    "planned); this daemon serves local embeddings through Embed"
+)
+_NO_CROSS_ENCODERS = "cross-encoder (NLI) models are not served yet; local embedding models are, through Embed"
+_NO_TOKEN_RPCS = "token counting and tokenization with a model's tokenizer are not built yet"
+_NO_REGISTRY = (
+    "the model metadata registry is not built yet; Admin.ListLoadedModels lists the local models that are loaded"
+)
+
+
+class DaemonControl(Protocol):
+    """What the Admin service needs from the process that hosts it."""
+
+    def status(self) -> ServerStatus: ...
+
+    async def reload(self) -> ReloadResult: ...
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, gateway: Gateway, edge: Edge) -> None:
+        self.gateway = gateway
+        self.edge = edge
+
+    async def Embed(self, request: gateway_pb2.EmbedRequest, context: Context) -> gateway_pb2.EmbedResponse:
+        inputs, model, truncate = convert.embed_request_from_pb(request)
+
+        async def run() -> gateway_pb2.EmbedResponse:
+            result = await self.gateway.embed(inputs, model=model, truncate=truncate, timeout=context.time_remaining())
+            self.edge.metrics.embedded_inputs.labels(model=result.model).inc(len(inputs))
+            self.edge.metrics.input_tokens.labels(model=result.model).inc(result.timing.input_tokens)
+            return convert.embed_result_to_pb(result)
+
+        return await self.edge.call(
+            "Embed", context, run, model=model or self.gateway.settings.local.default_embed_model
+        )
+
+    async def Chat(self, request: gateway_pb2.ChatRequest, context: Context) -> gateway_pb2.ChatResponse:
+        await self.edge.unimplemented("Chat", context, _NO_PROVIDERS)
+
+    async def ChatStream(
+        self, request: gateway_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[types_pb2.ChatEvent]:
+        await self.edge.unimplemented("ChatStream", context, _NO_PROVIDERS)
+        yield types_pb2.ChatEvent()  # pragma: no cover - makes this an async generator
+
+    async def Generate(self, request: gateway_pb2.GenerateRequest, context: Context) -> gateway_pb2.GenerateResponse:
+        await self.edge.unimplemented("Generate", context, _NO_PROVIDERS)
+
+    async def GenerateStream(
+        self, request: gateway_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[types_pb2.ChatEvent]:
+        await self.edge.unimplemented("GenerateStream", context, _NO_PROVIDERS)
+        yield types_pb2.ChatEvent()  # pragma: no cover - makes this an async generator
+
+    async def Nli(self, request: gateway_pb2.NliRequest, context: Context) -> gateway_pb2.NliResponse:
+        await self.edge.unimplemented("Nli", context, _NO_CROSS_ENCODERS)
+
+    async def Classify(self, request: gateway_pb2.ClassifyRequest, context: Context) -> gateway_pb2.ClassifyResponse:
+        await self.edge.unimplemented(
+            "Classify", context, "zero-shot classification (NLI- or embedding-based) is not built yet"
+        )
+
+    async def CountTokens(
+        self, request: gateway_pb2.CountTokensRequest, context: Context
+    ) -> gateway_pb2.CountTokensResponse:
+        await self.edge.unimplemented("CountTokens", context, _NO_TOKEN_RPCS)
+
+    async def Tokenize(self, request: gateway_pb2.TokenizeRequest, context: Context) -> gateway_pb2.TokenizeResponse:
+        await self.edge.unimplemented("Tokenize", context, _NO_TOKEN_RPCS)
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: Context
+    ) -> gateway_pb2.ListModelsResponse:
+        await self.edge.unimplemented("ListModels", context, _NO_REGISTRY)
+
+    async def GetModelMetadata(
+        self, request: gateway_pb2.GetModelMetadataRequest, context: Context
+    ) -> types_pb2.ModelMetadata:
+        await self.edge.unimplemented("GetModelMetadata", context, _NO_REGISTRY)
+
+    async def RenderChatTemplate(
+        self, request: gateway_pb2.RenderChatTemplateRequest, context: Context
+    ) -> gateway_pb2.RenderChatTemplateResponse:
+        await self.edge.unimplemented(
+            "RenderChatTemplate", context, "chat templates per model family are not built yet"
+        )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, gateway: Gateway, daemon: DaemonControl, edge: Edge) -> None:
+        self.gateway = gateway
+        self.daemon = daemon
+        self.edge = edge
+
+    async def Status(self, request: admin_pb2.StatusRequest, context: Context) -> admin_pb2.StatusResponse:
+        async def run() -> admin_pb2.StatusResponse:
+            return convert.status_to_pb(self.daemon.status())
+
+        return await self.edge.call("Status", context, run, limited=False)
+
+    async def Reload(self, request: admin_pb2.ReloadRequest, context: Context) -> admin_pb2.ReloadResponse:
+        async def run() -> admin_pb2.ReloadResponse:
+            return convert.reload_to_pb(await self.daemon.reload())
+
+        return await self.edge.call("Reload", context, run, limited=False)
+
+    async def LoadModel(self, request: admin_pb2.LoadModelRequest, context: Context) -> admin_pb2.LoadedModel:
+        async def run() -> admin_pb2.LoadedModel:
+            return convert.loaded_model_to_pb(await self.gateway.load_model(request.model))
+
+        return await self.edge.call("LoadModel", context, run, model=request.model)
+
+    async def UnloadModel(
+        self, request: admin_pb2.UnloadModelRequest, context: Context
+    ) -> admin_pb2.UnloadModelResponse:
+        async def run() -> admin_pb2.UnloadModelResponse:
+            unloaded = await self.gateway.unload_model(request.model)
+            message = "unloaded" if unloaded else "the model was not loaded"
+            return admin_pb2.UnloadModelResponse(unloaded=unloaded, message=message)
+
+        return await self.edge.call("UnloadModel", context, run, model=request.model, limited=False)
+
+    async def ListLoadedModels(
+        self, request: admin_pb2.ListLoadedModelsRequest, context: Context
+    ) -> admin_pb2.ListLoadedModelsResponse:
+        async def run() -> admin_pb2.ListLoadedModelsResponse:
+            models = self.gateway.loaded_models()
+            return admin_pb2.ListLoadedModelsResponse(
+                models=[convert.loaded_model_to_pb(m) for m in models],
+                memory_used_mb=sum(m.memory_mb for m in models),
+            )
+
+        return await self.edge.call("ListLoadedModels", context, run, limited=False)
+
+    async def GetBudget(self, request: admin_pb2.GetBudgetRequest, context: Context) -> admin_pb2.GetBudgetResponse:
+        await self.edge.unimplemented("GetBudget", context, "cost budgets are not built yet")

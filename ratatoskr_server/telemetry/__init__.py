@@ -1,0 +1,1 @@
+"""Metrics, structured logs and (later) traces, injected into the edge rather than imported everywhere."""

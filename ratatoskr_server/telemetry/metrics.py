@@ -1,0 +1,51 @@
+"""Prometheus metrics on their own registry and port, never on the gRPC port.
+
+A private registry (not prometheus_client's global one) lets an embedded
+gateway and a daemon live in one process, as they do in tests, without
+colliding metric names.
+"""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ratatoskr_requests",
+            "RPCs answered, by method and gRPC status code.",
+            ["rpc", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ratatoskr_request_duration_seconds",
+            "Time to answer an RPC, by method.",
+            ["rpc"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("ratatoskr_in_flight_requests", "Model calls being served now.", registry=self.registry)
+        self.embedded_inputs = Counter(
+            "ratatoskr_embedded_inputs", "Texts embedded, by model.", ["model"], registry=self.registry
+        )
+        self.input_tokens = Counter(
+            "ratatoskr_input_tokens", "Tokens read by models, by model.", ["model"], registry=self.registry
+        )
+        self._server: WSGIServer | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint; returns the bound port (useful when ``port`` is 0)."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
