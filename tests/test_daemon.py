@@ -1,0 +1,93 @@
+"""The daemon over a real Unix socket and TCP: health, reflection, permissions, metrics, logs."""
+
+from __future__ import annotations
+
+import stat
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ratatoskr_client import AsyncServiceClient, NotFound, ServiceClient
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import MODEL, DaemonProcess
+
+
+def test_health_serving_and_socket_permissions(daemon: DaemonProcess) -> None:
+    with daemon.client() as client:
+        assert client.health() == "SERVING"
+        assert client.health("ratatoskr.v1.Gateway") == "SERVING"
+    assert stat.S_ISSOCK(daemon.socket.stat().st_mode)
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(daemon.socket.parent.stat().st_mode) == 0o700
+
+
+def test_reflection_lists_both_services(daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"ratatoskr.v1.Gateway", "ratatoskr.v1.Admin", "grpc.health.v1.Health"} <= names
+
+
+def test_tcp_and_socket_give_the_same_vectors(daemon: DaemonProcess) -> None:
+    texts = ["a quick test over two transports", "second input"]
+    with daemon.client() as via_socket, ServiceClient(daemon.tcp_address()) as via_tcp:
+        a = via_socket.embed(texts)
+        b = via_tcp.embed(texts)
+    assert a.vectors == b.vectors
+    assert a.dimension == 384 and a.normalized and a.model == MODEL
+    assert a.tokens == [8, 4]
+    assert a.timing.total_ms > 0 and a.timing.inference_ms > 0 and a.timing.input_tokens == 12
+
+
+async def test_async_client_over_tcp(daemon: DaemonProcess) -> None:
+    async with AsyncServiceClient(daemon.tcp_address(), timeout=10) as client:
+        result = await client.embed(["asyncio works too"])
+        status = await client.status()
+    assert len(result.vectors[0]) == 384
+    assert status.state == "serving"
+    assert [m.name for m in status.models] == [MODEL]
+    assert status.models[0].device == "CPUExecutionProvider"
+
+
+def test_unbuilt_rpcs_say_what_is_missing(daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            gateway.Chat(gateway_pb2.ChatRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "chat providers" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            list(gateway.ChatStream(gateway_pb2.ChatRequest(), timeout=5))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        admin = admin_pb2_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            admin.GetBudget(admin_pb2.GetBudgetRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "budget" in info.value.details()
+
+
+def test_admin_models(daemon: DaemonProcess) -> None:
+    with daemon.client(timeout=30) as client:
+        (loaded,) = client.list_loaded_models()
+        assert loaded.name == MODEL and loaded.state == "ready"
+        assert loaded.file_mb > 80 and loaded.memory_mb > 0
+        with pytest.raises(NotFound):
+            client.load_model("no-such-model")
+
+
+def test_metrics_and_one_log_line_per_request(daemon: DaemonProcess) -> None:
+    with daemon.client(timeout=10) as client:
+        client.embed(["count me"])
+    body = urllib.request.urlopen(daemon.metrics_url(), timeout=5).read().decode()
+    assert 'ratatoskr_requests_total{code="OK",rpc="Embed"}' in body
+    assert 'ratatoskr_request_duration_seconds_bucket{le="0.1",rpc="Embed"}' in body
+    assert f'ratatoskr_embedded_inputs_total{{model="{MODEL}"}}' in body
+    requests = [r for r in daemon.records() if r.get("msg") == "request" and r.get("rpc") == "Embed"]
+    assert requests, daemon.log()
+    line = requests[-1]
+    assert {"request_id", "rpc", "model", "status", "duration_ms"} <= set(line)
+    assert line["status"] == "OK" and line["model"] == MODEL and len(line["request_id"]) >= 16

@@ -1,0 +1,125 @@
+"""Process lifecycle: draining on SIGTERM, socket ownership, SIGHUP reload, the in-flight limit."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ratatoskr_client import ResourceExhausted, ServiceClient
+from ratatoskr_client.types import EmbedResult
+from tests.conftest import REPO, DaemonProcess, clean_env
+
+
+def _wait_for_in_flight(d: DaemonProcess, at_least: int = 1, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with d.client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if client.status().in_flight >= at_least:
+                return
+            time.sleep(0.005)
+    raise AssertionError("the request never showed up as in flight")
+
+
+def test_sigterm_lets_the_in_flight_call_finish(model_root: Path) -> None:
+    d = DaemonProcess(model_root).start()
+    texts = [f"sentence number {i} of a batch large enough to take a while" for i in range(1500)]
+    outcome: dict[str, EmbedResult | BaseException] = {}
+
+    def call() -> None:
+        try:
+            with ServiceClient(d.socket, timeout=60) as client:
+                outcome["result"] = client.embed(texts)
+        except BaseException as err:
+            outcome["result"] = err
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    _wait_for_in_flight(d)
+    d.signal(signal.SIGTERM)
+    worker.join(timeout=60)
+    assert d.stop(timeout=60) == 0, d.log()
+    result = outcome["result"]
+    assert isinstance(result, EmbedResult), result
+    assert len(result.vectors) == len(texts)
+    assert not d.socket.exists()  # removed on the way out
+    assert any(r.get("msg") == "draining" and r.get("in_flight") == 1 for r in d.records())
+
+
+def test_stale_socket_is_replaced_and_live_one_refused(model_root: Path) -> None:
+    d = DaemonProcess(model_root)
+    d.socket.parent.mkdir(mode=0o700, parents=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(d.socket))  # bound but never listening: what a crashed daemon leaves
+    stale.close()
+    d.start()
+    try:
+        with d.client(timeout=10) as client:
+            assert client.health() == "SERVING"
+        assert any(r.get("msg") == "replaced stale socket" for r in d.records())
+
+        second = subprocess.run(
+            [sys.executable, "-m", "ratatoskr_server", "serve", "--config", str(d.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+            cwd=REPO,
+        )
+        assert second.returncode == 1
+        assert "already listening" in second.stdout + second.stderr
+        assert "Traceback" not in second.stdout + second.stderr
+        with d.client(timeout=10) as client:  # the first daemon is untouched
+            assert client.health() == "SERVING"
+    finally:
+        assert d.stop() == 0
+
+
+def test_sighup_reloads_configuration(model_root: Path) -> None:
+    d = DaemonProcess(model_root).start()
+    try:
+        with d.client(timeout=10) as client:
+            assert client.status().max_in_flight == 256
+        d.config["server"]["max_in_flight"] = 7
+        d.config["server"]["tcp_port"] = 1
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        with d.client(timeout=10) as client:
+            while client.status().max_in_flight != 7 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.status().max_in_flight == 7
+            # A broken file is refused and the running configuration kept.
+            d.config_path.write_text("server = [", encoding="utf-8")
+            result = client.reload()
+            assert not result.applied and "not valid TOML" in result.message
+            assert client.status().max_in_flight == 7
+        (line,) = [r for r in d.records() if r.get("msg") == "configuration reloaded"]
+        assert line["changed"] == ["server.max_in_flight"]
+        assert line["needs_restart"] == ["server.tcp_port"]
+    finally:
+        assert d.stop() == 0
+
+
+def test_in_flight_limit_answers_resource_exhausted(model_root: Path) -> None:
+    d = DaemonProcess(model_root, server={"max_in_flight": 1}).start()
+    try:
+        texts = [f"busy sentence {i} for the limiter" for i in range(800)]
+        slow = threading.Thread(target=lambda: d.client(timeout=60).embed(texts))
+        slow.start()
+        _wait_for_in_flight(d)
+        with d.client(timeout=10) as client, pytest.raises(ResourceExhausted) as info:
+            client.embed(["one more"])
+        assert "max_in_flight" in info.value.message
+        assert info.value.retry_after_s == 1.0
+        slow.join(timeout=60)
+        with d.client(timeout=10) as client:  # capacity is back once the slow call ends
+            assert len(client.embed(["now it fits"]).vectors) == 1
+    finally:
+        assert d.stop() == 0
