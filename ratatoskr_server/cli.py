@@ -242,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RatatoskrError as err:
         print(f"ratatoskr: {err.code}: {err.message}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        return 0  # output piped into head or similar
     except (ValueError, OSError) as err:
         print(f"ratatoskr: {err}", file=sys.stderr)
         return EXIT_FAILURE

@@ -18,7 +18,6 @@ from ratatoskr_server.local.importer import (
     import_bert_checkpoint,
 )
 from ratatoskr_server.local.manifest import ModelManifest
-
 from tests.corpus import LONG_TEXT, SENTENCES
 from tests.reference_bert import NumpyBertEncoder
 

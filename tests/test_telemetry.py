@@ -1,0 +1,55 @@
+"""Secrets never reach the log, whatever path they take into it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+from ratatoskr_server.telemetry.logs import MASK, JsonFormatter, Redactor
+from tests.conftest import DaemonProcess
+
+KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"
+
+
+def _capture(secrets: list[str]) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(Redactor(secrets))
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test.redaction.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_configured_secrets_and_key_shapes_are_masked() -> None:
+    logger, stream = _capture(["my-own-token-value"])
+    logger.info("calling upstream with %s", "my-own-token-value")
+    logger.info("header", extra={"authorization": "Bearer abcdefghijklmnop", "note": f"key={KEY}"})
+    text = stream.getvalue()
+    assert "my-own-token-value" not in text and "abcdefghijklmnop" not in text and KEY not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["msg"] == f"calling upstream with {MASK}"
+    assert lines[1]["authorization"] == MASK and lines[1]["note"] == f"key={MASK}"
+
+
+def test_daemon_log_never_contains_a_configured_key(model_root: Path) -> None:
+    d = DaemonProcess(
+        model_root,
+        providers={"openai": {"kind": "openai_compat", "base_url": "https://api.example", "api_key": KEY}},
+        logging={"level": "DEBUG"},
+    ).start()
+    try:
+        d.config["providers"]["openai"]["api_key"] = KEY + "-rotated"
+        d.write_config()
+        with d.client(timeout=10) as client:
+            assert client.reload().applied
+            client.embed(["hello"])
+    finally:
+        assert d.stop() == 0
+    log = d.log()
+    assert "configuration reloaded" in log
+    assert KEY not in log and "abcdefghijklmnopqrstuvwxyz" not in log
