@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
@@ -50,6 +50,10 @@ def _health_status_name(resp: health_pb2.HealthCheckResponse) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
 class AsyncServiceClient:
     """A connection to a daemon over its Unix socket or TCP, for asyncio code."""
 
@@ -61,6 +65,14 @@ class AsyncServiceClient:
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    async def _call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
+    ) -> Resp:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+
     async def embed(
         self,
         inputs: Sequence[str],
@@ -70,55 +82,28 @@ class AsyncServiceClient:
         timeout: float | None = None,
     ) -> EmbedResult:
         req = convert.embed_request_to_pb(inputs, model, truncate)
-        try:
-            resp = await self._gateway.Embed(req, timeout=timeout or self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.embed_result_from_pb(resp)
+        return convert.embed_result_from_pb(await self._call(self._gateway.Embed, req, timeout))
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
-        try:
-            resp = await self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return _health_status_name(resp)
+        req = health_pb2.HealthCheckRequest(service=service)
+        return _health_status_name(await self._call(self._health.Check, req, timeout))
 
     async def status(self) -> ServerStatus:
-        try:
-            resp = await self._admin.Status(admin_pb2.StatusRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.status_from_pb(resp)
+        return convert.status_from_pb(await self._call(self._admin.Status, admin_pb2.StatusRequest()))
 
     async def reload(self) -> ReloadResult:
-        try:
-            resp = await self._admin.Reload(admin_pb2.ReloadRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.reload_from_pb(resp)
+        return convert.reload_from_pb(await self._call(self._admin.Reload, admin_pb2.ReloadRequest()))
 
     async def load_model(self, name: str) -> LoadedModel:
-        try:
-            resp = await self._admin.LoadModel(admin_pb2.LoadModelRequest(model=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+        resp = await self._call(self._admin.LoadModel, admin_pb2.LoadModelRequest(model=name))
         return convert.loaded_model_from_pb(resp)
 
     async def unload_model(self, name: str) -> bool:
-        try:
-            resp = await self._admin.UnloadModel(admin_pb2.UnloadModelRequest(model=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return resp.unloaded
+        return (await self._call(self._admin.UnloadModel, admin_pb2.UnloadModelRequest(model=name))).unloaded
 
     async def list_loaded_models(self) -> list[LoadedModel]:
-        try:
-            resp = await self._admin.ListLoadedModels(admin_pb2.ListLoadedModelsRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+        resp = await self._call(self._admin.ListLoadedModels, admin_pb2.ListLoadedModelsRequest())
         return [convert.loaded_model_from_pb(m) for m in resp.models]
 
     async def close(self) -> None:
@@ -144,6 +129,14 @@ class ServiceClient:
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
+    ) -> Resp:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+
     def embed(
         self,
         inputs: Sequence[str],
@@ -153,53 +146,27 @@ class ServiceClient:
         timeout: float | None = None,
     ) -> EmbedResult:
         req = convert.embed_request_to_pb(inputs, model, truncate)
-        try:
-            resp = self._gateway.Embed(req, timeout=timeout or self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.embed_result_from_pb(resp)
+        return convert.embed_result_from_pb(self._call(self._gateway.Embed, req, timeout))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
-        try:
-            resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return _health_status_name(resp)
+        req = health_pb2.HealthCheckRequest(service=service)
+        return _health_status_name(self._call(self._health.Check, req, timeout))
 
     def status(self) -> ServerStatus:
-        try:
-            resp = self._admin.Status(admin_pb2.StatusRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.status_from_pb(resp)
+        return convert.status_from_pb(self._call(self._admin.Status, admin_pb2.StatusRequest()))
 
     def reload(self) -> ReloadResult:
-        try:
-            resp = self._admin.Reload(admin_pb2.ReloadRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.reload_from_pb(resp)
+        return convert.reload_from_pb(self._call(self._admin.Reload, admin_pb2.ReloadRequest()))
 
     def load_model(self, name: str) -> LoadedModel:
-        try:
-            resp = self._admin.LoadModel(admin_pb2.LoadModelRequest(model=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return convert.loaded_model_from_pb(resp)
+        return convert.loaded_model_from_pb(self._call(self._admin.LoadModel, admin_pb2.LoadModelRequest(model=name)))
 
     def unload_model(self, name: str) -> bool:
-        try:
-            resp = self._admin.UnloadModel(admin_pb2.UnloadModelRequest(model=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
-        return resp.unloaded
+        return self._call(self._admin.UnloadModel, admin_pb2.UnloadModelRequest(model=name)).unloaded
 
     def list_loaded_models(self) -> list[LoadedModel]:
-        try:
-            resp = self._admin.ListLoadedModels(admin_pb2.ListLoadedModelsRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+        resp = self._call(self._admin.ListLoadedModels, admin_pb2.ListLoadedModelsRequest())
         return [convert.loaded_model_from_pb(m) for m in resp.models]
 
     def close(self) -> None:

@@ -117,6 +117,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._socket_path: Path | None = None
+        self._background: set[asyncio.Task[object]] = set()
 
     # -- DaemonControl -------------------------------------------------------------------------
     def status(self) -> ServerStatus:
@@ -149,6 +150,12 @@ class Daemon:
         self.gateway.apply_settings(new)
         log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
         return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message="reloaded")
+
+    def _reload_on_signal(self) -> None:
+        # The loop keeps only weak references to tasks; hold this one until it ends.
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _build_server(self) -> grpc.aio.Server:
@@ -211,7 +218,7 @@ class Daemon:
             metrics_addr = f"http://{self.settings.metrics.host}:{port}/metrics"
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         log.info("listening", extra={"listen": self.listen, "metrics": metrics_addr, "pid": os.getpid()})
 
         preload = loop.create_task(self.gateway.start())

@@ -51,6 +51,18 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def run_ratatoskr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``ratatoskr`` command in a child process, as a user would, with a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "ratatoskr_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        cwd=REPO,
+    )
+
+
 def short_dir() -> Path:
     """A fresh directory with a short path: Unix socket paths are limited to 107 bytes."""
     return Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))

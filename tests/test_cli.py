@@ -3,59 +3,48 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import MODEL, REPO, DaemonProcess, clean_env, short_dir, toml_text
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ratatoskr_server", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env or clean_env(),
-        cwd=REPO,
-    )
+from tests.conftest import MODEL, DaemonProcess, run_ratatoskr, short_dir, toml_text
 
 
 def test_status_health_and_embed_through_the_daemon(daemon: DaemonProcess) -> None:
     sock = str(daemon.socket)
-    health = _cli("health", "--socket", sock)
+    health = run_ratatoskr("health", "--socket", sock)
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
-    status = json.loads(_cli("status", "--json", "--socket", sock).stdout)
+    status = json.loads(run_ratatoskr("status", "--json", "--socket", sock).stdout)
     assert status["state"] == "serving" and status["models"][0]["name"] == MODEL
-    embed = _cli("embed", "--json", "--socket", sock, "hello", "world")
+    embed = run_ratatoskr("embed", "--json", "--socket", sock, "hello", "world")
     assert embed.returncode == 0, embed.stderr
     data = json.loads(embed.stdout)
     assert data["dimension"] == 384 and len(data["vectors"]) == 2
-    listed = json.loads(_cli("models", "list", "--json", "--socket", sock, "--config", str(daemon.config_path)).stdout)
+    listed = json.loads(
+        run_ratatoskr("models", "list", "--json", "--socket", sock, "--config", str(daemon.config_path)).stdout
+    )
     assert [(m["name"], m["state"]) for m in listed] == [(MODEL, "ready")]
 
 
 def test_embed_without_a_daemon_runs_in_process(model_root: Path) -> None:
     config = short_dir() / "c.toml"
     config.write_text(toml_text({"local": {"model_dir": model_root}}), encoding="utf-8")
-    run = _cli("embed", "--socket", str(short_dir() / "none.sock"), "--config", str(config), "offline")
+    run = run_ratatoskr("embed", "--socket", str(short_dir() / "none.sock"), "--config", str(config), "offline")
     assert run.returncode == 0, run.stderr
     assert "384 dims" in run.stdout
 
 
 def test_failures_are_one_line(daemon: DaemonProcess) -> None:
-    run = _cli("embed", "--socket", str(daemon.socket), "--model", "nope", "x")
+    run = run_ratatoskr("embed", "--socket", str(daemon.socket), "--model", "nope", "x")
     assert run.returncode == 1
     assert run.stderr.strip().startswith("ratatoskr: NOT_FOUND: unknown model 'nope'")
-    down = _cli("health", "--socket", str(short_dir() / "none.sock"), "--timeout", "0.5")
+    down = run_ratatoskr("health", "--socket", str(short_dir() / "none.sock"), "--timeout", "0.5")
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr
 
 
 def test_models_import_cli(tmp_path: Path) -> None:
-    out = _cli("models", "import", "--model-dir", str(tmp_path), "--json")
+    out = run_ratatoskr("models", "import", "--model-dir", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["manifest"]["dimension"] == 384
-    again = _cli("models", "import", "--model-dir", str(tmp_path))
+    again = run_ratatoskr("models", "import", "--model-dir", str(tmp_path))
     assert again.returncode == 1 and "--force" in again.stderr
-    skipped = _cli("models", "import", "--model-dir", str(tmp_path), "--if-missing")
+    skipped = run_ratatoskr("models", "import", "--model-dir", str(tmp_path), "--if-missing")
     assert skipped.returncode == 0 and "present" in skipped.stdout

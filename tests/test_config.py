@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ratatoskr_server.config import ConfigError, load_settings
-from tests.conftest import REPO, clean_env, toml_text
+from tests.conftest import REPO, run_ratatoskr, toml_text
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
 
@@ -85,14 +83,7 @@ def test_daemon_refuses_to_start_with_open_secrets_file(tmp_path: Path) -> None:
     secrets.write_text('A = "b"\n', encoding="utf-8")
     secrets.chmod(0o644)
     path = _write(tmp_path, {"secrets_file": secrets})
-    run = subprocess.run(
-        [sys.executable, "-m", "ratatoskr_server", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        cwd=REPO,
-    )
+    run = run_ratatoskr("serve", "--config", str(path))
     assert run.returncode == 2
     assert "0600 or 0400" in run.stderr and "Traceback" not in run.stderr
 
@@ -103,14 +94,7 @@ def test_config_check_masks_secrets(tmp_path: Path) -> None:
         {"providers": {"openai": {"kind": "openai_compat", "base_url": "https://a.example", "api_key": KEY}}},
     )
     for extra in ([], ["--json"]):
-        run = subprocess.run(
-            [sys.executable, "-m", "ratatoskr_server", "config", "check", "--config", str(path), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-            cwd=REPO,
-        )
+        run = run_ratatoskr("config", "check", "--config", str(path), *extra)
         assert run.returncode == 0, run.stderr
         assert KEY not in run.stdout + run.stderr
         assert "providers.openai.api_key" in run.stdout or '"api_key": "**********"' in run.stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 
 from ratatoskr_client import ResourceExhausted, ServiceClient
 from ratatoskr_client.types import EmbedResult
-from tests.conftest import REPO, DaemonProcess, clean_env
+from tests.conftest import DaemonProcess, run_ratatoskr
 
 
 def _wait_for_in_flight(d: DaemonProcess, at_least: int = 1, timeout: float = 20.0) -> None:
@@ -64,14 +62,7 @@ def test_stale_socket_is_replaced_and_live_one_refused(model_root: Path) -> None
             assert client.health() == "SERVING"
         assert any(r.get("msg") == "replaced stale socket" for r in d.records())
 
-        second = subprocess.run(
-            [sys.executable, "-m", "ratatoskr_server", "serve", "--config", str(d.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-            cwd=REPO,
-        )
+        second = run_ratatoskr("serve", "--config", str(d.config_path), timeout=60)
         assert second.returncode == 1
         assert "already listening" in second.stdout + second.stderr
         assert "Traceback" not in second.stdout + second.stderr
