@@ -28,7 +28,6 @@ from grpc_reflection.v1alpha import reflection
 
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from ratatoskr_client.errors import RatatoskrError
-from ratatoskr_client.paths import default_socket_path
 from ratatoskr_client.types import ReloadResult, ServerStatus
 from ratatoskr_server.config import ConfigError, Settings, flatten, load_settings
 from ratatoskr_server.gateway import Gateway
@@ -78,8 +77,9 @@ def prepare_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
         raise DaemonError(f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes; choose a shorter one")
     if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-    if path.parent == default_socket_path().parent:
+        # Ours, so private; an existing directory (a systemd RuntimeDirectory, a mounted
+        # volume) keeps the mode its owner gave it.
+        path.parent.mkdir(parents=True)
         os.chmod(path.parent, 0o700)
     try:
         mode = path.lstat().st_mode
