@@ -20,19 +20,39 @@ from ratatoskr_client.errors import (
 )
 from ratatoskr_client.paths import default_socket_path
 from ratatoskr_client.protocol import ModelGateway, SyncModelGateway
-from ratatoskr_client.types import EmbedResult, LoadedModel, ReloadResult, ServerStatus, Task, Timing, Usage
+from ratatoskr_client.types import (
+    ClassifyResult,
+    CountTokensResult,
+    EmbedResult,
+    LabelScore,
+    LoadedModel,
+    NliPrediction,
+    NliResult,
+    ReloadResult,
+    ServerStatus,
+    Task,
+    Timing,
+    Token,
+    TokenizeResult,
+    Usage,
+)
 
 __all__ = [
     "AsyncServiceClient",
     "BlockingGateway",
     "Cancelled",
+    "ClassifyResult",
+    "CountTokensResult",
     "DeadlineExceeded",
     "EmbedResult",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "LabelScore",
     "LoadedModel",
     "ModelGateway",
+    "NliPrediction",
+    "NliResult",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
@@ -44,6 +64,8 @@ __all__ = [
     "SyncModelGateway",
     "Task",
     "Timing",
+    "Token",
+    "TokenizeResult",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ratatoskr_client.protocol import ModelGateway
-from ratatoskr_client.types import EmbedResult
+from ratatoskr_client.types import ClassifyResult, CountTokensResult, EmbedResult, NliResult, TokenizeResult
 
 T = TypeVar("T")
 
@@ -53,6 +53,47 @@ class BlockingGateway:
         timeout: float | None = None,
     ) -> EmbedResult:
         return self._run(self._inner.embed(inputs, model=model, truncate=truncate, timeout=timeout))
+
+    def nli(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> NliResult:
+        return self._run(self._inner.nli(pairs, model=model, truncate=truncate, timeout=timeout))
+
+    def classify(
+        self,
+        text: str,
+        labels: Sequence[str],
+        *,
+        model: str = "",
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        return self._run(
+            self._inner.classify(
+                text,
+                labels,
+                model=model,
+                multi_label=multi_label,
+                hypothesis_template=hypothesis_template,
+                timeout=timeout,
+            )
+        )
+
+    def tokenize(
+        self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
+    ) -> TokenizeResult:
+        return self._run(
+            self._inner.tokenize(text, model=model, add_special_tokens=add_special_tokens, timeout=timeout)
+        )
+
+    def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
+        return self._run(self._inner.count_tokens(texts, model=model, timeout=timeout))
 
     def close(self) -> None:
         if self._closed:

@@ -16,10 +16,19 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ratatoskr_client import convert
-from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from ratatoskr_client.errors import RatatoskrError, error_for_code
 from ratatoskr_client.paths import grpc_target
-from ratatoskr_client.types import EmbedResult, LoadedModel, ReloadResult, ServerStatus
+from ratatoskr_client.types import (
+    ClassifyResult,
+    CountTokensResult,
+    EmbedResult,
+    LoadedModel,
+    NliResult,
+    ReloadResult,
+    ServerStatus,
+    TokenizeResult,
+)
 
 RETRY_AFTER_KEY = "retry-after"
 REQUEST_ID_KEY = "x-request-id"
@@ -84,6 +93,42 @@ class AsyncServiceClient:
         req = convert.embed_request_to_pb(inputs, model, truncate)
         return convert.embed_result_from_pb(await self._call(self._gateway.Embed, req, timeout))
 
+    async def nli(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> NliResult:
+        req = convert.nli_request_to_pb(pairs, model, truncate)
+        return convert.nli_result_from_pb(await self._call(self._gateway.Nli, req, timeout))
+
+    async def classify(
+        self,
+        text: str,
+        labels: Sequence[str],
+        *,
+        model: str = "",
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        req = convert.classify_request_to_pb(text, labels, model, multi_label, hypothesis_template)
+        return convert.classify_result_from_pb(await self._call(self._gateway.Classify, req, timeout))
+
+    async def tokenize(
+        self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
+    ) -> TokenizeResult:
+        req = gateway_pb2.TokenizeRequest(model=model, text=text, add_special_tokens=add_special_tokens)
+        return convert.tokenize_result_from_pb(await self._call(self._gateway.Tokenize, req, timeout))
+
+    async def count_tokens(
+        self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
+    ) -> CountTokensResult:
+        req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
+        return convert.count_tokens_result_from_pb(await self._call(self._gateway.CountTokens, req, timeout))
+
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
         req = health_pb2.HealthCheckRequest(service=service)
@@ -147,6 +192,40 @@ class ServiceClient:
     ) -> EmbedResult:
         req = convert.embed_request_to_pb(inputs, model, truncate)
         return convert.embed_result_from_pb(self._call(self._gateway.Embed, req, timeout))
+
+    def nli(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> NliResult:
+        req = convert.nli_request_to_pb(pairs, model, truncate)
+        return convert.nli_result_from_pb(self._call(self._gateway.Nli, req, timeout))
+
+    def classify(
+        self,
+        text: str,
+        labels: Sequence[str],
+        *,
+        model: str = "",
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        req = convert.classify_request_to_pb(text, labels, model, multi_label, hypothesis_template)
+        return convert.classify_result_from_pb(self._call(self._gateway.Classify, req, timeout))
+
+    def tokenize(
+        self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
+    ) -> TokenizeResult:
+        req = gateway_pb2.TokenizeRequest(model=model, text=text, add_special_tokens=add_special_tokens)
+        return convert.tokenize_result_from_pb(self._call(self._gateway.Tokenize, req, timeout))
+
+    def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
+        req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
+        return convert.count_tokens_result_from_pb(self._call(self._gateway.CountTokens, req, timeout))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""

@@ -10,12 +10,19 @@ from collections.abc import Sequence
 
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, gateway_pb2, types_pb2
 from ratatoskr_client.types import (
+    ClassifyResult,
+    CountTokensResult,
     EmbedResult,
+    LabelScore,
     LoadedModel,
+    NliPrediction,
+    NliResult,
     ReloadResult,
     ServerStatus,
     Task,
     Timing,
+    Token,
+    TokenizeResult,
     Usage,
 )
 
@@ -185,4 +192,101 @@ def reload_to_pb(r: ReloadResult) -> admin_pb2.ReloadResponse:
 def reload_from_pb(r: admin_pb2.ReloadResponse) -> ReloadResult:
     return ReloadResult(
         applied=r.applied, changed=list(r.changed), needs_restart=list(r.needs_restart), message=r.message
+    )
+
+
+def _scores_to_pb(scores: Sequence[LabelScore]) -> list[gateway_pb2.LabelScore]:
+    return [gateway_pb2.LabelScore(label=s.label, score=s.score) for s in scores]
+
+
+def _scores_from_pb(scores: Sequence[gateway_pb2.LabelScore]) -> list[LabelScore]:
+    return [LabelScore(label=s.label, score=s.score) for s in scores]
+
+
+def nli_request_to_pb(pairs: Sequence[tuple[str, str]], model: str, truncate: bool) -> gateway_pb2.NliRequest:
+    return gateway_pb2.NliRequest(
+        model=model,
+        pairs=[gateway_pb2.NliPair(premise=p, hypothesis=h) for p, h in pairs],
+        truncate=truncate,
+    )
+
+
+def nli_request_from_pb(req: gateway_pb2.NliRequest) -> tuple[list[tuple[str, str]], str, bool]:
+    truncate = req.truncate if req.HasField("truncate") else True
+    return [(p.premise, p.hypothesis) for p in req.pairs], req.model, truncate
+
+
+def nli_result_to_pb(r: NliResult) -> gateway_pb2.NliResponse:
+    return gateway_pb2.NliResponse(
+        results=[gateway_pb2.NliResult(scores=_scores_to_pb(p.scores), label=p.label) for p in r.predictions],
+        model=r.model,
+        usage=usage_to_pb(r.usage),
+        timing=timing_to_pb(r.timing),
+    )
+
+
+def nli_result_from_pb(resp: gateway_pb2.NliResponse) -> NliResult:
+    return NliResult(
+        predictions=[NliPrediction(scores=_scores_from_pb(x.scores), label=x.label) for x in resp.results],
+        model=resp.model,
+        usage=usage_from_pb(resp.usage),
+        timing=timing_from_pb(resp.timing),
+    )
+
+
+def classify_request_to_pb(
+    text: str, labels: Sequence[str], model: str, multi_label: bool, hypothesis_template: str
+) -> gateway_pb2.ClassifyRequest:
+    return gateway_pb2.ClassifyRequest(
+        model=model,
+        text=text,
+        candidate_labels=list(labels),
+        multi_label=multi_label,
+        hypothesis_template=hypothesis_template,
+    )
+
+
+def classify_result_to_pb(r: ClassifyResult) -> gateway_pb2.ClassifyResponse:
+    return gateway_pb2.ClassifyResponse(
+        scores=_scores_to_pb(r.scores),
+        model=r.model,
+        strategy=r.strategy,
+        usage=usage_to_pb(r.usage),
+        timing=timing_to_pb(r.timing),
+    )
+
+
+def classify_result_from_pb(resp: gateway_pb2.ClassifyResponse) -> ClassifyResult:
+    return ClassifyResult(
+        scores=_scores_from_pb(resp.scores),
+        model=resp.model,
+        strategy=resp.strategy,
+        usage=usage_from_pb(resp.usage),
+        timing=timing_from_pb(resp.timing),
+    )
+
+
+def tokenize_result_to_pb(r: TokenizeResult) -> gateway_pb2.TokenizeResponse:
+    return gateway_pb2.TokenizeResponse(
+        tokens=[gateway_pb2.Token(id=t.id, text=t.text, start=t.start, end=t.end) for t in r.tokens],
+        model=r.model,
+        timing=timing_to_pb(r.timing),
+    )
+
+
+def tokenize_result_from_pb(resp: gateway_pb2.TokenizeResponse) -> TokenizeResult:
+    return TokenizeResult(
+        tokens=[Token(id=t.id, text=t.text, start=t.start, end=t.end) for t in resp.tokens],
+        model=resp.model,
+        timing=timing_from_pb(resp.timing),
+    )
+
+
+def count_tokens_result_to_pb(r: CountTokensResult) -> gateway_pb2.CountTokensResponse:
+    return gateway_pb2.CountTokensResponse(counts=r.counts, total=r.total, model=r.model, timing=timing_to_pb(r.timing))
+
+
+def count_tokens_result_from_pb(resp: gateway_pb2.CountTokensResponse) -> CountTokensResult:
+    return CountTokensResult(
+        counts=list(resp.counts), total=resp.total, model=resp.model, timing=timing_from_pb(resp.timing)
     )

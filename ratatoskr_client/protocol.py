@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ratatoskr_client.types import EmbedResult
+from ratatoskr_client.types import ClassifyResult, CountTokensResult, EmbedResult, NliResult, TokenizeResult
 
 
 @runtime_checkable
@@ -24,6 +24,34 @@ class ModelGateway(Protocol):
         truncate: bool = True,
         timeout: float | None = None,
     ) -> EmbedResult: ...
+
+    async def nli(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> NliResult: ...
+
+    async def classify(
+        self,
+        text: str,
+        labels: Sequence[str],
+        *,
+        model: str = "",
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        timeout: float | None = None,
+    ) -> ClassifyResult: ...
+
+    async def tokenize(
+        self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
+    ) -> TokenizeResult: ...
+
+    async def count_tokens(
+        self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
+    ) -> CountTokensResult: ...
 
     async def close(self) -> None: ...
 
@@ -40,5 +68,33 @@ class SyncModelGateway(Protocol):
         truncate: bool = True,
         timeout: float | None = None,
     ) -> EmbedResult: ...
+
+    def nli(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str = "",
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> NliResult: ...
+
+    def classify(
+        self,
+        text: str,
+        labels: Sequence[str],
+        *,
+        model: str = "",
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        timeout: float | None = None,
+    ) -> ClassifyResult: ...
+
+    def tokenize(
+        self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
+    ) -> TokenizeResult: ...
+
+    def count_tokens(
+        self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
+    ) -> CountTokensResult: ...
 
     def close(self) -> None: ...

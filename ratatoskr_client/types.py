@@ -87,3 +87,59 @@ class ReloadResult:
     changed: list[str]
     needs_restart: list[str]
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class NliPrediction:
+    """Probabilities per label in the model's label order, and the most probable label."""
+
+    scores: list[LabelScore]
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class NliResult:
+    predictions: list[NliPrediction]
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """Candidate labels sorted by score, highest first; ``strategy`` is "nli" or "embedding"."""
+
+    scores: list[LabelScore]
+    model: str
+    strategy: str
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeResult:
+    tokens: list[Token]
+    model: str
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True, slots=True)
+class CountTokensResult:
+    counts: list[int]
+    total: int
+    model: str
+    timing: Timing = field(default_factory=Timing)

@@ -116,7 +116,7 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from ratatoskr_server.local.pool import _dir_mb
+    from ratatoskr_server.local.pool import dir_mb
 
     settings = load_settings(args.config)
     loaded: dict[str, Any] = {}
@@ -141,7 +141,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
                 "task": manifest.task,
                 "dimension": manifest.dimension,
                 "max_length": manifest.max_length,
-                "size_mb": round(_dir_mb(path), 1),
+                "size_mb": round(dir_mb(path), 1),
                 "state": live.state if live else "not loaded",
                 "device": live.device if live else "",
                 "path": str(path),

@@ -87,9 +87,22 @@ class LimitsSettings(_Section):
     max_input_chars: int = Field(default=100_000, ge=1, description="Longest single text accepted, in characters.")
 
 
+class BatchingSettings(_Section):
+    """Dynamic micro-batching limits; ``[models.NAME]`` may override any of them."""
+
+    max_batch_size: int = Field(default=32, ge=1, description="Rows per ONNX run; larger requests are split.")
+    max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per ONNX run.")
+    max_wait_ms: float = Field(default=1.0, ge=0, description="How long an idle model waits for company.")
+    max_queue: int = Field(default=1024, ge=1, description="Requests waiting per model before RESOURCE_EXHAUSTED.")
+
+
 class LocalSettings(_Section):
     model_dir: Path = Field(default=Path("~/.cache/ratatoskr/models"))
     default_embed_model: str = "all-minilm-l6-v2"
+    default_nli_model: str = Field(default="", description="Empty: Nli requests must name a model.")
+    default_classify_model: str = Field(
+        default="all-minilm-l6-v2", description="An embed model (embedding strategy) or an NLI model (NLI strategy)."
+    )
     preload: list[str] = Field(
         default_factory=lambda: ["all-minilm-l6-v2"],
         description="Models loaded at start; health turns SERVING once they are ready.",
@@ -101,7 +114,12 @@ class LocalSettings(_Section):
     require_device: bool = Field(default=False, description="Refuse to start a model on CPU when CUDA was asked for.")
     inference_workers: int = Field(default=2, ge=1, description="Threads running local inference off the event loop.")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per inference; 0: all cores.")
-    max_batch_size: int = Field(default=32, ge=1, description="Inputs per ONNX run; larger requests are split.")
+    memory_budget_mb: float = Field(
+        default=4096, ge=0, description="Footprint of resident models (their files' size); 0: unlimited."
+    )
+    idle_unload_s: float = Field(default=0, ge=0, description="Unload unpinned models idle this long; 0: never.")
+    load_wait_s: float = Field(default=120, gt=0, description="How long a request waits for its model to load.")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
     def resolved_model_dir(self) -> Path:
         return self.model_dir.expanduser()
@@ -110,10 +128,17 @@ class LocalSettings(_Section):
 class ModelSettings(_Section):
     """A local model declared by name; undeclared models are found in ``local.model_dir``."""
 
-    path: Path | None = None
+    path: Path | None = Field(default=None, description="Folder with manifest.json; default <model_dir>/<name>.")
+    source: Path | None = Field(
+        default=None, description="A BERT safetensors checkpoint imported into <model_dir>/<name> on first use."
+    )
     task: LocalTask | None = None
     device: Device | None = None
     pinned: bool = False
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    max_wait_ms: float | None = Field(default=None, ge=0)
+    max_queue: int | None = Field(default=None, ge=1)
 
 
 class ProviderSettings(_Section):

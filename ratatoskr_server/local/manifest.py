@@ -40,7 +40,13 @@ class ModelManifest(BaseModel):
     normalize: bool = False
     dimension: int | None = None
     max_length: int = Field(gt=0)
+    #: Graphs exported with a fixed sequence length (e.g. [batch, 160]) need every row padded to it.
+    pad_to: int | None = Field(default=None, gt=0)
+    #: Classification heads: label names in logit order (from the checkpoint's id2label).
     labels: list[str] = Field(default_factory=list)
+    #: NLI heads: which label means "the premise entails the hypothesis"; when unset, the label
+    #: whose name starts with "entail" is used.
+    entailment_label: str | None = None
     quantization: str | None = None
 
     @classmethod

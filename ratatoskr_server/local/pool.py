@@ -1,14 +1,24 @@
-"""Local models loaded once and shared: name resolution, single-flight loading, residency.
+"""Local models loaded once and shared within a memory budget.
 
-A model is found by name in ``[models.NAME]`` declarations, else as a folder
-with a manifest under ``local.model_dir``; the default MiniLM is imported from
-its PyPI package the first time it is asked for.  However many requests ask
-for an unloaded model at once, it is loaded exactly once.
+Names resolve to ``[models.NAME]`` declarations, else to folders with a
+manifest under ``local.model_dir``; the default MiniLM (and any model
+declared with a ``source``) is imported on first use.
 
-Footprint: a model's ``memory_mb`` is the growth of this process's resident
-set while its session was created (read from /proc/self/statm), which counts
-the weights ONNX Runtime copies plus its arena set-up; ``file_mb`` is the size
-of its files on disk.  Both are shown by ListLoadedModels.
+Residency rules:
+- However many requests ask for an unloaded model at once, it loads exactly
+  once; they wait for it (at most ``local.load_wait_s``) rather than fail.
+- Loading a model that would take the pool past ``local.memory_budget_mb``
+  first evicts the least recently used models that are ready, unpinned and
+  idle.  Pinned models are never evicted; a model serving a request is never
+  unloaded under it (an explicit unload waits for it to drain).
+- Unpinned models idle for ``local.idle_unload_s`` are unloaded.
+
+Footprint: the budget counts each model's *file footprint*, the size of its
+folder on disk (weights dominate it, and ONNX Runtime holds one copy of the
+initializers in memory).  It is known before loading, so admission decisions
+are exact and reproducible.  The resident-set growth measured while the
+session was created (from /proc/self/statm; it includes arena set-up and is
+noisy under concurrent loads) is reported beside it as ``memory_mb``.
 """
 
 from __future__ import annotations
@@ -18,19 +28,21 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from ratatoskr_client.errors import FailedPrecondition, NotFound, Unimplemented
-from ratatoskr_client.types import LoadedModel, Task
-from ratatoskr_server.config import Settings
-from ratatoskr_server.local.encoder import SentenceEncoder
+from ratatoskr_client.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from ratatoskr_client.types import LoadedModel
+from ratatoskr_server.config import ModelSettings, Settings
+from ratatoskr_server.local.batcher import BatchLimits
 from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
-from ratatoskr_server.local.session import create_session
+from ratatoskr_server.local.model import LocalModel, open_local_model
 from ratatoskr_server.local.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -38,34 +50,49 @@ log = logging.getLogger(__name__)
 LOCAL_PREFIX = "local/"
 
 
-@dataclass(slots=True)
-class _Resident:
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+
+
+@dataclass(eq=False)
+class _Slot:
     name: str
     path: Path
-    encoder: SentenceEncoder
+    footprint_mb: float
     pinned: bool
-    memory_mb: float
-    file_mb: float
-    last_used: float = field(default_factory=time.monotonic)
-    requests: int = 0
+    ready: asyncio.Future[None]
+    gone: asyncio.Future[None]
+    state: ModelState = ModelState.LOADING
+    model: LocalModel | None = None
+    memory_mb: float = 0.0
     in_flight: int = 0
+    requests: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+    loader: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.drained.set()
 
     def describe(self) -> LoadedModel:
+        model = self.model
         return LoadedModel(
             name=self.name,
-            task=Task(self.encoder.manifest.task),
-            state="ready",
-            device=self.encoder.handle.provider,
+            task=model.task if model else None,
+            state=self.state.value,
+            device=model.handle.provider if model else "",
             memory_mb=round(self.memory_mb, 1),
-            file_mb=round(self.file_mb, 1),
+            file_mb=round(self.footprint_mb, 1),
             pinned=self.pinned,
             requests=self.requests,
-            idle_s=round(time.monotonic() - self.last_used, 3) if not self.in_flight else 0.0,
+            idle_s=0.0 if self.in_flight else round(time.monotonic() - self.last_used, 3),
             in_flight=self.in_flight,
         )
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     try:
         with open("/proc/self/statm", encoding="ascii") as f:
             resident_pages = int(f.read().split()[1])
@@ -74,27 +101,47 @@ def _rss_mb() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _dir_mb(path: Path) -> float:
+def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
+
+
+def _settled(future: asyncio.Future[None], error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+        future.exception()  # retrieved here: waiters re-raise it themselves
 
 
 class LocalModelPool:
     def __init__(self, settings: Settings, executor: Executor) -> None:
         self._settings = settings
         self._executor = executor
-        self._resident: dict[str, _Resident] = {}
-        self._loading: dict[str, asyncio.Future[_Resident]] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._admission = asyncio.Lock()
         self._import_lock = asyncio.Lock()
+        self._tokenizers: dict[str, TextTokenizer] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        #: Loads performed per model name, for the operators' status and the tests.
+        self.load_counts: Counter[str] = Counter()
 
+    # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> None:
         self._settings = settings
+        self._tokenizers.clear()
+        self._restart_reaper()
 
     @staticmethod
     def canonical(name: str) -> str:
         return name[len(LOCAL_PREFIX) :] if name.startswith(LOCAL_PREFIX) else name
 
+    def _decl(self, name: str) -> ModelSettings | None:
+        return self._settings.models.get(name)
+
     def available(self) -> dict[str, Path]:
-        """Every model this pool can serve by name: declared ones, then those found in model_dir."""
+        """Every model this pool can serve by name: found in model_dir, then declared ones."""
         found: dict[str, Path] = {}
         root = self._settings.local.resolved_model_dir()
         if root.is_dir():
@@ -105,131 +152,285 @@ class LocalModelPool:
             found[name] = decl.path.expanduser() if decl.path else root / name
         return found
 
-    async def _locate(self, name: str) -> Path:
+    async def locate(self, name: str) -> Path:
+        """The model's folder, importing it first when it has a source and is not there yet."""
+        name = self.canonical(name)
         path = self.available().get(name)
         if path is not None and (path / MANIFEST_FILE).is_file():
             return path
+        decl = self._decl(name)
         local = self._settings.local
-        if name == local.default_embed_model and local.auto_import_default:
+        source: Path | None = None
+        if decl and decl.source:
+            source = decl.source.expanduser()
+        elif name == local.default_embed_model and local.auto_import_default:
             source = find_default_model_source()
-            if source is not None:
-                return await self._import_default(name, source)
+        if source is not None:
+            return await self._import(name, source, path or local.resolved_model_dir() / name)
         known = ", ".join(sorted(self.available())) or "none"
         if path is not None:
             raise FailedPrecondition(
                 f"model '{name}' is declared at {path} but that folder has no {MANIFEST_FILE}; "
-                f"import it with `ratatoskr models import SOURCE --name {name}`"
+                f"import it with `ratatoskr models import SOURCE --name {name}` or give it a source"
             )
         raise NotFound(f"unknown model '{name}'; local models available: {known}")
 
-    async def _import_default(self, name: str, source: Path) -> Path:
+    async def _import(self, name: str, source: Path, target: Path) -> Path:
         async with self._import_lock:
-            target = self._settings.local.resolved_model_dir() / name
             if not (target / MANIFEST_FILE).is_file():
-                log.info("importing default model", extra={"model": name, "source": str(source)})
+                log.info("importing model", extra={"model": name, "source": str(source)})
+                target.parent.mkdir(parents=True, exist_ok=True)
                 loop = asyncio.get_running_loop()
-                with contextlib.suppress(FileExistsError):  # another process imported it first
+                try:
                     await loop.run_in_executor(self._executor, import_bert_checkpoint, source, target.parent, name)
+                except FileExistsError:
+                    pass  # another process imported it first
+                except ValueError as err:
+                    raise FailedPrecondition(f"model '{name}' cannot be imported from {source}: {err}") from None
             return target
 
-    async def get(self, name: str) -> _Resident:
-        """The resident model, loading it once however many callers ask at the same time."""
+    async def tokenizer(self, name: str) -> TextTokenizer:
+        """The model's tokenizer alone, without loading its weights (Tokenize, CountTokens)."""
         name = self.canonical(name)
-        resident = self._resident.get(name)
-        if resident is not None:
-            return resident
-        pending = self._loading.get(name)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._loading[name] = pending
-            try:
-                resident = await self._load(name)
-            except BaseException as err:
-                pending.set_exception(err)
-                pending.exception()  # mark retrieved: the caller re-raises it below
-                raise
-            else:
-                self._resident[name] = resident
-                pending.set_result(resident)
-                return resident
-            finally:
-                del self._loading[name]
-        return await asyncio.shield(pending)
+        slot = self._slots.get(name)
+        if slot is not None and slot.model is not None:
+            return slot.model.tokenizer
+        cached = self._tokenizers.get(name)
+        if cached is None:
+            path = await self.locate(name)
+            manifest = ModelManifest.read(path)
+            cached = TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name, pad_to=manifest.pad_to)
+            self._tokenizers[name] = cached
+        return cached
 
-    async def _load(self, name: str) -> _Resident:
-        path = await self._locate(name)
-        decl = self._settings.models.get(name)
+    # -- leasing -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[LocalModel]:
+        """Borrow a loaded model for one request; it cannot be unloaded until the block ends."""
+        slot = await self._acquire(self.canonical(name))
+        assert slot.model is not None
+        try:
+            yield slot.model
+        finally:
+            slot.in_flight -= 1
+            slot.last_used = time.monotonic()
+            if slot.in_flight == 0:
+                slot.drained.set()
+
+    async def _acquire(self, name: str) -> _Slot:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._settings.local.load_wait_s
+        while True:
+            slot = self._slots.get(name) or await self._admit(name)
+            if slot.state is ModelState.READY:
+                slot.in_flight += 1
+                slot.requests += 1
+                slot.drained.clear()
+                return slot
+            waiter = slot.ready if slot.state is ModelState.LOADING else slot.gone
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), max(give_up - loop.time(), 0))
+            except TimeoutError:
+                raise Unavailable(
+                    f"model '{name}' is still {slot.state.value} after {self._settings.local.load_wait_s:g}s "
+                    "(local.load_wait_s); retry shortly"
+                ) from None
+
+    async def _admit(self, name: str) -> _Slot:
+        """Reserve budget and start loading ``name``; only one caller per name gets this far."""
+        async with self._admission:
+            existing = self._slots.get(name)
+            if existing is not None:
+                return existing
+            path = await self.locate(name)
+            footprint = dir_mb(path)
+            await self._make_room(name, footprint)
+            loop = asyncio.get_running_loop()
+            decl = self._decl(name)
+            slot = _Slot(
+                name=name,
+                path=path,
+                footprint_mb=footprint,
+                pinned=bool(decl and decl.pinned),
+                ready=loop.create_future(),
+                gone=loop.create_future(),
+            )
+            self._slots[name] = slot
+            slot.loader = loop.create_task(self._load(slot), name=f"load:{name}")
+            return slot
+
+    def used_mb(self) -> float:
+        return sum(s.footprint_mb for s in self._slots.values())
+
+    async def _make_room(self, name: str, need: float) -> None:
+        budget = self._settings.local.memory_budget_mb
+        if not budget:
+            return
+        if need > budget:
+            raise FailedPrecondition(
+                f"model '{name}' needs {need:.1f} MB, more than the whole budget of {budget:g} MB "
+                "(local.memory_budget_mb)"
+            )
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._settings.local.load_wait_s
+        while self.used_mb() + need > budget:
+            idle = [
+                s for s in self._slots.values() if s.state is ModelState.READY and not s.pinned and s.in_flight == 0
+            ]
+            if idle:
+                victim = min(idle, key=lambda s: s.last_used)
+                log.info("evicting least recently used model", extra={"model": victim.name, "for": name})
+                await self._remove(victim)
+                continue
+            busy = [s for s in self._slots.values() if not s.pinned and s.state is not ModelState.LOADING]
+            remaining = give_up - loop.time()
+            if not busy or remaining <= 0:
+                held = ", ".join(f"{s.name} {s.footprint_mb:.1f} MB" for s in self._slots.values()) or "nothing"
+                raise ResourceExhausted(
+                    f"cannot load model '{name}' ({need:.1f} MB): the budget of {budget:g} MB "
+                    f"(local.memory_budget_mb) is held by pinned, loading or busy models ({held}); "
+                    "retry later, unload a model or raise the budget",
+                    retry_after_s=1.0,
+                )
+            # Every evictable model is serving someone: wait for the first to drain.
+            waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def _load(self, slot: _Slot) -> None:
         local = self._settings.local
+        decl = self._decl(slot.name)
+        limits = self.batch_limits(decl)
         device = (decl.device if decl and decl.device else None) or local.device
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        before = _rss_mb()
-        encoder = await loop.run_in_executor(
-            self._executor, _open_encoder, name, path, device, local.require_device, local.intra_op_threads
-        )
-        resident = _Resident(
-            name=name,
-            path=path,
-            encoder=encoder,
-            pinned=bool(decl and decl.pinned),
-            memory_mb=max(_rss_mb() - before, 0.0),
-            file_mb=_dir_mb(path),
-        )
+        before = rss_mb()
+        try:
+            model = await loop.run_in_executor(
+                self._executor,
+                lambda: open_local_model(
+                    slot.name,
+                    slot.path,
+                    device=device,
+                    require_device=local.require_device,
+                    intra_op_threads=local.intra_op_threads,
+                    executor=self._executor,
+                    limits=limits,
+                ),
+            )
+            if decl and decl.task and decl.task != model.manifest.task:
+                raise FailedPrecondition(
+                    f"model '{slot.name}' is declared as task {decl.task!r} but its manifest says "
+                    f"{model.manifest.task!r}"
+                )
+        except BaseException as err:
+            if self._slots.get(slot.name) is slot:
+                del self._slots[slot.name]
+            _settled(slot.ready, err)
+            _settled(slot.gone)
+            if not isinstance(err, Exception):
+                raise
+            return
+        slot.memory_mb = max(rss_mb() - before, 0.0)
+        slot.model = model
+        model.batcher.start()
+        slot.state = ModelState.READY
+        slot.last_used = time.monotonic()
+        self.load_counts[slot.name] += 1
+        _settled(slot.ready)
         log.info(
             "model loaded",
             extra={
-                "model": name,
-                "device": encoder.handle.provider,
+                "model": slot.name,
+                "device": model.handle.provider,
                 "load_ms": round((time.perf_counter() - started) * 1000, 1),
-                "memory_mb": round(resident.memory_mb, 1),
+                "footprint_mb": round(slot.footprint_mb, 1),
+                "memory_mb": round(slot.memory_mb, 1),
             },
         )
-        return resident
 
-    @asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[SentenceEncoder]:
-        """Borrow a model for one request; it counts as in flight until the block ends."""
-        resident = await self.get(name)
-        resident.in_flight += 1
-        resident.requests += 1
-        try:
-            yield resident.encoder
-        finally:
-            resident.in_flight -= 1
-            resident.last_used = time.monotonic()
+    def batch_limits(self, decl: ModelSettings | None) -> BatchLimits:
+        b = self._settings.local.batching
+        return BatchLimits(
+            max_batch_size=(decl.max_batch_size if decl else None) or b.max_batch_size,
+            max_batch_tokens=(decl.max_batch_tokens if decl else None) or b.max_batch_tokens,
+            max_wait_ms=b.max_wait_ms if decl is None or decl.max_wait_ms is None else decl.max_wait_ms,
+            max_queue=(decl.max_queue if decl else None) or b.max_queue,
+        )
+
+    # -- unloading ---------------------------------------------------------------------------
+    async def _remove(self, slot: _Slot) -> None:
+        """Drop a slot whose requests have drained; its session goes with the last reference."""
+        slot.state = ModelState.UNLOADING
+        if self._slots.get(slot.name) is slot:
+            del self._slots[slot.name]
+        if slot.model is not None:
+            await slot.model.batcher.stop()
+        slot.model = None
+        _settled(slot.gone)
+        log.info("model unloaded", extra={"model": slot.name})
 
     async def unload(self, name: str) -> bool:
+        """Unload now, or as soon as its in-flight requests finish; False if it was not loaded."""
         name = self.canonical(name)
-        resident = self._resident.get(name)
-        if resident is None:
+        slot = self._slots.get(name)
+        if slot is None:
             if name not in self.available():
                 raise NotFound(f"unknown model '{name}'")
             return False
-        if resident.in_flight:
-            raise FailedPrecondition(f"model '{name}' is serving {resident.in_flight} request(s); try again")
-        del self._resident[name]
-        log.info("model unloaded", extra={"model": name})
+        if slot.state is ModelState.LOADING:
+            await asyncio.shield(slot.ready)
+        if slot.state is ModelState.UNLOADING:
+            await asyncio.shield(slot.gone)
+            return True
+        slot.state = ModelState.UNLOADING  # new requests now wait for it to go, then reload it
+        await slot.drained.wait()
+        await self._remove(slot)
         return True
 
     def loaded(self) -> list[LoadedModel]:
-        loading = [
-            LoadedModel(name=n, task=None, state="loading", device="") for n in self._loading if n not in self._resident
-        ]
-        return [r.describe() for r in self._resident.values()] + loading
+        return [s.describe() for s in self._slots.values()]
 
-    def close(self) -> None:
-        self._resident.clear()
+    # -- idle reaper -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._restart_reaper()
+
+    def _restart_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        idle = self._settings.local.idle_unload_s
+        if idle > 0:
+            with contextlib.suppress(RuntimeError):  # no running loop: started later by start()
+                self._reaper = asyncio.get_running_loop().create_task(self._reap(idle), name="idle-reaper")
+
+    async def _reap(self, idle_s: float) -> None:
+        period = max(0.05, min(idle_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                if (
+                    slot.state is ModelState.READY
+                    and not slot.pinned
+                    and slot.in_flight == 0
+                    and now - slot.last_used >= idle_s
+                ):
+                    async with self._admission:
+                        if slot.in_flight == 0 and slot.state is ModelState.READY:
+                            log.info("unloading idle model", extra={"model": slot.name, "idle_s": idle_s})
+                            await self._remove(slot)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for slot in list(self._slots.values()):
+            if slot.state is not ModelState.LOADING:
+                await self._remove(slot)
 
 
-def _open_encoder(name: str, path: Path, device: str, require_device: bool, intra_op_threads: int) -> SentenceEncoder:
-    manifest = ModelManifest.read(path)
-    if manifest.task != "embed":
-        raise Unimplemented(
-            f"model '{name}' is a {manifest.task} model; serving {manifest.task} models is not built yet "
-            "(only embedding models are served in this version)"
-        )
-    handle = create_session(
-        path / manifest.onnx_file, device=device, require_device=require_device, intra_op_threads=intra_op_threads
-    )
-    tokenizer = TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name)
-    return SentenceEncoder(manifest, handle, tokenizer)
+__all__ = ["LOCAL_PREFIX", "LocalModelPool", "ModelState", "dir_mb", "rss_mb"]

@@ -23,8 +23,6 @@ _NO_PROVIDERS = (
     "no chat providers are built yet (OpenAI-compatible, Anthropic, Ollama and Hugging Face adapters are "
     "planned); this daemon serves local embeddings through Embed"
 )
-_NO_CROSS_ENCODERS = "cross-encoder (NLI) models are not served yet; local embedding models are, through Embed"
-_NO_TOKEN_RPCS = "token counting and tokenization with a model's tokenizer are not built yet"
 _NO_REGISTRY = (
     "the model metadata registry is not built yet; Admin.ListLoadedModels lists the local models that are loaded"
 )
@@ -75,20 +73,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         yield types_pb2.ChatEvent()  # pragma: no cover - makes this an async generator
 
     async def Nli(self, request: gateway_pb2.NliRequest, context: Context) -> gateway_pb2.NliResponse:
-        await self.edge.unimplemented("Nli", context, _NO_CROSS_ENCODERS)
+        pairs, model, truncate = convert.nli_request_from_pb(request)
+
+        async def run() -> gateway_pb2.NliResponse:
+            result = await self.gateway.nli(pairs, model=model, truncate=truncate, timeout=context.time_remaining())
+            return convert.nli_result_to_pb(result)
+
+        return await self.edge.call("Nli", context, run, model=model or self.gateway.settings.local.default_nli_model)
 
     async def Classify(self, request: gateway_pb2.ClassifyRequest, context: Context) -> gateway_pb2.ClassifyResponse:
-        await self.edge.unimplemented(
-            "Classify", context, "zero-shot classification (NLI- or embedding-based) is not built yet"
-        )
+        async def run() -> gateway_pb2.ClassifyResponse:
+            result = await self.gateway.classify(
+                request.text,
+                list(request.candidate_labels),
+                model=request.model,
+                multi_label=request.multi_label,
+                hypothesis_template=request.hypothesis_template,
+                timeout=context.time_remaining(),
+            )
+            return convert.classify_result_to_pb(result)
+
+        model = request.model or self.gateway.settings.local.default_classify_model
+        return await self.edge.call("Classify", context, run, model=model)
 
     async def CountTokens(
         self, request: gateway_pb2.CountTokensRequest, context: Context
     ) -> gateway_pb2.CountTokensResponse:
-        await self.edge.unimplemented("CountTokens", context, _NO_TOKEN_RPCS)
+        async def run() -> gateway_pb2.CountTokensResponse:
+            if request.messages:
+                result = await self.gateway.count_message_tokens(model=request.model)
+            else:
+                result = await self.gateway.count_tokens(list(request.texts), model=request.model)
+            return convert.count_tokens_result_to_pb(result)
+
+        return await self.edge.call("CountTokens", context, run, model=request.model)
 
     async def Tokenize(self, request: gateway_pb2.TokenizeRequest, context: Context) -> gateway_pb2.TokenizeResponse:
-        await self.edge.unimplemented("Tokenize", context, _NO_TOKEN_RPCS)
+        async def run() -> gateway_pb2.TokenizeResponse:
+            result = await self.gateway.tokenize(
+                request.text, model=request.model, add_special_tokens=request.add_special_tokens
+            )
+            return convert.tokenize_result_to_pb(result)
+
+        return await self.edge.call("Tokenize", context, run, model=request.model)
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context

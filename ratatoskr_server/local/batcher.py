@@ -1,0 +1,240 @@
+"""Dynamic micro-batching for one model, in the spirit of TEI and Infinity.
+
+Concurrent requests are split into single inputs and queued; one worker per
+model takes as many as fit a batch (``max_batch_size`` rows and
+``max_batch_tokens`` padded tokens), runs them in the inference executor, and
+hands each row back to its request.  While a batch runs, new arrivals queue
+and form the next one, so a busy model runs full batches without waiting;
+an idle one waits at most ``max_wait_ms`` for company.
+
+A request's own inputs are queued sorted by length, so a big client batch is
+cut into slices of similar length with little padding; it is split, never
+refused for its size.  The queue is bounded in requests (RESOURCE_EXHAUSTED
+beyond it).  Inputs of a request that was cancelled or whose deadline passed
+are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Encoding
+
+from ratatoskr_client.errors import DeadlineExceeded, Internal, RatatoskrError, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+Rows = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 1.0
+    max_queue: int = 1024
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters the tests and ``Admin`` read: how much merging and dropping really happened."""
+
+    runs: int = 0
+    rows_run: int = 0
+    rows_dropped: int = 0
+    largest_batch: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class BatchedOutput:
+    rows: Rows
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    future: asyncio.Future[BatchedOutput]
+    size: int
+    deadline: float | None
+    submitted: float
+    queued: int
+    remaining: int
+    rows: Rows | None = None
+    first_run: float | None = None
+    inference_s: float = 0.0
+
+    def dead(self, now: float) -> bool:
+        return self.future.done() or (self.deadline is not None and now > self.deadline)
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    request: _Request
+    index: int
+    encoding: Encoding
+    width: int
+
+
+@dataclass(eq=False)
+class MicroBatcher:
+    name: str
+    run_batch: Callable[[list[Encoding]], Rows]
+    executor: Executor
+    limits: BatchLimits
+    #: Graphs with a fixed sequence length cost that many tokens per row, whatever the input.
+    fixed_width: int | None = None
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def __post_init__(self) -> None:
+        self._queue: deque[_Item] = deque()
+        self._queued_requests = 0
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued_requests(self) -> int:
+        return self._queued_requests
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        while self._queue:
+            self._fail(self._queue.popleft().request, Unavailable(f"model '{self.name}' was unloaded"))
+
+    async def submit(self, encodings: Sequence[Encoding], deadline: float | None = None) -> BatchedOutput:
+        """Rows for ``encodings`` in their order, computed in whatever batches the queue forms."""
+        if self._queued_requests >= self.limits.max_queue:
+            raise ResourceExhausted(
+                f"model '{self.name}' has {self._queued_requests} requests queued, its limit "
+                "(max_queue); retry shortly",
+                retry_after_s=1.0,
+            )
+        loop = asyncio.get_running_loop()
+        n = len(encodings)
+        request = _Request(loop.create_future(), n, deadline, time.perf_counter(), queued=n, remaining=n)
+        for i in sorted(range(n), key=lambda i: len(encodings[i].ids)):
+            width = self.fixed_width or len(encodings[i].ids)
+            self._queue.append(_Item(request, i, encodings[i], width))
+        self._queued_requests += 1
+        self._wakeup.set()
+        # Cancelling the caller cancels this future, which marks the request dead for the worker.
+        return await request.future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._gather_company(loop)
+            batch = self._take(time.monotonic())
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                rows = await loop.run_in_executor(self.executor, self.run_batch, [it.encoding for it in batch])
+            except asyncio.CancelledError:
+                for item in batch:
+                    self._fail(item.request, Unavailable(f"model '{self.name}' was unloaded"))
+                raise
+            except RatatoskrError as err:
+                self._fail_batch(batch, err)
+                continue
+            except Exception as err:
+                log.exception("inference failed", extra={"model": self.name})
+                self._fail_batch(batch, Internal(f"inference failed on model '{self.name}': {err}"))
+                continue
+            self._deliver(batch, rows, started, time.perf_counter())
+
+    async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait up to max_wait_ms for more inputs when the queue cannot fill a batch yet."""
+        wait_until = loop.time() + self.limits.max_wait_ms / 1000
+        while len(self._queue) < self.limits.max_batch_size:
+            remaining = wait_until - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self, now: float) -> list[_Item]:
+        batch: list[_Item] = []
+        widest = 0
+        while self._queue and len(batch) < self.limits.max_batch_size:
+            item = self._queue[0]
+            if item.request.dead(now):
+                self._queue.popleft()
+                self._dequeued(item.request)
+                self.stats.rows_dropped += 1
+                if not item.request.future.done():
+                    self._fail(
+                        item.request, DeadlineExceeded("the request's deadline passed while it waited for the model")
+                    )
+                continue
+            width = max(widest, item.width)
+            if batch and width * (len(batch) + 1) > self.limits.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._dequeued(item.request)
+            batch.append(item)
+            widest = width
+        return batch
+
+    def _dequeued(self, request: _Request) -> None:
+        request.queued -= 1
+        if request.queued == 0:
+            self._queued_requests -= 1
+
+    def _deliver(self, batch: list[_Item], rows: Rows, started: float, finished: float) -> None:
+        self.stats.runs += 1
+        self.stats.rows_run += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        touched: set[int] = set()
+        for item, row in zip(batch, rows, strict=True):
+            request = item.request
+            if request.future.done():
+                continue
+            if id(request) not in touched:
+                touched.add(id(request))
+                request.inference_s += finished - started
+                request.first_run = request.first_run or started
+            if request.rows is None:
+                request.rows = np.empty((request.size, rows.shape[1]), dtype=np.float32)
+            request.rows[item.index] = row
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(
+                    BatchedOutput(
+                        rows=request.rows,
+                        queue_ms=((request.first_run or started) - request.submitted) * 1000,
+                        inference_ms=request.inference_s * 1000,
+                    )
+                )
+
+    def _fail_batch(self, batch: list[_Item], err: RatatoskrError) -> None:
+        for item in batch:
+            self._fail(item.request, err)
+
+    @staticmethod
+    def _fail(request: _Request, err: RatatoskrError) -> None:
+        if not request.future.done():
+            request.future.set_exception(err)
