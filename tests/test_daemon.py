@@ -9,9 +9,9 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ratatoskr_client import AsyncServiceClient, NotFound, ServiceClient
-from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import MODEL, DaemonProcess
+from ratatoskr_client import AsyncServiceClient, InvalidArgument, NotFound, ServiceClient
+from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
+from tests.conftest import MODEL, TINY_NLI, TINY_NLI_LABELS, DaemonProcess
 
 
 def test_health_serving_and_socket_permissions(daemon: DaemonProcess) -> None:
@@ -49,7 +49,7 @@ async def test_async_client_over_tcp(daemon: DaemonProcess) -> None:
         status = await client.status()
     assert len(result.vectors[0]) == 384
     assert status.state == "serving"
-    assert [m.name for m in status.models] == [MODEL]
+    assert MODEL in [m.name for m in status.models]
     assert status.models[0].device == "CPUExecutionProvider"
 
 
@@ -72,7 +72,7 @@ def test_unbuilt_rpcs_say_what_is_missing(daemon: DaemonProcess) -> None:
 
 def test_admin_models(daemon: DaemonProcess) -> None:
     with daemon.client(timeout=30) as client:
-        (loaded,) = client.list_loaded_models()
+        (loaded,) = [m for m in client.list_loaded_models() if m.name == MODEL]
         assert loaded.name == MODEL and loaded.state == "ready"
         assert loaded.file_mb > 80 and loaded.memory_mb > 0
         with pytest.raises(NotFound):
@@ -91,3 +91,31 @@ def test_metrics_and_one_log_line_per_request(daemon: DaemonProcess) -> None:
     line = requests[-1]
     assert {"request_id", "rpc", "model", "status", "duration_ms"} <= set(line)
     assert line["status"] == "OK" and line["model"] == MODEL and len(line["request_id"]) >= 16
+
+
+def test_local_model_calls_over_the_wire(daemon: DaemonProcess) -> None:
+    with daemon.client(timeout=30) as client:
+        ranked = client.classify("The striker scored twice in the final", ["cooking", "finance", "sports"])
+        assert ranked.strategy == "embedding" and ranked.scores[0].label == "sports"
+        nli = client.nli([("A man plays guitar.", "Someone makes music.")], model=TINY_NLI)
+        (prediction,) = nli.predictions
+        assert [s.label for s in prediction.scores] == TINY_NLI_LABELS
+        assert sum(s.score for s in prediction.scores) == pytest.approx(1.0, abs=1e-5)
+        assert nli.timing.total_ms > 0
+        tokens = client.tokenize("Hello, world!")
+        assert [t.text for t in tokens.tokens] == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
+        assert client.count_tokens(["Hello, world!", "x"]).counts == [6, 3]
+        with pytest.raises(InvalidArgument, match="default_nli_model"):
+            client.nli([("a", "b")])
+        with pytest.raises(NotFound):
+            client.classify("text", ["a"], model="nope")
+
+
+def test_count_tokens_of_messages_says_what_is_missing(daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        request = gateway_pb2.CountTokensRequest(messages=[types_pb2.Message(role="user", content="hi")])
+        with pytest.raises(grpc.RpcError) as info:
+            gateway.CountTokens(request, timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "chat templates" in info.value.details()

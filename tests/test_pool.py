@@ -1,0 +1,237 @@
+"""The model pool and the micro-batcher, on real ONNX Runtime sessions of tiny test-built models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from ratatoskr_server.config import load_settings
+from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.local.importer import import_bert_checkpoint
+from ratatoskr_server.local.model import LocalModel
+from ratatoskr_server.local.pool import dir_mb
+from tests.tiny_bert import make_tiny_bert_checkpoint
+
+NAMES = ["m0", "m1", "m2", "m3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four small sentence encoders of equal footprint, different weights."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    for seed, name in enumerate(NAMES):
+        checkpoint = make_tiny_bert_checkpoint(tmp_path_factory.mktemp(f"ckpt-{name}"), seed=seed)
+        import_bert_checkpoint(checkpoint, root, name)
+    return root
+
+
+@pytest.fixture
+def footprint(tiny_root: Path) -> float:
+    return dir_mb(tiny_root / "m0")
+
+
+def _gateway(root: Path, **local: Any) -> Gateway:
+    models = local.pop("models", {})
+    settings = load_settings(
+        local={"model_dir": root, "preload": [], "auto_import_default": False, **local}, models=models
+    )
+    return Gateway(settings)
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[Callable[..., Gateway]]:
+    made: list[Gateway] = []
+
+    def factory(root: Path, **local: Any) -> Gateway:
+        gw = _gateway(root, **local)
+        gw.pool.start()
+        made.append(gw)
+        return gw
+
+    yield factory
+    for gw in made:
+        await gw.close()
+
+
+def _resident(gw: Gateway) -> list[str]:
+    return sorted(m.name for m in gw.loaded_models())
+
+
+async def test_lru_eviction_order_and_budget(tiny_root: Path, footprint: float, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, memory_budget_mb=footprint * 2.5)  # room for two
+    budget = gw.settings.local.memory_budget_mb
+    trace = []
+    for name in ["m0", "m1", "m0", "m2", "m3", "m0"]:
+        await gw.embed(["x"], model=name)
+        trace.append(_resident(gw))
+        assert gw.pool.used_mb() <= budget
+    assert trace == [
+        ["m0"],
+        ["m0", "m1"],
+        ["m0", "m1"],
+        ["m0", "m2"],  # m1 was least recently used
+        ["m2", "m3"],  # then m0
+        ["m0", "m3"],  # then m2
+    ]
+    assert gw.pool.load_counts == {"m0": 2, "m1": 1, "m2": 1, "m3": 1}
+
+
+async def test_pinned_models_are_never_evicted(tiny_root: Path, footprint: float, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, memory_budget_mb=footprint * 2.5, models={"m0": {"pinned": True}})
+    for name in ["m0", "m1", "m2", "m3", "m1"]:
+        await gw.embed(["x"], model=name)
+        assert "m0" in _resident(gw)
+    (pinned,) = [m for m in gw.loaded_models() if m.name == "m0"]
+    assert pinned.pinned and pinned.file_mb == pytest.approx(footprint, abs=0.1)
+    # A budget filled by pinned models refuses clearly instead of evicting them.
+    tight = make_gateway(tiny_root, memory_budget_mb=footprint * 1.5, models={"m0": {"pinned": True}})
+    await tight.embed(["x"], model="m0")
+    with pytest.raises(ResourceExhausted, match="memory_budget_mb"):
+        await tight.embed(["x"], model="m1")
+    with pytest.raises(FailedPrecondition, match="more than the whole budget"):
+        await make_gateway(tiny_root, memory_budget_mb=footprint / 2).embed(["x"], model="m1")
+
+
+async def test_idle_models_unload(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, idle_unload_s=0.5, models={"m1": {"pinned": True}})
+    await gw.embed(["x"], model="m1")
+    await gw.embed(["x"], model="m0")
+    assert _resident(gw) == ["m0", "m1"]
+    for _ in range(10):  # used again and again: never idle long enough
+        await asyncio.sleep(0.1)
+        await gw.embed(["x"], model="m0")
+    assert _resident(gw) == ["m0", "m1"]
+    await asyncio.sleep(1.2)
+    assert _resident(gw) == ["m1"]  # pinned stays
+
+
+async def test_concurrent_first_use_loads_once(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root)
+    results = await asyncio.gather(*(gw.embed([f"request {i}"], model="m2") for i in range(100)))
+    assert len(results) == 100 and all(len(r.vectors) == 1 for r in results)
+    assert gw.pool.load_counts["m2"] == 1
+
+
+async def test_no_unload_under_an_in_flight_request(tiny_root: Path, footprint: float, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, memory_budget_mb=footprint * 2.5, load_wait_s=0.3)
+    await gw.embed(["x"], model="m1")
+    async with gw.pool.lease("m0"):
+        # Budget pressure evicts the idle m1, never the busy m0.
+        await gw.embed(["x"], model="m2")
+        assert _resident(gw) == ["m0", "m2"]
+        # An explicit unload waits for the request to finish.
+        unload = asyncio.create_task(gw.unload_model("m0"))
+        await asyncio.sleep(0.1)
+        assert not unload.done()
+        assert [m.state for m in gw.loaded_models() if m.name == "m0"] == ["unloading"]
+    assert await unload is True
+    assert _resident(gw) == ["m2"]
+    # With every evictable model busy, a load waits (bounded) and then says why.
+    async with gw.pool.lease("m2"):
+        await gw.embed(["x"], model="m0")
+        async with gw.pool.lease("m0"):
+            with pytest.raises(ResourceExhausted, match="busy"):
+                await gw.embed(["x"], model="m3")
+
+
+class Gate:
+    """Holds the model's ONNX runs until released, counting every run and its rows."""
+
+    def __init__(self, model: LocalModel) -> None:
+        self.open = threading.Event()
+        self.entered = 0
+        self.runs: list[int] = []
+        real = model.batcher.run_batch
+
+        def gated(encodings: list[Any]) -> Any:
+            self.entered += 1
+            self.open.wait(timeout=30)
+            self.runs.append(len(encodings))
+            return real(encodings)
+
+        model.batcher.run_batch = gated
+
+
+async def _gated(gw: Gateway, name: str) -> tuple[LocalModel, Gate]:
+    await gw.embed(["warm"], model=name)
+    async with gw.pool.lease(name) as model:
+        return model, Gate(model)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_concurrent_requests_merge_into_one_batch(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root)
+    model, gate = await _gated(gw, "m0")
+    first = asyncio.create_task(gw.embed(["the first request runs alone"], model="m0"))
+    await _until(lambda: gate.entered == 1)
+    others = [asyncio.create_task(gw.embed([f"sentence {i}"], model="m0")) for i in range(10)]
+    await _until(lambda: model.batcher.queued_requests == 10)
+    gate.open.set()
+    results = await asyncio.gather(first, *others)
+    assert gate.runs == [1, 10]  # eleven requests, two session runs
+    alone = [await gw.embed([f"sentence {i}"], model="m0") for i in range(3)]
+    for merged, single in zip(results[1:4], alone, strict=True):
+        np.testing.assert_allclose(merged.vectors, single.vectors, atol=1e-6)
+
+
+async def test_oversized_request_is_split_not_refused(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"max_batch_size": 8, "max_batch_tokens": 64})
+    _, gate = await _gated(gw, "m1")
+    gate.open.set()
+    texts = [("word " * (i % 9)).strip() for i in range(50)]
+    result = await gw.embed(texts, model="m1")
+    assert len(result.vectors) == 50
+    assert sum(gate.runs) == 50 and max(gate.runs) <= 8
+    # Rows are sorted by length before slicing, so the token budget limits long slices only.
+    single = await gw.embed([texts[7]], model="m1")
+    np.testing.assert_allclose(result.vectors[7], single.vectors[0], atol=1e-6)
+
+
+async def test_queue_full_answers_resource_exhausted(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"max_queue": 2})
+    model, gate = await _gated(gw, "m2")
+    running = asyncio.create_task(gw.embed(["running"], model="m2"))
+    await _until(lambda: gate.entered == 1)
+    queued = [asyncio.create_task(gw.embed([f"queued {i}"], model="m2")) for i in range(2)]
+    await _until(lambda: model.batcher.queued_requests == 2)
+    with pytest.raises(ResourceExhausted, match="max_queue") as info:
+        await gw.embed(["one too many"], model="m2")
+    assert info.value.retry_after_s == 1.0
+    gate.open.set()
+    await asyncio.gather(running, *queued)
+
+
+async def test_cancelled_and_expired_requests_are_skipped(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root)
+    model, gate = await _gated(gw, "m3")
+    stats = model.batcher.stats
+    dropped_before = stats.rows_dropped
+    running = asyncio.create_task(gw.embed(["running"], model="m3"))
+    await _until(lambda: gate.entered == 1)
+    cancelled = asyncio.create_task(gw.embed(["a", "b", "c"], model="m3"))
+    expiring = asyncio.create_task(gw.embed(["d", "e"], model="m3", timeout=0.2))
+    kept = asyncio.create_task(gw.embed(["f"], model="m3"))
+    await _until(lambda: model.batcher.queued_requests == 3)
+    cancelled.cancel()
+    with pytest.raises(DeadlineExceeded):
+        await expiring
+    gate.open.set()
+    await asyncio.gather(running, kept)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert gate.runs == [1, 1]  # only "running" and "f" ever reached the model
+    assert stats.rows_dropped - dropped_before == 5
