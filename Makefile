@@ -10,7 +10,7 @@ GEN_STAMP := $(GEN)/.generated
 PROTOS := $(wildcard proto/ratatoskr/v1/*.proto)
 PACKAGES := ratatoskr_server ratatoskr_client
 
-.PHONY: run test lint typecheck unit proto model clean
+.PHONY: run test lint typecheck unit proto model bench-embed clean
 
 run: $(GEN_STAMP) model
 	$(VENV)/bin/ratatoskr serve $(ARGS)
@@ -21,8 +21,8 @@ unit: $(GEN_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP)
-	$(VENV)/bin/ruff check $(PACKAGES) tests
-	$(VENV)/bin/ruff format --check $(PACKAGES) tests
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
 
 typecheck: $(GEN_STAMP)
 	$(VENV)/bin/mypy --strict $(PACKAGES)
@@ -53,6 +53,9 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 		$(GEN)/ratatoskr/v1/*.py $(GEN)/ratatoskr/v1/*.pyi
 	touch $(GEN)/__init__.py $(GEN)/ratatoskr/__init__.py $(GEN)/ratatoskr/v1/__init__.py
 	touch $@
+
+bench-embed: $(GEN_STAMP) model
+	$(PY) bench/embed.py $(ARGS)
 
 clean:
 	rm -rf $(GEN) .mypy_cache .ruff_cache .pytest_cache

@@ -94,6 +94,11 @@ class BatchingSettings(_Section):
     max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per ONNX run.")
     max_wait_ms: float = Field(default=1.0, ge=0, description="How long an idle model waits for company.")
     max_queue: int = Field(default=1024, ge=1, description="Requests waiting per model before RESOURCE_EXHAUSTED.")
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Batches of one model running at once; two halves of the cores beat one whole under load.",
+    )
 
 
 class LocalSettings(_Section):
@@ -113,7 +118,12 @@ class LocalSettings(_Section):
     device: Device = "auto"
     require_device: bool = Field(default=False, description="Refuse to start a model on CPU when CUDA was asked for.")
     inference_workers: int = Field(default=2, ge=1, description="Threads running local inference off the event loop.")
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per inference; 0: all cores.")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per batch; 0: the cores divided by batching.concurrency."
+    )
+    spin_wait: bool = Field(
+        default=True, description="Let ONNX Runtime's threads spin between runs (faster alone, costlier when shared)."
+    )
     memory_budget_mb: float = Field(
         default=4096, ge=0, description="Footprint of resident models (their files' size); 0: unlimited."
     )
@@ -123,6 +133,12 @@ class LocalSettings(_Section):
 
     def resolved_model_dir(self) -> Path:
         return self.model_dir.expanduser()
+
+    def resolved_intra_op_threads(self) -> int:
+        """Threads per ONNX run: the cores shared among the batches that may run at once."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.batching.concurrency)
 
 
 class ModelSettings(_Section):

@@ -174,7 +174,7 @@ async def _until(predicate: Callable[[], bool]) -> None:
 
 
 async def test_concurrent_requests_merge_into_one_batch(tiny_root: Path, make_gateway: Any) -> None:
-    gw = make_gateway(tiny_root)
+    gw = make_gateway(tiny_root, batching={"concurrency": 1})
     model, gate = await _gated(gw, "m0")
     first = asyncio.create_task(gw.embed(["the first request runs alone"], model="m0"))
     await _until(lambda: gate.entered == 1)
@@ -189,7 +189,7 @@ async def test_concurrent_requests_merge_into_one_batch(tiny_root: Path, make_ga
 
 
 async def test_oversized_request_is_split_not_refused(tiny_root: Path, make_gateway: Any) -> None:
-    gw = make_gateway(tiny_root, batching={"max_batch_size": 8, "max_batch_tokens": 64})
+    gw = make_gateway(tiny_root, batching={"max_batch_size": 8, "max_batch_tokens": 64, "concurrency": 1})
     _, gate = await _gated(gw, "m1")
     gate.open.set()
     texts = [("word " * (i % 9)).strip() for i in range(50)]
@@ -202,7 +202,7 @@ async def test_oversized_request_is_split_not_refused(tiny_root: Path, make_gate
 
 
 async def test_queue_full_answers_resource_exhausted(tiny_root: Path, make_gateway: Any) -> None:
-    gw = make_gateway(tiny_root, batching={"max_queue": 2})
+    gw = make_gateway(tiny_root, batching={"max_queue": 2, "concurrency": 1})
     model, gate = await _gated(gw, "m2")
     running = asyncio.create_task(gw.embed(["running"], model="m2"))
     await _until(lambda: gate.entered == 1)
@@ -216,7 +216,7 @@ async def test_queue_full_answers_resource_exhausted(tiny_root: Path, make_gatew
 
 
 async def test_cancelled_and_expired_requests_are_skipped(tiny_root: Path, make_gateway: Any) -> None:
-    gw = make_gateway(tiny_root)
+    gw = make_gateway(tiny_root, batching={"concurrency": 1})
     model, gate = await _gated(gw, "m3")
     stats = model.batcher.stats
     dropped_before = stats.rows_dropped
@@ -235,3 +235,13 @@ async def test_cancelled_and_expired_requests_are_skipped(tiny_root: Path, make_
         await cancelled
     assert gate.runs == [1, 1]  # only "running" and "f" ever reached the model
     assert stats.rows_dropped - dropped_before == 5
+
+
+async def test_two_batch_slots_share_a_lone_big_request(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"concurrency": 2, "max_batch_size": 32})
+    _, gate = await _gated(gw, "m0")
+    big = asyncio.create_task(gw.embed([f"text {i}" for i in range(20)], model="m0"))
+    await _until(lambda: gate.entered == 2)  # both slots busy with halves of one request
+    gate.open.set()
+    assert len((await big).vectors) == 20
+    assert sorted(gate.runs) == [10, 10]

@@ -42,6 +42,8 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 1.0
     max_queue: int = 1024
+    #: Batches of this model running at once (each on its own executor thread).
+    concurrency: int = 1
 
 
 @dataclass(slots=True)
@@ -100,6 +102,8 @@ class MicroBatcher:
         self._queued_requests = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(self.limits.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def queued_requests(self) -> int:
@@ -110,11 +114,13 @@ class MicroBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        tasks = [t for t in (self._worker, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await task
+        self._worker = None
         while self._queue:
             self._fail(self._queue.popleft().request, Unavailable(f"model '{self.name}' was unloaded"))
 
@@ -140,13 +146,26 @@ class MicroBatcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._gather_company(loop)
-            batch = self._take(time.monotonic())
+            # Share the queue among the slots free now (this one included): a lone big request
+            # spreads over every idle slot, while under load each batch takes all it may.
+            free = self.limits.concurrency - len(self._running)
+            share = -(-len(self._queue) // max(free, 1))
+            batch = self._take(time.monotonic(), min(self.limits.max_batch_size, max(share, 1)))
             if not batch:
+                self._slots.release()
                 continue
+            task = loop.create_task(self._run(loop, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        """One batch through the model; its slot is free for the next batch when this ends."""
+        try:
             started = time.perf_counter()
             try:
                 rows = await loop.run_in_executor(self.executor, self.run_batch, [it.encoding for it in batch])
@@ -156,12 +175,14 @@ class MicroBatcher:
                 raise
             except RatatoskrError as err:
                 self._fail_batch(batch, err)
-                continue
+                return
             except Exception as err:
                 log.exception("inference failed", extra={"model": self.name})
                 self._fail_batch(batch, Internal(f"inference failed on model '{self.name}': {err}"))
-                continue
+                return
             self._deliver(batch, rows, started, time.perf_counter())
+        finally:
+            self._slots.release()
 
     async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait up to max_wait_ms for more inputs when the queue cannot fill a batch yet."""
@@ -176,10 +197,10 @@ class MicroBatcher:
             except TimeoutError:
                 return
 
-    def _take(self, now: float) -> list[_Item]:
+    def _take(self, now: float, limit: int) -> list[_Item]:
         batch: list[_Item] = []
         widest = 0
-        while self._queue and len(batch) < self.limits.max_batch_size:
+        while self._queue and len(batch) < limit:
             item = self._queue[0]
             if item.request.dead(now):
                 self._queue.popleft()

@@ -132,6 +132,7 @@ def open_local_model(
     device: str,
     require_device: bool,
     intra_op_threads: int,
+    spin_wait: bool = True,
     executor: Executor,
     limits: BatchLimits,
 ) -> LocalModel:
@@ -150,7 +151,11 @@ def open_local_model(
             raise FailedPrecondition(f"model '{name}': {path / file} is missing")
     try:
         handle = create_session(
-            path / manifest.onnx_file, device=device, require_device=require_device, intra_op_threads=intra_op_threads
+            path / manifest.onnx_file,
+            device=device,
+            require_device=require_device,
+            intra_op_threads=intra_op_threads,
+            spin_wait=spin_wait,
         )
     except FailedPrecondition:
         raise

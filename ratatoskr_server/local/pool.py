@@ -316,7 +316,8 @@ class LocalModelPool:
                     slot.path,
                     device=device,
                     require_device=local.require_device,
-                    intra_op_threads=local.intra_op_threads,
+                    intra_op_threads=local.resolved_intra_op_threads(),
+                    spin_wait=local.spin_wait,
                     executor=self._executor,
                     limits=limits,
                 ),
@@ -359,6 +360,7 @@ class LocalModelPool:
             max_batch_tokens=(decl.max_batch_tokens if decl else None) or b.max_batch_tokens,
             max_wait_ms=b.max_wait_ms if decl is None or decl.max_wait_ms is None else decl.max_wait_ms,
             max_queue=(decl.max_queue if decl else None) or b.max_queue,
+            concurrency=b.concurrency,
         )
 
     # -- unloading ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def nvidia_gpu_present() -> bool:
 
 
 def create_session(
-    path: Path, *, device: str, require_device: bool = False, intra_op_threads: int = 0
+    path: Path, *, device: str, require_device: bool = False, intra_op_threads: int = 0, spin_wait: bool = True
 ) -> SessionHandle:
     """A session on ``device`` ("auto", "cpu", "cuda"), falling back to CPU unless ``require_device``."""
     options = ort.SessionOptions()
@@ -56,6 +56,8 @@ def create_session(
     options.log_severity_level = _ORT_ERROR
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     want_cuda = device in ("auto", "cuda")
     reason = ""

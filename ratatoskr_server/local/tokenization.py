@@ -21,6 +21,7 @@ from ratatoskr_client.types import Token
 
 #: A text, or a (premise, hypothesis) pair for cross-encoders.
 TextInput = str | tuple[str, str]
+_SEQUENTIAL_MAX = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,12 @@ class TextTokenizer:
     def encode(self, inputs: Sequence[TextInput], *, truncate: bool, what: str = "input") -> list[Encoding]:
         """Encodings in input order; over-long ones are cut, or refused naming their index."""
         batch = list(inputs)
-        encodings: list[Encoding] = self._full.encode_batch(batch)
+        encodings: list[Encoding]
+        if len(batch) <= _SEQUENTIAL_MAX:
+            # A few texts: encode_batch's thread-pool fan-out costs more than it saves.
+            encodings = [self._full.encode(*x) if isinstance(x, tuple) else self._full.encode(x) for x in batch]
+        else:
+            encodings = self._full.encode_batch(batch)
         for i, enc in enumerate(encodings):
             if len(enc.ids) <= self.max_length:
                 continue
