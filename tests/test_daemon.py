@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ratatoskr_client import AsyncServiceClient, InvalidArgument, NotFound, ServiceClient
+from ratatoskr_client import AsyncServiceClient, InvalidArgument, NotFound, ServiceClient, Task
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
 from tests.conftest import MODEL, TINY_NLI, TINY_NLI_LABELS, DaemonProcess
 
@@ -73,10 +73,19 @@ def test_unbuilt_rpcs_say_what_is_missing(daemon: DaemonProcess) -> None:
 def test_admin_models(daemon: DaemonProcess) -> None:
     with daemon.client(timeout=30) as client:
         (loaded,) = [m for m in client.list_loaded_models() if m.name == MODEL]
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        listing = admin_pb2_grpc.AdminStub(channel).ListLoadedModels(admin_pb2.ListLoadedModelsRequest(), timeout=5)
+    assert listing.memory_budget_mb == 4096 and listing.memory_used_mb >= loaded.file_mb
+    with daemon.client(timeout=30) as client:
         assert loaded.name == MODEL and loaded.state == "ready"
         assert loaded.file_mb > 80 and loaded.memory_mb > 0
         with pytest.raises(NotFound):
             client.load_model("no-such-model")
+        tiny = client.load_model(TINY_NLI)
+        assert tiny.state == "ready" and tiny.task is Task.NLI and tiny.device == "CPUExecutionProvider"
+        assert client.unload_model(TINY_NLI) is True
+        assert TINY_NLI not in [m.name for m in client.list_loaded_models()]
+        assert client.unload_model(TINY_NLI) is False  # not loaded any more: nothing to do
 
 
 def test_metrics_and_one_log_line_per_request(daemon: DaemonProcess) -> None:

@@ -174,9 +174,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListLoadedModelsResponse:
         async def run() -> admin_pb2.ListLoadedModelsResponse:
             models = self.gateway.loaded_models()
+            # The budget counts file footprints (see local/pool.py), so "used" does too.
             return admin_pb2.ListLoadedModelsResponse(
                 models=[convert.loaded_model_to_pb(m) for m in models],
-                memory_used_mb=sum(m.memory_mb for m in models),
+                memory_budget_mb=self.gateway.settings.local.memory_budget_mb,
+                memory_used_mb=self.gateway.pool.used_mb(),
             )
 
         return await self.edge.call("ListLoadedModels", context, run, limited=False)
