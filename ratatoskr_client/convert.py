@@ -6,24 +6,46 @@ transport can never drift apart on what a field means.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
 
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, gateway_pb2, types_pb2
+from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
     ClassifyResult,
+    ContentDelta,
     CountTokensResult,
+    Done,
     EmbedResult,
+    GenerateResult,
     LabelScore,
     LoadedModel,
+    Message,
     NliPrediction,
     NliResult,
+    ReasoningDelta,
+    ReasoningOptions,
     ReloadResult,
+    ResponseFormat,
     ServerStatus,
     Task,
     Timing,
     Token,
     TokenizeResult,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolChoice,
+    ToolDefinition,
     Usage,
+    UsageEvent,
 )
 
 _TASK_TO_PB: dict[Task, int] = {
@@ -289,4 +311,231 @@ def count_tokens_result_to_pb(r: CountTokensResult) -> gateway_pb2.CountTokensRe
 def count_tokens_result_from_pb(resp: gateway_pb2.CountTokensResponse) -> CountTokensResult:
     return CountTokensResult(
         counts=list(resp.counts), total=resp.total, model=resp.model, timing=timing_from_pb(resp.timing)
+    )
+
+
+# -- chat --------------------------------------------------------------------------------------------
+
+
+def _struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(s)
+
+
+def _dict_to_struct(d: dict[str, Any] | None) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    if d:
+        out.update(d)
+    return out
+
+
+def message_to_pb(m: Message) -> types_pb2.Message:
+    return types_pb2.Message(
+        role=m.role,
+        content=m.content,
+        tool_calls=[types_pb2.ToolCall(id=t.id, type=t.type, name=t.name, arguments=t.arguments) for t in m.tool_calls],
+        name=m.name,
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def message_from_pb(m: types_pb2.Message) -> Message:
+    return Message(
+        role=m.role,
+        content=m.content,
+        tool_calls=[
+            ToolCall(id=t.id, name=t.name, arguments=t.arguments, type=t.type or "function") for t in m.tool_calls
+        ],
+        name=m.name,
+        tool_call_id=m.tool_call_id,
+    )
+
+
+_FORMATS: dict[str, types_pb2.ResponseFormat.Type.ValueType] = {
+    "text": types_pb2.ResponseFormat.TYPE_TEXT,
+    "json_object": types_pb2.ResponseFormat.TYPE_JSON_OBJECT,
+    "json_schema": types_pb2.ResponseFormat.TYPE_JSON_SCHEMA,
+}
+_FORMAT_NAMES = {v: k for k, v in _FORMATS.items()}
+
+
+def _opt(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
+    pb = types_pb2.ChatOptions(
+        model=o.model,
+        stop=o.stop,
+        tools=[
+            types_pb2.ToolDefinition(
+                name=t.name, description=t.description, parameters=_dict_to_struct(t.parameters), strict=t.strict
+            )
+            for t in o.tools
+        ],
+        raw_provider_options_json=json.dumps(o.raw_provider_options) if o.raw_provider_options else "",
+    )
+    for name in ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"):
+        value = getattr(o, name)
+        if value is not None:
+            setattr(pb, name, value)
+    if o.parallel_tool_calls is not None:
+        pb.parallel_tool_calls = o.parallel_tool_calls
+    if o.tool_choice is not None:
+        c = o.tool_choice
+        if c.mode == "function":
+            pb.tool_choice.function = c.function
+        else:
+            setattr(pb.tool_choice, c.mode, True)
+    if o.response_format is not None:
+        f = o.response_format
+        pb.response_format.CopyFrom(
+            types_pb2.ResponseFormat(
+                type=_FORMATS[f.type],
+                schema_name=f.schema_name,
+                json_schema=_dict_to_struct(f.json_schema),
+                strict=f.strict,
+            )
+        )
+    if o.reasoning is not None:
+        r = o.reasoning
+        pb.reasoning.CopyFrom(types_pb2.ReasoningOptions(effort=r.effort, exclude=r.exclude))
+        if r.max_tokens is not None:
+            pb.reasoning.max_tokens = r.max_tokens
+    return pb
+
+
+def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
+    choice: ToolChoice | None = None
+    which = pb.tool_choice.WhichOneof("choice") if pb.HasField("tool_choice") else None
+    if which == "function":
+        choice = ToolChoice("function", pb.tool_choice.function)
+    elif which in ("auto", "none", "required"):
+        choice = ToolChoice(which)
+    fmt: ResponseFormat | None = None
+    if pb.HasField("response_format") and pb.response_format.type:
+        f = pb.response_format
+        fmt = ResponseFormat(
+            type=_FORMAT_NAMES[f.type],  # type: ignore[arg-type]
+            schema_name=f.schema_name,
+            json_schema=_struct_to_dict(f.json_schema) if f.HasField("json_schema") else None,
+            strict=f.strict,
+        )
+    reasoning: ReasoningOptions | None = None
+    if pb.HasField("reasoning"):
+        r = pb.reasoning
+        reasoning = ReasoningOptions(effort=r.effort, max_tokens=_opt(r, "max_tokens"), exclude=r.exclude)
+    try:
+        raw = json.loads(pb.raw_provider_options_json) if pb.raw_provider_options_json else {}
+    except json.JSONDecodeError as err:
+        raise InvalidArgument(f"raw_provider_options_json is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise InvalidArgument("raw_provider_options_json must be a JSON object")
+    return ChatOptions(
+        model=pb.model,
+        temperature=_opt(pb, "temperature"),
+        max_tokens=_opt(pb, "max_tokens"),
+        top_p=_opt(pb, "top_p"),
+        top_k=_opt(pb, "top_k"),
+        stop=list(pb.stop),
+        frequency_penalty=_opt(pb, "frequency_penalty"),
+        presence_penalty=_opt(pb, "presence_penalty"),
+        seed=_opt(pb, "seed"),
+        tools=[
+            ToolDefinition(
+                name=t.name,
+                description=t.description,
+                parameters=_struct_to_dict(t.parameters) if t.HasField("parameters") else {},
+                strict=t.strict,
+            )
+            for t in pb.tools
+        ],
+        tool_choice=choice,
+        response_format=fmt,
+        reasoning=reasoning,
+        parallel_tool_calls=_opt(pb, "parallel_tool_calls"),
+        raw_provider_options=raw,
+    )
+
+
+def chat_event_to_pb(e: ChatEvent) -> types_pb2.ChatEvent:
+    E = types_pb2.ChatEvent  # noqa: N806 - reads as the message it builds
+    if isinstance(e, ContentDelta):
+        return E(content=E.ContentDelta(text=e.text))
+    if isinstance(e, ReasoningDelta):
+        return E(reasoning=E.ReasoningDelta(text=e.text))
+    if isinstance(e, ToolCallStart):
+        return E(tool_call_start=E.ToolCallStart(index=e.index, id=e.id, name=e.name))
+    if isinstance(e, ToolCallDelta):
+        return E(tool_call_delta=E.ToolCallDelta(index=e.index, arguments=e.arguments))
+    if isinstance(e, ToolCallEnd):
+        return E(tool_call_end=E.ToolCallEnd(index=e.index))
+    if isinstance(e, UsageEvent):
+        return E(usage=usage_to_pb(e.usage))
+    return E(
+        done=E.Done(finish_reason=e.finish_reason, timing=timing_to_pb(e.timing), provider=e.provider, model=e.model)
+    )
+
+
+def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent:
+    which = pb.WhichOneof("event")
+    if which == "content":
+        return ContentDelta(pb.content.text)
+    if which == "reasoning":
+        return ReasoningDelta(pb.reasoning.text)
+    if which == "tool_call_start":
+        s = pb.tool_call_start
+        return ToolCallStart(index=s.index, id=s.id, name=s.name)
+    if which == "tool_call_delta":
+        return ToolCallDelta(index=pb.tool_call_delta.index, arguments=pb.tool_call_delta.arguments)
+    if which == "tool_call_end":
+        return ToolCallEnd(index=pb.tool_call_end.index)
+    if which == "usage":
+        return UsageEvent(usage_from_pb(pb.usage))
+    d = pb.done
+    return Done(finish_reason=d.finish_reason, timing=timing_from_pb(d.timing), provider=d.provider, model=d.model)
+
+
+def chat_result_to_pb(r: ChatResult) -> gateway_pb2.ChatResponse:
+    return gateway_pb2.ChatResponse(
+        message=message_to_pb(r.message),
+        finish_reason=r.finish_reason,
+        usage=usage_to_pb(r.usage),
+        timing=timing_to_pb(r.timing),
+        provider=r.provider,
+        model=r.model,
+        reasoning=r.reasoning,
+    )
+
+
+def chat_result_from_pb(pb: gateway_pb2.ChatResponse) -> ChatResult:
+    return ChatResult(
+        message=message_from_pb(pb.message),
+        finish_reason=pb.finish_reason,
+        usage=usage_from_pb(pb.usage),
+        timing=timing_from_pb(pb.timing),
+        provider=pb.provider,
+        model=pb.model,
+        reasoning=pb.reasoning,
+    )
+
+
+def generate_result_to_pb(r: GenerateResult) -> gateway_pb2.GenerateResponse:
+    return gateway_pb2.GenerateResponse(
+        text=r.text,
+        finish_reason=r.finish_reason,
+        usage=usage_to_pb(r.usage),
+        timing=timing_to_pb(r.timing),
+        provider=r.provider,
+        model=r.model,
+    )
+
+
+def generate_result_from_pb(pb: gateway_pb2.GenerateResponse) -> GenerateResult:
+    return GenerateResult(
+        text=pb.text,
+        finish_reason=pb.finish_reason,
+        usage=usage_from_pb(pb.usage),
+        timing=timing_from_pb(pb.timing),
+        provider=pb.provider,
+        model=pb.model,
     )

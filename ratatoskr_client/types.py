@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Literal
 
 
 class Task(StrEnum):
@@ -143,3 +144,146 @@ class CountTokensResult:
     total: int
     model: str
     timing: Timing = field(default_factory=Timing)
+
+
+# -- chat -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is the JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str = ""
+    type: str = "function"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    name: str = ""
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    name: str
+    description: str = ""
+    #: JSON Schema of the arguments.
+    parameters: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """``mode`` "function" forces a call of ``function``; the others are the usual auto/none/required."""
+
+    mode: Literal["auto", "none", "required", "function"]
+    function: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema_name: str = ""
+    json_schema: dict[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningOptions:
+    effort: str = ""
+    max_tokens: int | None = None
+    exclude: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """Generation parameters; ``None`` leaves the model's default, never a value the caller did not give."""
+
+    model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    tools: list[ToolDefinition] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    reasoning: ReasoningOptions | None = None
+    parallel_tool_calls: bool | None = None
+    #: Merged into the provider's request body as is: the escape hatch for provider-only fields.
+    raw_provider_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContentDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The last event of every successful stream."""
+
+    finish_reason: str
+    timing: Timing = field(default_factory=Timing)
+    provider: str = ""
+    model: str = ""
+
+
+ChatEvent = ContentDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageEvent | Done
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    message: Message
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+    provider: str = ""
+    model: str = ""
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    text: str
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+    provider: str = ""
+    model: str = ""

@@ -158,14 +158,32 @@ class ModelSettings(_Section):
 
 
 class ProviderSettings(_Section):
-    """A remote or local model server. Routing chat to providers is a later capability."""
+    """A model server or paid API. OpenAI-compatible backends are all this one shape."""
 
     kind: Literal["openai_compat", "anthropic", "ollama", "huggingface"]
-    base_url: str
-    api_key: SecretStr | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    local: bool = False
+    base_url: str = Field(description="e.g. https://api.openai.com/v1; {model} is replaced (Azure deployments).")
+    api_key: SecretStr | None = Field(default=None, description='Use "${ENV_VAR}", never the key itself.')
+    #: Header carrying the key: "Authorization" sends "Bearer <key>"; any other name sends the bare key.
+    api_key_header: str = "Authorization"
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers, e.g. OpenRouter attribution.")
+    query: dict[str, str] = Field(default_factory=dict, description="Query parameters, e.g. Azure's api-version.")
+    local: bool = Field(default=False, description="Runs on this host or a private network (no egress).")
     enabled: bool = True
+    #: Models listed when the upstream has no model-listing endpoint.
+    models: list[str] = Field(default_factory=list)
+    #: Anthropic requires max_tokens; used when the caller leaves it unset.
+    default_max_tokens: int = Field(default=4096, ge=1)
+
+
+class HttpSettings(_Section):
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0, description="Longest silence between bytes of an answer.")
+    write_timeout_s: float = Field(default=30.0, gt=0)
+    pool_timeout_s: float = Field(default=10.0, gt=0, description="Wait for a free pooled connection.")
+    total_timeout_s: float = Field(default=600.0, gt=0, description="Longest whole upstream call, streams included.")
+    max_connections: int = Field(default=100, ge=1)
+    max_keepalive_connections: int = Field(default=20, ge=0)
+    http2: bool = True
 
 
 _config_path: ContextVar[Path | None] = ContextVar("ratatoskr_config_path", default=None)
@@ -184,6 +202,9 @@ class Settings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    #: Short names for "provider/model" strings, e.g. fast = "groq/llama-3.1-8b-instant".
+    aliases: dict[str, str] = Field(default_factory=dict)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @classmethod
     def settings_customise_sources(

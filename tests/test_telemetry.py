@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from ratatoskr_server.telemetry.logs import MASK, JsonFormatter, Redactor
+from ratatoskr_server.redact import MASK
+from ratatoskr_server.telemetry.logs import JsonFormatter, Redactor
 from tests.conftest import DaemonProcess
 
 KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"

@@ -1,0 +1,1 @@
+"""The one place that builds HTTP clients: timeouts, connection pools, HTTP/2."""

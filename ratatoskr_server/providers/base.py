@@ -1,0 +1,90 @@
+"""The interface every provider adapter implements.
+
+A provider turns domain calls into one upstream's wire format and back:
+requests, SSE/NDJSON streams, error bodies.  It declares what it can do and
+which generation parameters its wire format carries; it never decides
+policy (privacy, budgets, retries, fallback), which wraps it from above.
+
+Streams yield domain ``ChatEvent``s and end with one ``Done`` carrying the
+upstream's finish reason; a failure after the first event is raised as a
+``RatatoskrError`` so the caller sees a failed call, never a clean end.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
+from typing import ClassVar
+
+import httpx
+
+from ratatoskr_client.errors import Unimplemented
+from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, GenerateResult, Message
+from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.net.http import build_client
+
+
+class Capability(StrEnum):
+    CHAT = "chat"
+    GENERATE = "generate"
+    EMBED = "embed"
+    NLI = "nli"
+    CLASSIFY = "classify"
+
+
+class Provider(ABC):
+    kind: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]]
+    #: ChatOptions fields this wire format carries.
+    supported_parameters: ClassVar[frozenset[str]]
+
+    def __init__(self, name: str, settings: ProviderSettings, http: HttpSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.http_settings = http
+        # Adapters build absolute URLs (Azure puts the deployment, {model}, inside the base URL).
+        self.client: httpx.AsyncClient = build_client(http, base_url="", headers=self.default_headers())
+
+    @property
+    def local(self) -> bool:
+        return self.settings.local
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values that must never appear in anything this provider reports."""
+        key = self.settings.api_key
+        return [key.get_secret_value()] if key else []
+
+    def default_headers(self) -> dict[str, str]:
+        headers = dict(self.settings.headers)
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        if key:
+            header = self.settings.api_key_header
+            headers[header] = f"Bearer {key}" if header.lower() == "authorization" else key
+        return headers
+
+    def _unsupported(self, what: str) -> Unimplemented:
+        return Unimplemented(f"provider '{self.name}' ({self.kind}) does not offer {what}")
+
+    async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
+        raise self._unsupported("chat")
+
+    def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        raise self._unsupported("streaming chat")
+
+    async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult:
+        raise self._unsupported("raw-prompt generation")
+
+    def generate_stream(self, model: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        raise self._unsupported("streaming raw-prompt generation")
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+        raise self._unsupported("embeddings")
+
+    async def list_models(self) -> list[str]:
+        """Model names the upstream offers (configured ``models`` when it cannot say)."""
+        return list(self.settings.models)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

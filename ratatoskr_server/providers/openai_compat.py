@@ -1,0 +1,307 @@
+"""OpenAI's chat-completions wire format, spoken by OpenAI and most servers that copy it.
+
+OpenRouter, Together, Groq, Fireworks, DeepInfra, Anyscale, Modal, vLLM, TGI,
+LocalAI, llama.cpp's server, llamafile, LM Studio and Azure OpenAI are all
+configuration entries of this one adapter (base_url, key header, extra
+headers and query parameters; Azure puts the deployment in the URL through
+``{model}``).
+
+Streams are SSE: ``data: {chunk}`` events ending with ``data: [DONE]``.  Tool
+calls arrive as fragments keyed by ``index`` (the first carries id and name);
+``stream_options.include_usage`` adds a last chunk with ``choices: []`` and
+the usage.  Tolerated: ``choices: null`` (vLLM), no usage chunk, empty
+content deltas (llama.cpp sends them for partial UTF-8 sequences).  A stream
+that stops before ``[DONE]`` and before any finish reason is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from ratatoskr_client.errors import RatatoskrError, Unavailable
+from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
+    ContentDelta,
+    Done,
+    GenerateResult,
+    Message,
+    ReasoningDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+    UsageEvent,
+)
+from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream
+
+
+def usage_from_openai(data: dict[str, Any] | None) -> Usage | None:
+    if not data:
+        return None
+    prompt_details = data.get("prompt_tokens_details") or {}
+    completion_details = data.get("completion_tokens_details") or {}
+    prompt, completion = int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(data.get("total_tokens") or prompt + completion),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        cost_usd=float(data.get("cost") or 0.0),
+    )
+
+
+def messages_to_openai(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        item: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.name:
+            item["name"] = m.name
+        if m.tool_call_id:
+            item["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            item["tool_calls"] = [
+                {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                for t in m.tool_calls
+            ]
+            if not m.content:
+                item["content"] = None
+        out.append(item)
+    return out
+
+
+def options_to_openai(o: ChatOptions) -> dict[str, Any]:
+    """The request fields for ``o``; unset options are left out so the upstream's defaults apply."""
+    body: dict[str, Any] = {}
+    for name in ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"):
+        value = getattr(o, name)
+        if value is not None:
+            body[name] = value
+    if o.stop:
+        body["stop"] = list(o.stop)
+    if o.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters or {"type": "object", "properties": {}},
+                    **({"strict": True} if t.strict else {}),
+                },
+            }
+            for t in o.tools
+        ]
+    if o.tool_choice is not None:
+        c = o.tool_choice
+        body["tool_choice"] = {"type": "function", "function": {"name": c.function}} if c.mode == "function" else c.mode
+    if o.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = o.parallel_tool_calls
+    if o.response_format is not None:
+        f = o.response_format
+        if f.type == "json_schema":
+            schema = {"name": f.schema_name or "response", "schema": f.json_schema or {}, "strict": f.strict}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        else:
+            body["response_format"] = {"type": f.type}
+    if o.reasoning is not None and o.reasoning.effort:
+        body["reasoning_effort"] = o.reasoning.effort
+    body.update(o.raw_provider_options)
+    return body
+
+
+class _StreamState:
+    """Turns chunks into events: tool-call fragments by index, finish reason, usage held for the end."""
+
+    def __init__(self) -> None:
+        self.open_calls: list[int] = []
+        self.finish_reason = ""
+        self.usage: Usage | None = None
+
+    def events(self, chunk: dict[str, Any], exclude_reasoning: bool) -> list[ChatEvent]:
+        usage = usage_from_openai(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        out: list[ChatEvent] = []
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue  # n > 1 is not part of the contract
+            delta = choice.get("delta") or choice  # /completions streams carry "text" on the choice
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning and not exclude_reasoning:
+                out.append(ReasoningDelta(reasoning))
+            text = delta.get("content") if "delta" in choice else choice.get("text")
+            if isinstance(text, str) and text:
+                out.append(ContentDelta(text))
+            for call in delta.get("tool_calls") or []:
+                index = int(call.get("index", 0))
+                function = call.get("function") or {}
+                if index not in self.open_calls:
+                    self.open_calls.append(index)
+                    out.append(ToolCallStart(index=index, id=call.get("id") or "", name=function.get("name") or ""))
+                arguments = function.get("arguments")
+                if arguments:
+                    out.append(ToolCallDelta(index=index, arguments=arguments))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return out
+
+    def closing(self) -> list[ChatEvent]:
+        out: list[ChatEvent] = [ToolCallEnd(i) for i in self.open_calls]
+        self.open_calls = []
+        if self.usage is not None:
+            out.append(UsageEvent(self.usage))
+        out.append(Done(finish_reason=self.finish_reason or "stop"))
+        return out
+
+
+class OpenAICompatProvider(Provider):
+    kind = "openai_compat"
+    capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
+    supported_parameters = frozenset(
+        {
+            "temperature",
+            "max_tokens",
+            "top_p",
+            "top_k",
+            "stop",
+            "frequency_penalty",
+            "presence_penalty",
+            "seed",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "reasoning",
+        }
+    )
+
+    def url(self, path: str, model: str) -> str:
+        return self.settings.base_url.rstrip("/").replace("{model}", model) + path
+
+    def _body(self, model: str, options: ChatOptions, **fields: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {} if "{model}" in self.settings.base_url else {"model": model}
+        body.update(fields)
+        body.update(options_to_openai(options))
+        return body
+
+    async def _post(self, path: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.url(path, model)
+        try:
+            response = await self.client.post(url, json=body, params=self.settings.query)
+        except httpx.HTTPError as err:
+            raise error_from_exception(self.name, url, err, self.secrets) from None
+        if response.status_code != 200:
+            raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
+        url = self.url(path, model)
+        state = _StreamState()
+        try:
+            async with self.client.stream("POST", url, json=body, params=self.settings.query) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode("utf-8", "replace")
+                    raise error_from_status(self.name, response.status_code, text, response.headers, self.secrets)
+                finished = False
+                async for sse in EventSource(response).aiter_sse():
+                    if sse.data.strip() == "[DONE]":
+                        finished = True
+                        break
+                    if not sse.data.strip():
+                        continue
+                    chunk = json.loads(sse.data)
+                    error = chunk.get("error") if isinstance(chunk, dict) else None
+                    if error:
+                        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+                        code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
+                        raise error_in_stream(self.name, message, code, self.secrets)
+                    for event in state.events(chunk, exclude):
+                        yield event
+                if not finished and not state.finish_reason:
+                    raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
+        except RatatoskrError:
+            raise
+        except (httpx.HTTPError, SSEError, json.JSONDecodeError) as err:
+            raise error_from_exception(self.name, url, err, self.secrets) from None
+        for event in state.closing():
+            yield event
+
+    async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
+        data = await self._post(
+            "/chat/completions", model, self._body(model, options, messages=messages_to_openai(messages))
+        )
+        choice = (data.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(
+                id=c.get("id") or "",
+                name=(c.get("function") or {}).get("name", ""),
+                arguments=(c.get("function") or {}).get("arguments", ""),
+            )
+            for c in message.get("tool_calls") or []
+        ]
+        exclude = bool(options.reasoning and options.reasoning.exclude)
+        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+        return ChatResult(
+            message=Message(role="assistant", content=message.get("content") or "", tool_calls=calls),
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=usage_from_openai(data.get("usage")) or Usage(),
+            model=data.get("model") or model,
+            reasoning="" if exclude else str(reasoning),
+        )
+
+    def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        body = self._body(
+            model,
+            options,
+            messages=messages_to_openai(messages),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return self._stream("/chat/completions", model, body, bool(options.reasoning and options.reasoning.exclude))
+
+    async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult:
+        data = await self._post("/completions", model, self._body(model, options, prompt=prompt))
+        choice = (data.get("choices") or [{}])[0]
+        return GenerateResult(
+            text=choice.get("text") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=usage_from_openai(data.get("usage")) or Usage(),
+            model=data.get("model") or model,
+        )
+
+    def generate_stream(self, model: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        body = self._body(model, options, prompt=prompt, stream=True, stream_options={"include_usage": True})
+        return self._stream("/completions", model, body, True)
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+        body: dict[str, Any] = {"input": list(inputs)}
+        if "{model}" not in self.settings.base_url:
+            body["model"] = model
+        data = await self._post("/embeddings", model, body)
+        rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
+        return [[float(x) for x in row["embedding"]] for row in rows]
+
+    async def list_models(self) -> list[str]:
+        if "{model}" in self.settings.base_url:
+            return list(self.settings.models)
+        url = self.url("/models", "")
+        try:
+            response = await self.client.get(url, params=self.settings.query)
+        except httpx.HTTPError as err:
+            raise error_from_exception(self.name, url, err, self.secrets) from None
+        if response.status_code != 200:
+            raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
+        listed = [str(m.get("id")) for m in response.json().get("data") or [] if m.get("id")]
+        return sorted(set(listed) | set(self.settings.models))
