@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ratatoskr_client.protocol import ModelGateway
-from ratatoskr_client.types import ClassifyResult, CountTokensResult, EmbedResult, NliResult, TokenizeResult
+from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
+    ClassifyResult,
+    CountTokensResult,
+    EmbedResult,
+    GenerateResult,
+    Message,
+    NliResult,
+    TokenizeResult,
+)
 
 T = TypeVar("T")
 
@@ -94,6 +105,46 @@ class BlockingGateway:
 
     def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
         return self._run(self._inner.count_tokens(texts, model=model, timeout=timeout))
+
+    def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult:
+        return self._run(self._inner.chat(messages, options, timeout=timeout))
+
+    def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]:
+        return self._iterate(self._inner.chat_stream(messages, options, timeout=timeout))
+
+    def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult:
+        return self._run(self._inner.generate(prompt, options, timeout=timeout))
+
+    def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]:
+        return self._iterate(self._inner.generate_stream(prompt, options, timeout=timeout))
+
+    def _iterate(self, stream: AsyncIterator[T]) -> Iterator[T]:
+        """Pull an async stream item by item on the bridge's loop; stopping early closes it there."""
+
+        async def step() -> tuple[bool, T | None]:
+            try:
+                return True, await anext(stream)
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, item = self._run(step())
+                if not more:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                self._run(closer())
 
     def close(self) -> None:
         if self._closed:

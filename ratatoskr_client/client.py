@@ -7,7 +7,7 @@ status-code mapping is the shared table there, read in reverse.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
@@ -20,10 +20,15 @@ from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gate
 from ratatoskr_client.errors import RatatoskrError, error_for_code
 from ratatoskr_client.paths import grpc_target
 from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
     ClassifyResult,
     CountTokensResult,
     EmbedResult,
+    GenerateResult,
     LoadedModel,
+    Message,
     NliResult,
     ReloadResult,
     ServerStatus,
@@ -129,6 +134,50 @@ class AsyncServiceClient:
         req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
         return convert.count_tokens_result_from_pb(await self._call(self._gateway.CountTokens, req, timeout))
 
+    async def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult:
+        req = gateway_pb2.ChatRequest(
+            messages=[convert.message_to_pb(m) for m in messages],
+            options=convert.chat_options_to_pb(options or ChatOptions()),
+        )
+        return convert.chat_result_from_pb(await self._call(self._gateway.Chat, req, timeout))
+
+    async def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]:
+        req = gateway_pb2.ChatRequest(
+            messages=[convert.message_to_pb(m) for m in messages],
+            options=convert.chat_options_to_pb(options or ChatOptions()),
+        )
+        call = self._gateway.ChatStream(req, timeout=timeout or self.timeout)
+        try:
+            async for event in call:
+                yield convert.chat_event_from_pb(event)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        finally:
+            call.cancel()  # a consumer that stops early closes the stream, and so the upstream
+
+    async def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult:
+        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
+        return convert.generate_result_from_pb(await self._call(self._gateway.Generate, req, timeout))
+
+    async def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]:
+        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
+        call = self._gateway.GenerateStream(req, timeout=timeout or self.timeout)
+        try:
+            async for event in call:
+                yield convert.chat_event_from_pb(event)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        finally:
+            call.cancel()
+
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
         req = health_pb2.HealthCheckRequest(service=service)
@@ -226,6 +275,50 @@ class ServiceClient:
     def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
         req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
         return convert.count_tokens_result_from_pb(self._call(self._gateway.CountTokens, req, timeout))
+
+    def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult:
+        req = gateway_pb2.ChatRequest(
+            messages=[convert.message_to_pb(m) for m in messages],
+            options=convert.chat_options_to_pb(options or ChatOptions()),
+        )
+        return convert.chat_result_from_pb(self._call(self._gateway.Chat, req, timeout))
+
+    def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]:
+        req = gateway_pb2.ChatRequest(
+            messages=[convert.message_to_pb(m) for m in messages],
+            options=convert.chat_options_to_pb(options or ChatOptions()),
+        )
+        call = self._gateway.ChatStream(req, timeout=timeout or self.timeout)
+        try:
+            for event in call:
+                yield convert.chat_event_from_pb(event)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped  # a consumer that stops early closes the stream, and so the upstream
+
+    def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult:
+        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
+        return convert.generate_result_from_pb(self._call(self._gateway.Generate, req, timeout))
+
+    def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]:
+        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
+        call = self._gateway.GenerateStream(req, timeout=timeout or self.timeout)
+        try:
+            for event in call:
+                yield convert.chat_event_from_pb(event)
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err)
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""

@@ -6,10 +6,21 @@ type against these protocols and never learn which one they got.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from ratatoskr_client.types import ClassifyResult, CountTokensResult, EmbedResult, NliResult, TokenizeResult
+from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
+    ClassifyResult,
+    CountTokensResult,
+    EmbedResult,
+    GenerateResult,
+    Message,
+    NliResult,
+    TokenizeResult,
+)
 
 
 @runtime_checkable
@@ -52,6 +63,22 @@ class ModelGateway(Protocol):
     async def count_tokens(
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult: ...
+
+    async def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult: ...
+
+    def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]: ...
+
+    async def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult: ...
+
+    def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]: ...
 
     async def close(self) -> None: ...
 
@@ -96,5 +123,21 @@ class SyncModelGateway(Protocol):
     def count_tokens(
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult: ...
+
+    def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult: ...
+
+    def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]: ...
+
+    def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult: ...
+
+    def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> Iterator[ChatEvent]: ...
 
     def close(self) -> None: ...

@@ -13,32 +13,43 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import replace
 
 import numpy as np
 
-from ratatoskr_client.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unimplemented
+from ratatoskr_client.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
 from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
     ClassifyResult,
     CountTokensResult,
+    Done,
     EmbedResult,
+    GenerateResult,
     LabelScore,
     LoadedModel,
+    Message,
     NliPrediction,
     NliResult,
     Task,
     Timing,
     TokenizeResult,
     Usage,
+    UsageEvent,
 )
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.cross_encoder import entailment_index, label_index, softmax
 from ratatoskr_server.local.model import Inference, LocalModel
 from ratatoskr_server.local.pool import LocalModelPool
+from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.routing.router import Router
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
+_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 #: Embedding-based zero-shot turns cosines into a distribution with softmax(cos / T); cosines of
 #: unrelated MiniLM sentences sit within a few hundredths, so a small T keeps the ranking legible.
 EMBEDDING_SOFTMAX_TEMPERATURE = 0.05
@@ -61,6 +72,9 @@ class Gateway:
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
         )
         self.pool = LocalModelPool(settings, self._executor)
+        self.router = Router(settings)
+        #: Routers replaced by a reload; their connections may still carry streams, so they close at shutdown.
+        self._retired: list[Router] = []
 
     async def start(self) -> None:
         """Load the models named in ``local.preload``; the daemon reports SERVING after this."""
@@ -70,8 +84,16 @@ class Gateway:
 
     def apply_settings(self, settings: Settings) -> None:
         """Take reloadable settings (limits, declarations, budget); the executor size needs a restart."""
+        routing_changed = (settings.providers, settings.aliases, settings.http) != (
+            self.settings.providers,
+            self.settings.aliases,
+            self.settings.http,
+        )
         self.settings = settings
         self.pool.update_settings(settings)
+        if routing_changed:
+            self._retired.append(self.router)
+            self.router = Router(settings)
 
     # -- helpers -----------------------------------------------------------------------------------
     @asynccontextmanager
@@ -123,6 +145,8 @@ class Gateway:
             raise InvalidArgument("inputs is empty: send at least one text to embed")
         self._check_texts(inputs)
         name = model or self.settings.local.default_embed_model
+        if self.router.split(name) is not None:
+            return await self._remote_embed(inputs, name, arrived, timeout)
         async with self._model(name, (Task.EMBED,), timeout) as m:
             out = await m.infer(inputs, truncate=truncate, deadline=self._deadline(timeout), what="input")
             tokens = sum(out.tokens)
@@ -136,6 +160,140 @@ class Gateway:
                 usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
                 timing=_timing(arrived, out),
             )
+
+    async def _remote_embed(
+        self, inputs: Sequence[str], name: str, arrived: float, timeout: float | None
+    ) -> EmbedResult:
+        provider, model = self.router.resolve(name, Capability.EMBED)
+        async with self._deadline_for(timeout):
+            vectors = await provider.embed(model, inputs)
+        if len(vectors) != len(inputs):
+            raise Unavailable(f"{provider.name}: answered {len(vectors)} embeddings for {len(inputs)} inputs")
+        elapsed = (time.perf_counter() - arrived) * 1000
+        norms = [sum(x * x for x in v) ** 0.5 for v in vectors]
+        return EmbedResult(
+            vectors=vectors,
+            tokens=[0] * len(vectors),  # the upstream does not say per input
+            truncated=[False] * len(vectors),
+            dimension=len(vectors[0]) if vectors else 0,
+            model=name,
+            normalized=all(abs(n - 1.0) < 1e-3 for n in norms),
+            timing=Timing(inference_ms=elapsed, total_ms=elapsed),
+        )
+
+    # -- chat through providers ------------------------------------------------------------------
+    @asynccontextmanager
+    async def _deadline_for(self, timeout: float | None) -> AsyncIterator[None]:
+        """The caller's deadline or http.total_timeout_s, whichever is sooner."""
+        limit = self.settings.http.total_timeout_s
+        budget = limit if timeout is None else min(timeout, limit)
+        try:
+            async with asyncio.timeout(budget):
+                yield
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no answer within {budget:g}s (the call's deadline or http.total_timeout_s)"
+            ) from None
+
+    @staticmethod
+    def _check_messages(messages: Sequence[Message]) -> None:
+        if not messages:
+            raise InvalidArgument("messages is empty: send at least one message")
+        for i, m in enumerate(messages):
+            if m.role not in _ROLES:
+                raise InvalidArgument(f"message {i} has role {m.role!r}; use one of {', '.join(sorted(_ROLES))}")
+
+    async def chat(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> ChatResult:
+        arrived = time.perf_counter()
+        options = options or ChatOptions()
+        self._check_messages(messages)
+        provider, model = self.router.resolve(options.model, Capability.CHAT)
+        async with self._deadline_for(timeout):
+            result = await provider.chat(model, messages, options)
+        elapsed = (time.perf_counter() - arrived) * 1000
+        timing = Timing(
+            inference_ms=elapsed,
+            total_ms=elapsed,
+            input_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+        )
+        return replace(result, timing=timing, provider=provider.name, model=result.model or model)
+
+    async def chat_stream(
+        self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]:
+        options = options or ChatOptions()
+        self._check_messages(messages)
+        provider, model = self.router.resolve(options.model, Capability.CHAT)
+        async for event in self._relay(provider, model, provider.chat_stream(model, messages, options), timeout):
+            yield event
+
+    async def generate(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> GenerateResult:
+        arrived = time.perf_counter()
+        options = options or ChatOptions()
+        if not prompt:
+            raise InvalidArgument("prompt is empty")
+        provider, model = self.router.resolve(options.model, Capability.GENERATE)
+        async with self._deadline_for(timeout):
+            result = await provider.generate(model, prompt, options)
+        elapsed = (time.perf_counter() - arrived) * 1000
+        timing = Timing(
+            inference_ms=elapsed,
+            total_ms=elapsed,
+            input_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+        )
+        return replace(result, timing=timing, provider=provider.name, model=result.model or model)
+
+    async def generate_stream(
+        self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[ChatEvent]:
+        options = options or ChatOptions()
+        if not prompt:
+            raise InvalidArgument("prompt is empty")
+        provider, model = self.router.resolve(options.model, Capability.GENERATE)
+        async for event in self._relay(provider, model, provider.generate_stream(model, prompt, options), timeout):
+            yield event
+
+    async def _relay(
+        self, provider: Provider, model: str, source: AsyncIterator[ChatEvent], timeout: float | None
+    ) -> AsyncIterator[ChatEvent]:
+        """Pass events through one by one (no buffering), stamping the last one with who answered and timing.
+
+        The deadline is checked between events: a timer cannot safely cancel a generator suspended
+        in its consumer's hands, and the upstream read itself is bounded by http.read_timeout_s.
+        """
+        arrived = time.perf_counter()
+        limit = self.settings.http.total_timeout_s
+        deadline = arrived + (limit if timeout is None else min(timeout, limit))
+        first: float | None = None
+        usage = Usage()
+        async with aclosing(source):  # type: ignore[type-var]
+            async for event in source:
+                now = time.perf_counter()
+                if now > deadline:
+                    raise DeadlineExceeded("the stream ran past the call's deadline or http.total_timeout_s")
+                first = first or now
+                if isinstance(event, UsageEvent):
+                    usage = event.usage
+                if isinstance(event, Done):
+                    event = Done(
+                        finish_reason=event.finish_reason,
+                        timing=Timing(
+                            queue_ms=(first - arrived) * 1000,
+                            inference_ms=(now - first) * 1000,
+                            total_ms=(now - arrived) * 1000,
+                            input_tokens=usage.prompt_tokens,
+                            output_tokens=usage.completion_tokens,
+                        ),
+                        provider=provider.name,
+                        model=model,
+                    )
+                yield event
 
     async def nli(
         self,
@@ -291,5 +449,7 @@ class Gateway:
         return self.pool.loaded()
 
     async def close(self) -> None:
+        for router in (self.router, *self._retired):
+            await router.aclose()
         await self.pool.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

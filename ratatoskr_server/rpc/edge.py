@@ -13,7 +13,8 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -34,16 +35,14 @@ class Edge:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    async def call(
-        self,
-        rpc: str,
-        context: grpc.aio.ServicerContext[object, object],
-        handler: Callable[[], Awaitable[T]],
-        *,
-        model: str = "",
-        limited: bool = True,
-    ) -> T:
-        """Run ``handler`` as RPC ``rpc``; ``limited`` calls count against ``server.max_in_flight``."""
+    @asynccontextmanager
+    async def _guard(
+        self, rpc: str, context: grpc.aio.ServicerContext[object, object], model: str, limited: bool
+    ) -> AsyncIterator[list[tuple[str, str]]]:
+        """Limits, status mapping, metrics and the log line around one RPC, unary or streaming.
+
+        Yields the trailing metadata list, which the body may extend; it is sent with the status.
+        """
         request_id = _request_id(context)
         started = time.perf_counter()
         code = "OK"
@@ -64,9 +63,8 @@ class Edge:
                 self.in_flight += 1
                 counted = True
                 self.metrics.in_flight.inc()
-            result = await handler()
+            yield trailing
             context.set_trailing_metadata(tuple(trailing))
-            return result
         except RatatoskrError as err:
             code = err.code
             if err.retry_after_s is not None:
@@ -101,6 +99,40 @@ class Edge:
                     "duration_ms": round(elapsed * 1000, 2),
                 },
             )
+
+    async def call(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        handler: Callable[[], Awaitable[T]],
+        *,
+        model: str = "",
+        limited: bool = True,
+    ) -> T:
+        """Run ``handler`` as unary RPC ``rpc``; ``limited`` calls count against ``server.max_in_flight``."""
+        async with self._guard(rpc, context, model, limited):
+            return await handler()
+        raise AssertionError("unreachable")  # the guard re-raises or aborts on every failure
+
+    async def stream(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        events: Callable[[], AsyncIterator[T]],
+        *,
+        model: str = "",
+    ) -> AsyncIterator[T]:
+        """Relay a server stream; a failure after the first message still ends the RPC with its status.
+
+        Nothing is buffered here: each message is pulled from the source only after gRPC took the
+        previous one, so a slow client slows the upstream read (backpressure), and a cancel closes
+        the source at once.
+        """
+        async with self._guard(rpc, context, model, True):
+            source = events()
+            async with aclosing(source):  # type: ignore[type-var]
+                async for item in source:
+                    yield item
 
     async def unimplemented(
         self, rpc: str, context: grpc.aio.ServicerContext[object, object], what_is_missing: str

@@ -19,10 +19,6 @@ from ratatoskr_server.rpc.edge import Edge
 
 Context = grpc.aio.ServicerContext[object, object]
 
-_NO_PROVIDERS = (
-    "no chat providers are built yet (OpenAI-compatible, Anthropic, Ollama and Hugging Face adapters are "
-    "planned); this daemon serves local embeddings through Embed"
-)
 _NO_REGISTRY = (
     "the model metadata registry is not built yet; Admin.ListLoadedModels lists the local models that are loaded"
 )
@@ -55,22 +51,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
     async def Chat(self, request: gateway_pb2.ChatRequest, context: Context) -> gateway_pb2.ChatResponse:
-        await self.edge.unimplemented("Chat", context, _NO_PROVIDERS)
+        messages = [convert.message_from_pb(m) for m in request.messages]
+
+        async def run() -> gateway_pb2.ChatResponse:
+            options = convert.chat_options_from_pb(request.options)
+            result = await self.gateway.chat(messages, options, timeout=context.time_remaining())
+            return convert.chat_result_to_pb(result)
+
+        return await self.edge.call("Chat", context, run, model=request.options.model)
 
     async def ChatStream(
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[types_pb2.ChatEvent]:
-        await self.edge.unimplemented("ChatStream", context, _NO_PROVIDERS)
-        yield types_pb2.ChatEvent()  # pragma: no cover - makes this an async generator
+        messages = [convert.message_from_pb(m) for m in request.messages]
+
+        async def events() -> AsyncIterator[types_pb2.ChatEvent]:
+            options = convert.chat_options_from_pb(request.options)
+            async for event in self.gateway.chat_stream(messages, options, timeout=context.time_remaining()):
+                yield convert.chat_event_to_pb(event)
+
+        async for message in self.edge.stream("ChatStream", context, events, model=request.options.model):
+            yield message
 
     async def Generate(self, request: gateway_pb2.GenerateRequest, context: Context) -> gateway_pb2.GenerateResponse:
-        await self.edge.unimplemented("Generate", context, _NO_PROVIDERS)
+        async def run() -> gateway_pb2.GenerateResponse:
+            options = convert.chat_options_from_pb(request.options)
+            result = await self.gateway.generate(request.prompt, options, timeout=context.time_remaining())
+            return convert.generate_result_to_pb(result)
+
+        return await self.edge.call("Generate", context, run, model=request.options.model)
 
     async def GenerateStream(
         self, request: gateway_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[types_pb2.ChatEvent]:
-        await self.edge.unimplemented("GenerateStream", context, _NO_PROVIDERS)
-        yield types_pb2.ChatEvent()  # pragma: no cover - makes this an async generator
+        async def events() -> AsyncIterator[types_pb2.ChatEvent]:
+            options = convert.chat_options_from_pb(request.options)
+            async for event in self.gateway.generate_stream(request.prompt, options, timeout=context.time_remaining()):
+                yield convert.chat_event_to_pb(event)
+
+        async for message in self.edge.stream("GenerateStream", context, events, model=request.options.model):
+            yield message
 
     async def Nli(self, request: gateway_pb2.NliRequest, context: Context) -> gateway_pb2.NliResponse:
         pairs, model, truncate = convert.nli_request_from_pb(request)

@@ -1,0 +1,15 @@
+"""Which adapter class serves which ``kind`` of provider entry."""
+
+from __future__ import annotations
+
+from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.providers.base import Provider
+from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
+
+ADAPTERS: dict[str, type[Provider]] = {
+    "openai_compat": OpenAICompatProvider,
+}
+
+
+def build_provider(name: str, settings: ProviderSettings, http: HttpSettings) -> Provider:
+    return ADAPTERS[settings.kind](name, settings, http)

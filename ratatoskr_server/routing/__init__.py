@@ -1,0 +1,1 @@
+"""Orchestration over providers: which one answers a model name. No provider specifics here."""

@@ -1,0 +1,224 @@
+"""An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
+
+Behaviour is chosen by the requested model name, so one server covers every
+case a test needs.  Chunks have the exact shapes OpenAI sends (id, object,
+created, model, choices[index, delta, logprobs, finish_reason], usage null
+except on the last chunk when stream_options.include_usage is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.upstreams.harness import Handler, Upstream, sse, start_stream, write_or_notice
+
+TEXT_PIECES = ["Hel", "lo", ", wor", "ld", "! ", "Ünï", "cødé ✓"]
+TOOL_ARGS = ['{"ci', 'ty": "Pa', 'ris", "unit', '": "celsius"}']
+USAGE = {
+    "prompt_tokens": 12,
+    "completion_tokens": 7,
+    "total_tokens": 19,
+    "prompt_tokens_details": {"cached_tokens": 4},
+    "completion_tokens_details": {"reasoning_tokens": 2},
+}
+ERRORS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
+    "rate-limited": (
+        429,
+        {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}},
+        {"retry-after": "3"},
+    ),
+    "auth": (
+        401,
+        {
+            "error": {
+                "message": "Incorrect API key provided: sk-test-************************cdef.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        },
+        {},
+    ),
+    "bad-request": (400, {"error": {"message": "'messages' must be a list", "type": "invalid_request_error"}}, {}),
+    "too-long": (
+        400,
+        {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        },
+        {},
+    ),
+    "filtered": (
+        400,
+        {"error": {"message": "The response was filtered", "type": "invalid_request_error", "code": "content_filter"}},
+        {},
+    ),
+    "server-error": (500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}),
+    "unavailable": (503, {"error": {"message": "The engine is currently overloaded", "type": "server_error"}}, {}),
+}
+
+
+def chunk(model: str, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": choices,
+        "usage": None,
+        **extra,
+    }
+
+
+async def chat_completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    body = await request.json()
+    model = body.get("model", "")
+    if model in ERRORS:
+        status, payload, headers = ERRORS[model]
+        return web.json_response(payload, status=status, headers=headers)
+    if not body.get("stream"):
+        return web.json_response(_unary(model, body))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    response = await start_stream(request, "text/event-stream")
+    upstream.streaming.set()
+    for event in _events(model, include_usage):
+        if event == "SLEEP":
+            await asyncio.sleep(0.05)
+            continue
+        if event == "CUT":
+            return response  # ends the body without [DONE]: a cut stream
+        if not await write_or_notice(response, sse(event), upstream):
+            return response
+    await response.write_eof()
+    return response
+
+
+def _events(model: str, include_usage: bool) -> list[Any]:
+    events: list[Any] = [chunk(model, {"role": "assistant", "content": ""})]
+    if model == "tools":
+        events.append(
+            chunk(
+                model,
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": ""},
+                        }
+                    ]
+                },
+            )
+        )
+        events += [chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": a}}]}) for a in TOOL_ARGS]
+        events.append(
+            chunk(
+                model,
+                {
+                    "tool_calls": [
+                        {"index": 1, "id": "call_b", "type": "function", "function": {"name": "time", "arguments": ""}}
+                    ]
+                },
+            )
+        )
+        events.append(chunk(model, {"tool_calls": [{"index": 1, "function": {"arguments": '{"tz": "CET"}'}}]}))
+        events.append(chunk(model, {}, "tool_calls"))
+    elif model == "slow":
+        events += ["SLEEP", *(x for i in range(400) for x in (chunk(model, {"content": f"{i} "}), "SLEEP"))]
+        events.append(chunk(model, {}, "stop"))
+    elif model == "cut":
+        events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]] + ["CUT"]
+    elif model == "midstream-error":
+        events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]]
+        events.append({"error": {"message": "upstream worker crashed", "type": "server_error", "code": "internal"}})
+    else:
+        events.append({**chunk(model, None), "choices": None})  # vLLM sends choices: null
+        for piece in TEXT_PIECES:
+            events.append(chunk(model, {"content": piece}))
+            events.append(chunk(model, {"content": ""}))  # llama.cpp: a partial UTF-8 sequence
+        events.append(chunk(model, {"reasoning_content": "thinking..."}))
+        events.append(chunk(model, {}, "stop"))
+    if include_usage and model not in ("cut", "midstream-error"):
+        events.append({**chunk(model, None), "usage": USAGE})
+    if model not in ("cut", "midstream-error"):
+        events.append("[DONE]")
+    return events
+
+
+def _unary(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(TEXT_PIECES)}
+    finish = "stop"
+    if model == "tools":
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": "".join(TOOL_ARGS)}}
+            ],
+        }
+        finish = "tool_calls"
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": USAGE,
+    }
+
+
+async def completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    body = await request.json()
+    model = body.get("model", "")
+    pieces = ["Once", " upon", " a", " time"]
+    if not body.get("stream"):
+        choice = {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": "length"}
+        return web.json_response(
+            {"id": "cmpl-test", "object": "text_completion", "model": model, "choices": [choice], "usage": USAGE}
+        )
+    response = await start_stream(request, "text/event-stream")
+    for i, piece in enumerate(pieces):
+        finish = "length" if i == len(pieces) - 1 else None
+        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+        await response.write(sse({"id": "cmpl-test", "object": "text_completion", "model": model, "choices": [choice]}))
+    await response.write(sse("[DONE]"))
+    await response.write_eof()
+    return response
+
+
+async def embeddings(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    body = await request.json()
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(t)), 0.5, -0.25]} for i, t in enumerate(inputs)]
+    data.reverse()  # the API does not promise order; the index does
+    return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 3}})
+
+
+async def models(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    listed = [{"id": name, "object": "model", "owned_by": "test"} for name in ("gpt-test", "tools")]
+    return web.json_response({"object": "list", "data": listed})
+
+
+def routes(prefix: str = "/v1") -> dict[tuple[str, str], Handler]:
+    return {
+        ("POST", f"{prefix}/chat/completions"): chat_completions,
+        ("POST", f"{prefix}/completions"): completions,
+        ("POST", f"{prefix}/embeddings"): embeddings,
+        ("GET", f"{prefix}/models"): models,
+    }
+
+
+def assembled_text() -> str:
+    return "".join(TEXT_PIECES)
+
+
+def tool_arguments() -> dict[str, Any]:
+    return dict(json.loads("".join(TOOL_ARGS)))
