@@ -57,12 +57,9 @@ def test_unbuilt_rpcs_say_what_is_missing(daemon: DaemonProcess) -> None:
     with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
         gateway = gateway_pb2_grpc.GatewayStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            gateway.Chat(gateway_pb2.ChatRequest(), timeout=5)
+            gateway.RenderChatTemplate(gateway_pb2.RenderChatTemplateRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "chat providers" in info.value.details()
-        with pytest.raises(grpc.RpcError) as info:
-            list(gateway.ChatStream(gateway_pb2.ChatRequest(), timeout=5))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "chat templates" in info.value.details()
         admin = admin_pb2_grpc.AdminStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             admin.GetBudget(admin_pb2.GetBudgetRequest(), timeout=5)

@@ -1,0 +1,171 @@
+"""Chat through the daemon: one event stream shape, errors as statuses, cancel reaching the upstream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ratatoskr_client import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceClient,
+    Unauthenticated,
+    Unavailable,
+)
+from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ContentDelta,
+    Done,
+    Message,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    UsageEvent,
+)
+from tests.conftest import DaemonProcess
+from tests.upstreams import openai_double
+from tests.upstreams.harness import Upstream, serve
+
+KEY = "sk-live-chat-test-0123456789abcdefghij"
+HELLO = [Message("user", "Say hello")]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with serve(openai_double.routes()) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def chat_daemon(model_root: Path, upstream: Upstream) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(
+        model_root,
+        local={"preload": []},
+        providers={
+            "openai": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "api_key": KEY},
+            "down": {"kind": "openai_compat", "base_url": "http://127.0.0.1:9/v1", "local": True},
+        },
+        aliases={"fast": "openai/gpt-test"},
+    ).start()
+    yield d
+    d.stop()
+
+
+def _options(model: str, **kw: object) -> ChatOptions:
+    return ChatOptions(model=model, **kw)  # type: ignore[arg-type]
+
+
+def test_stream_and_unary_through_the_daemon(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        events = list(client.chat_stream(HELLO, _options("openai/gpt-test")))
+        unary = client.chat(HELLO, _options("fast"))  # the alias resolves to the same model
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == openai_double.assembled_text()
+    usage = next(e.usage for e in events if isinstance(e, UsageEvent))
+    assert usage.total_tokens == 19
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "stop"
+    assert done.provider == "openai" and done.model == "gpt-test" and done.timing.total_ms > 0
+    assert unary.message.content == openai_double.assembled_text() and unary.provider == "openai"
+    assert unary.usage.prompt_tokens == 12 and unary.timing.total_ms > 0
+
+
+def test_tool_calls_stream_through(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        events = list(client.chat_stream(HELLO, _options("openai/tools")))
+    starts = [e for e in events if isinstance(e, ToolCallStart)]
+    assert [(s.index, s.id, s.name) for s in starts] == [(0, "call_a", "weather"), (1, "call_b", "time")]
+    args = "".join(e.arguments for e in events if isinstance(e, ToolCallDelta) and e.index == 0)
+    assert json.loads(args) == openai_double.tool_arguments()
+    assert [e.index for e in events if isinstance(e, ToolCallEnd)] == [0, 1]
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "tool_calls"
+
+
+def test_generate_through_the_daemon(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        assert client.generate("Tell me", _options("openai/gpt-test")).text == "Once upon a time"
+        streamed = list(client.generate_stream("Tell me", _options("openai/gpt-test")))
+    assert "".join(e.text for e in streamed if isinstance(e, ContentDelta)) == "Once upon a time"
+
+
+def test_errors_become_statuses_with_retry_after(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        with pytest.raises(ResourceExhausted) as limited:
+            client.chat(HELLO, _options("openai/rate-limited"))
+        assert limited.value.retry_after_s == 3.0 and limited.value.message.startswith("openai: ")
+        with pytest.raises(ResourceExhausted):
+            list(client.chat_stream(HELLO, _options("openai/rate-limited")))
+        with pytest.raises(Unauthenticated) as auth:
+            client.chat(HELLO, _options("openai/auth"))
+        assert KEY not in auth.value.message
+        with pytest.raises(Unavailable, match="down: cannot connect"):
+            client.chat(HELLO, _options("down/anything"))
+        with pytest.raises(NotFound, match="names no configured provider"):
+            client.chat(HELLO, _options("nowhere/model"))
+        with pytest.raises(FailedPrecondition, match="local ONNX model"):
+            client.chat(HELLO, _options("local/all-minilm-l6-v2"))
+        with pytest.raises(InvalidArgument, match="messages is empty"):
+            client.chat([], _options("openai/gpt-test"))
+        with pytest.raises(InvalidArgument, match="role 'robot'"):
+            client.chat([Message("robot", "hi")], _options("openai/gpt-test"))
+    assert KEY not in chat_daemon.log()
+
+
+def test_midstream_failure_is_a_failed_status_not_a_clean_end(chat_daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(f"unix:{chat_daemon.socket}") as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        for model in ("openai/midstream-error", "openai/cut"):
+            request = gateway_pb2.ChatRequest(
+                messages=[types_pb2.Message(role="user", content="hi")], options=types_pb2.ChatOptions(model=model)
+            )
+            received: list[types_pb2.ChatEvent] = []
+            with pytest.raises(grpc.RpcError) as info:
+                for event in stub.ChatStream(request, timeout=30):
+                    received.append(event)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert any(e.WhichOneof("event") == "content" for e in received)  # it had started
+            assert not any(e.WhichOneof("event") == "done" for e in received)
+
+
+def test_client_cancel_and_deadline_close_the_upstream(chat_daemon: DaemonProcess, upstream: Upstream) -> None:
+    upstream.disconnected.clear()
+    with chat_daemon.client(timeout=30) as client:
+        received: list[ChatEvent] = []
+        for event in client.chat_stream(HELLO, _options("openai/slow")):
+            received.append(event)
+            if len(received) == 3:
+                break  # the consumer walks away mid-stream
+    assert upstream.disconnected.wait(5)
+
+    upstream.disconnected.clear()
+    started = time.monotonic()
+    with chat_daemon.client() as client, pytest.raises(DeadlineExceeded):
+        list(client.chat_stream(HELLO, _options("openai/slow"), timeout=0.5))
+    assert time.monotonic() - started < 5
+    assert upstream.disconnected.wait(5)
+
+
+def test_slow_reader_holds_back_the_upstream(chat_daemon: DaemonProcess, upstream: Upstream) -> None:
+    """No unbounded buffering: a paused client stops the relay from draining the upstream."""
+    upstream.disconnected.clear()
+    paused = threading.Event()
+    with ServiceClient(chat_daemon.socket, timeout=60) as client:
+        stream = client.chat_stream(HELLO, _options("openai/slow"))
+        next(stream)
+        paused.wait(1.0)  # the client reads nothing for a second
+        sent_before = len(upstream.requests)
+        assert sent_before > 0
+        rest = [e for _, e in zip(range(5), stream, strict=False)]
+        assert len(rest) == 5
+        stream.close()
+    assert upstream.disconnected.wait(5)
