@@ -350,6 +350,19 @@ class Gateway:
         if hypothesis_template and "{}" not in hypothesis_template:
             raise InvalidArgument(f"hypothesis_template {hypothesis_template!r} has no {{}} for the label")
         name = model or self.settings.local.default_classify_model
+        if self.router.split(name) is not None:
+            provider, upstream_model = self.router.resolve(name, Capability.CLASSIFY)
+            async with self._deadline_for(timeout):
+                remote = await provider.classify(
+                    upstream_model, text, labels, multi_label=multi_label, hypothesis_template=hypothesis_template
+                )
+            elapsed = (time.perf_counter() - arrived) * 1000
+            return ClassifyResult(
+                scores=[LabelScore(label, score) for label, score in remote],
+                model=name,
+                strategy="nli",  # the remote zero-shot pipelines are NLI-based
+                timing=Timing(inference_ms=elapsed, total_ms=elapsed),
+            )
         deadline = self._deadline(timeout)
         async with self._model(name, (Task.NLI, Task.CLASSIFY, Task.EMBED), timeout) as m:
             if m.manifest.output_kind == "logits":

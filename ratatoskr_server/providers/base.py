@@ -82,6 +82,18 @@ class Provider(ABC):
     async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
         raise self._unsupported("embeddings")
 
+    async def classify(
+        self,
+        model: str,
+        text: str,
+        labels: Sequence[str],
+        *,
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+    ) -> list[tuple[str, float]]:
+        """Zero-shot scores per label, highest first."""
+        raise self._unsupported("zero-shot classification")
+
     async def list_models(self) -> list[str]:
         """Model names the upstream offers (configured ``models`` when it cannot say)."""
         return list(self.settings.models)
