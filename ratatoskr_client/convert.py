@@ -27,6 +27,8 @@ from ratatoskr_client.types import (
     LabelScore,
     LoadedModel,
     Message,
+    ModelInfo,
+    ModelMetadata,
     NliPrediction,
     NliResult,
     ReasoningDelta,
@@ -538,4 +540,47 @@ def generate_result_from_pb(pb: gateway_pb2.GenerateResponse) -> GenerateResult:
         timing=timing_from_pb(pb.timing),
         provider=pb.provider,
         model=pb.model,
+    )
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+
+def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
+    info = m.info
+    return types_pb2.ModelMetadata(
+        info=types_pb2.ModelInfo(
+            id=info.id,
+            provider=info.provider,
+            tasks=[task_to_pb(t) for t in info.tasks],
+            local=info.local,
+            description=info.description,
+            aliases=info.aliases,
+        ),
+        context_window=m.context_window,
+        max_output_tokens=m.max_output_tokens,
+        embedding_dimension=m.embedding_dimension,
+        max_sequence_length=m.max_sequence_length,
+        labels=m.labels,
+        source=m.source,
+    )
+
+
+def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
+    info = pb.info
+    return ModelMetadata(
+        info=ModelInfo(
+            id=info.id,
+            provider=info.provider,
+            tasks=[t for t in (task_from_pb(x) for x in info.tasks) if t is not None],
+            local=info.local,
+            description=info.description,
+            aliases=list(info.aliases),
+        ),
+        context_window=pb.context_window,
+        max_output_tokens=pb.max_output_tokens,
+        embedding_dimension=pb.embedding_dimension,
+        max_sequence_length=pb.max_sequence_length,
+        labels=list(pb.labels),
+        source=pb.source,
     )

@@ -287,3 +287,30 @@ class GenerateResult:
     timing: Timing = field(default_factory=Timing)
     provider: str = ""
     model: str = ""
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model callers can name: ``id`` is what goes in ``model`` (``local/NAME`` or ``provider/model``)."""
+
+    id: str
+    provider: str
+    tasks: list[Task]
+    local: bool
+    description: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    info: ModelInfo
+    context_window: int = 0
+    max_output_tokens: int = 0
+    embedding_dimension: int = 0
+    max_sequence_length: int = 0
+    labels: list[str] = field(default_factory=list)
+    #: "local" (read from the model's manifest) or "live" (listed by the provider just now).
+    source: str = ""

@@ -18,7 +18,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from ratatoskr_client.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from ratatoskr_client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    RatatoskrError,
+    Unavailable,
+    Unimplemented,
+)
 from ratatoskr_client.types import (
     ChatEvent,
     ChatOptions,
@@ -31,6 +38,8 @@ from ratatoskr_client.types import (
     LabelScore,
     LoadedModel,
     Message,
+    ModelInfo,
+    ModelMetadata,
     NliPrediction,
     NliResult,
     Task,
@@ -41,8 +50,9 @@ from ratatoskr_client.types import (
 )
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.cross_encoder import entailment_index, label_index, softmax
+from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.local.model import Inference, LocalModel
-from ratatoskr_server.local.pool import LocalModelPool
+from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
 from ratatoskr_server.providers.base import Capability, Provider
 from ratatoskr_server.routing.router import Router
 
@@ -447,6 +457,45 @@ class Gateway:
 
     async def count_message_tokens(self, *, model: str = "") -> CountTokensResult:
         raise Unimplemented("counting chat messages needs chat templates, which are not built yet; send texts")
+
+    # -- model catalogue ---------------------------------------------------------------------------
+    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
+        """Local models from their manifests, then what each provider lists right now."""
+        aliases: dict[str, list[str]] = {}
+        for alias, target in self.settings.aliases.items():
+            aliases.setdefault(target, []).append(alias)
+        out: list[ModelMetadata] = []
+        for name, path in sorted(self.pool.available().items()):
+            try:
+                manifest = ModelManifest.read(path)
+            except (OSError, ValueError):
+                continue  # a broken folder is reported when someone loads it
+            model_id = f"{LOCAL_PREFIX}{name}"
+            tasks = [Task(manifest.task)] + ([Task.CLASSIFY] if manifest.task in ("embed", "nli") else [])
+            info = ModelInfo(model_id, "local", tasks, True, manifest.architecture, aliases.get(model_id, []))
+            out.append(
+                ModelMetadata(
+                    info=info,
+                    embedding_dimension=manifest.dimension or 0 if manifest.task == "embed" else 0,
+                    max_sequence_length=manifest.max_length,
+                    labels=list(manifest.labels),
+                    source="local",
+                )
+            )
+        listed = await self.router.list_models()
+        for provider_name, answer in listed.items():
+            provider = self.router.providers[provider_name]
+            if isinstance(answer, RatatoskrError):
+                log.warning(
+                    "provider did not list its models", extra={"provider": provider_name, "reason": str(answer)}
+                )
+                continue
+            tasks = [Task(c.value) for c in sorted(provider.capabilities) if c.value in Task._value2member_map_]
+            for model in answer:
+                model_id = f"{provider_name}/{model}"
+                info = ModelInfo(model_id, provider_name, tasks, provider.local, "", aliases.get(model_id, []))
+                out.append(ModelMetadata(info=info, source="live"))
+        return [m for m in out if (task is None or task in m.info.tasks) and (not local_only or m.info.local)]
 
     # -- administration ------------------------------------------------------------------------------
     async def load_model(self, name: str) -> LoadedModel:

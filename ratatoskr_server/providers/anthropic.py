@@ -176,7 +176,7 @@ def options_to_anthropic(o: ChatOptions, default_max_tokens: int) -> dict[str, A
         body["tools"] = [
             {
                 "name": t.name,
-                "description": t.description,
+                **({"description": t.description} if t.description else {}),  # optional; "" says nothing
                 "input_schema": t.parameters or {"type": "object", "properties": {}},
             }
             for t in o.tools

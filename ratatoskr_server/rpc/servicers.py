@@ -6,6 +6,7 @@ run through the ``Edge`` so limits, status codes, metrics and logs are uniform.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -13,15 +14,13 @@ import grpc.aio
 
 from ratatoskr_client import convert
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
-from ratatoskr_client.types import ReloadResult, ServerStatus
+from ratatoskr_client.types import ReloadResult, ServerStatus, Timing
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.rpc.edge import Edge
 
 Context = grpc.aio.ServicerContext[object, object]
 
-_NO_REGISTRY = (
-    "the model metadata registry is not built yet; Admin.ListLoadedModels lists the local models that are loaded"
-)
+_NO_REGISTRY = "per-model metadata (parameters, prices, context windows) is not built yet; ListModels lists every model"
 
 
 class DaemonControl(Protocol):
@@ -140,7 +139,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
     ) -> gateway_pb2.ListModelsResponse:
-        await self.edge.unimplemented("ListModels", context, _NO_REGISTRY)
+        async def run() -> gateway_pb2.ListModelsResponse:
+            started = time.perf_counter()
+            task = convert.task_from_pb(request.task)
+            models = await self.gateway.list_models(task=task, local_only=request.local_only)
+            elapsed = (time.perf_counter() - started) * 1000
+            return gateway_pb2.ListModelsResponse(
+                models=[convert.model_metadata_to_pb(m) for m in models],
+                timing=convert.timing_to_pb(Timing(total_ms=elapsed)),
+            )
+
+        return await self.edge.call("ListModels", context, run, limited=False)
 
     async def GetModelMetadata(
         self, request: gateway_pb2.GetModelMetadataRequest, context: Context
