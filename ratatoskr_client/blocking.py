@@ -23,7 +23,9 @@ from ratatoskr_client.types import (
     EmbedResult,
     GenerateResult,
     Message,
+    ModelMetadata,
     NliResult,
+    Task,
     TokenizeResult,
 )
 
@@ -145,6 +147,9 @@ class BlockingGateway:
             closer = getattr(stream, "aclose", None)
             if closer is not None:
                 self._run(closer())
+
+    def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
+        return self._run(self._inner.list_models(task=task, local_only=local_only))
 
     def close(self) -> None:
         if self._closed:

@@ -29,9 +29,11 @@ from ratatoskr_client.types import (
     GenerateResult,
     LoadedModel,
     Message,
+    ModelMetadata,
     NliResult,
     ReloadResult,
     ServerStatus,
+    Task,
     TokenizeResult,
 )
 
@@ -178,6 +180,11 @@ class AsyncServiceClient:
         finally:
             call.cancel()
 
+    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
+        req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
+        resp = await self._call(self._gateway.ListModels, req)
+        return [convert.model_metadata_from_pb(m) for m in resp.models]
+
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
         req = health_pb2.HealthCheckRequest(service=service)
@@ -319,6 +326,11 @@ class ServiceClient:
             raise_for_rpc_error(err)
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
+
+    def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
+        req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
+        resp = self._call(self._gateway.ListModels, req)
+        return [convert.model_metadata_from_pb(m) for m in resp.models]
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""

@@ -18,7 +18,9 @@ from ratatoskr_client.types import (
     EmbedResult,
     GenerateResult,
     Message,
+    ModelMetadata,
     NliResult,
+    Task,
     TokenizeResult,
 )
 
@@ -80,6 +82,8 @@ class ModelGateway(Protocol):
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]: ...
 
+    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]: ...
+
     async def close(self) -> None: ...
 
 
@@ -139,5 +143,7 @@ class SyncModelGateway(Protocol):
     def generate_stream(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> Iterator[ChatEvent]: ...
+
+    def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]: ...
 
     def close(self) -> None: ...

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -66,7 +68,14 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     if path is not None:
         source = TomlSource(type(settings), path)
         source()
-        unresolved = sorted(set(source.unresolved))
+        # A disabled provider's unset key is expected (config.example.toml lists them all).
+        disabled = [n for n, p in settings.providers.items() if not p.enabled]
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        quiet = {var for name in disabled for var in re.findall(r"\$\{(\w+)\}", json.dumps(raw["providers"][name]))}
+        elsewhere = json.dumps(
+            {**raw, "providers": {k: v for k, v in raw.get("providers", {}).items() if k not in disabled}}
+        )
+        unresolved = sorted(v for v in set(source.unresolved) if v not in quiet or f"${{{v}}}" in elsewhere)
     data = {"config_file": str(path or ""), "unresolved_variables": unresolved, "settings": settings.masked()}
 
     def human() -> None:
@@ -162,11 +171,32 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
             }
         )
 
+    if args.remote:
+        import asyncio
+
+        from ratatoskr_server.routing.router import Router
+
+        async def remote() -> dict[str, list[str] | RatatoskrError]:
+            router = Router(settings)
+            try:
+                return await router.list_models(timeout=args.timeout)
+            finally:
+                await router.aclose()
+
+        for provider, answer in sorted(asyncio.run(remote()).items()):
+            if isinstance(answer, RatatoskrError):
+                print(f"ratatoskr: {answer.message}", file=sys.stderr)
+                continue
+            rows += [{"name": f"{provider}/{m}", "task": "chat", "state": "remote", "path": ""} for m in answer]
+
     def human() -> None:
         if not rows:
             print(f"no models in {root}; run `ratatoskr models import`")
         for r in rows:
-            print(f"{r['name']:<28} {r['task']:<8} {r['size_mb']:>7} MB  {r['state']:<10} {r['device']}")
+            if r["state"] == "remote":
+                print(f"{r['name']:<40} {r['task']:<8} remote")
+            else:
+                print(f"{r['name']:<40} {r['task']:<8} {r['size_mb']:>7} MB  {r['state']:<10} {r['device']}")
 
     _print(rows, args.json, human)
     return 0
@@ -190,6 +220,85 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     _print(data, args.json, human)
     return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from ratatoskr_client.auto import auto
+    from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, ReasoningDelta, UsageEvent
+
+    messages = ([Message("system", args.system)] if args.system else []) + [Message("user", args.prompt)]
+    options = ChatOptions(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature)
+    gateway = auto(args.socket, config_path=args.config)
+    try:
+        if args.no_stream:
+            result = gateway.chat(messages, options, timeout=args.timeout)
+            _print(asdict(result), args.json, lambda: print(result.message.content))
+            return 0
+        for event in gateway.chat_stream(messages, options, timeout=args.timeout):
+            if args.json:
+                print(json.dumps({"type": type(event).__name__, **asdict(event)}, default=str), flush=True)
+            elif isinstance(event, ContentDelta):
+                print(event.text, end="", flush=True)
+            elif isinstance(event, ReasoningDelta) and args.show_reasoning:
+                print(event.text, end="", file=sys.stderr, flush=True)
+            elif isinstance(event, UsageEvent) and args.verbose:
+                print(f"\n[usage {event.usage.prompt_tokens} in, {event.usage.completion_tokens} out]", file=sys.stderr)
+            elif isinstance(event, Done) and not args.json:
+                print()
+                if args.verbose:
+                    print(
+                        f"[{event.provider}/{event.model} {event.finish_reason} {event.timing.total_ms:.0f} ms]",
+                        file=sys.stderr,
+                    )
+    finally:
+        gateway.close()
+    return 0
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ratatoskr_server.routing.router import Router
+
+    settings = load_settings(args.config)
+
+    async def probe() -> list[dict[str, Any]]:
+        router = Router(settings)
+        try:
+            answers = await router.list_models(timeout=args.timeout)
+        finally:
+            await router.aclose()
+        rows = []
+        for name, entry in sorted(settings.providers.items()):
+            answer = answers.get(name)
+            row: dict[str, Any] = {
+                "name": name,
+                "kind": entry.kind,
+                "base_url": entry.base_url,
+                "local": entry.local,
+                "enabled": entry.enabled,
+            }
+            if answer is None:
+                row.update(reachable=None, detail="disabled")
+            elif isinstance(answer, RatatoskrError):
+                row.update(reachable=False, detail=answer.message)
+            else:
+                row.update(reachable=True, detail=f"{len(answer)} models", models=answer)
+            rows.append(row)
+        return rows
+
+    rows = asyncio.run(probe())
+
+    def human() -> None:
+        if not rows:
+            print("no providers configured ([providers.NAME] in the configuration)")
+        for r in rows:
+            state = {True: "reachable", False: "UNREACHABLE", None: "disabled"}[r["reachable"]]
+            where = "local" if r["local"] else "remote"
+            print(f"{r['name']:<14} {r['kind']:<14} {where:<6} {state:<11} {r['base_url']}  {r['detail']}")
+
+    _print(rows, args.json, human)
+    return 0 if all(r["reachable"] is not False for r in rows) else EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_models_import)
 
-    p = models.add_parser("list", help="models on disk, with their state in a running daemon")
+    p = models.add_parser("list", help="models on disk (state in a running daemon) and providers' models")
     common(p, socket=True, config=True)
+    p.add_argument("--no-remote", dest="remote", action="store_false", help="leave out the providers' models")
     p.set_defaults(func=_cmd_models_list)
 
     p = sub.add_parser("embed", help="embed texts (through the daemon if it runs, else in process)")
@@ -254,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="model name (default: local.default_embed_model)")
     p.add_argument("--no-truncate", action="store_true", help="reject over-long texts instead of cutting them")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("chat", help="ask a model; the answer streams to the terminal")
+    common(p, socket=True, config=True)
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--model", required=True, help="provider/model or an alias, e.g. openai/gpt-4o-mini")
+    p.add_argument("--system", default="", help="a system message")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    p.add_argument("--show-reasoning", action="store_true", help="print reasoning to stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="usage and timing to stderr")
+    p.set_defaults(func=_cmd_chat, timeout=300.0)
+
+    p = sub.add_parser("backends", help="configured providers and whether they answer")
+    common(p, config=True)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each provider")
+    p.set_defaults(func=_cmd_backends)
     return parser
 
 

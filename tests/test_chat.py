@@ -18,6 +18,7 @@ from ratatoskr_client import (
     NotFound,
     ResourceExhausted,
     ServiceClient,
+    Task,
     Unauthenticated,
     Unavailable,
 )
@@ -33,7 +34,7 @@ from ratatoskr_client.types import (
     ToolCallStart,
     UsageEvent,
 )
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ratatoskr
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -169,3 +170,42 @@ def test_slow_reader_holds_back_the_upstream(chat_daemon: DaemonProcess, upstrea
         assert len(rest) == 5
         stream.close()
     assert upstream.disconnected.wait(5)
+
+
+def test_list_models_merges_local_and_provider_models(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        models = {m.info.id: m for m in client.list_models()}
+        chat_only = {m.info.id for m in client.list_models(task=Task.CHAT)}
+        local_only = {m.info.id for m in client.list_models(local_only=True)}
+    minilm = models["local/all-minilm-l6-v2"]
+    assert minilm.info.local and minilm.embedding_dimension == 384 and minilm.source == "local"
+    assert Task.EMBED in minilm.info.tasks and Task.CLASSIFY in minilm.info.tasks
+    assert models["local/tiny-nli"].labels == ["contradiction", "entailment", "neutral"]
+    remote = models["openai/gpt-test"]
+    assert remote.info.provider == "openai" and not remote.info.local and remote.source == "live"
+    assert remote.info.aliases == ["fast"]
+    assert "openai/gpt-test" in chat_only and "local/all-minilm-l6-v2" not in chat_only
+    assert local_only == {"local/all-minilm-l6-v2", "local/tiny-nli"}  # "down" answers nothing, "openai" is remote
+
+
+def test_cli_chat_backends_and_models(chat_daemon: DaemonProcess) -> None:
+    sock = str(chat_daemon.socket)
+    chat = run_ratatoskr("chat", "--socket", sock, "--model", "openai/gpt-test", "Say hello")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == openai_double.assembled_text()
+    as_json = run_ratatoskr("chat", "--socket", sock, "--model", "openai/tools", "--json", "weather?")
+    kinds = [json.loads(line)["type"] for line in as_json.stdout.splitlines()]
+    assert kinds[0] == "ToolCallStart" and kinds[-1] == "Done"
+    failed = run_ratatoskr("chat", "--socket", sock, "--model", "openai/auth", "hi")
+    assert failed.returncode == 1 and failed.stderr.startswith("ratatoskr: UNAUTHENTICATED: openai:")
+    assert KEY not in failed.stderr
+
+    backends = run_ratatoskr("backends", "--json", "--config", str(chat_daemon.config_path), "--timeout", "3")
+    rows = {r["name"]: r for r in json.loads(backends.stdout)}
+    assert rows["openai"]["reachable"] is True and "gpt-test" in rows["openai"]["models"]
+    assert rows["down"]["reachable"] is False and "cannot connect" in rows["down"]["detail"]
+    assert backends.returncode == 1  # one configured backend does not answer
+
+    listed = run_ratatoskr("models", "list", "--json", "--socket", sock, "--config", str(chat_daemon.config_path))
+    names = {r["name"] for r in json.loads(listed.stdout)}
+    assert {"all-minilm-l6-v2", "openai/gpt-test", "openai/tools"} <= names

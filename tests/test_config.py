@@ -112,10 +112,18 @@ def test_example_config_documents_every_setting() -> None:
 
     documented = (REPO / "config.example.toml").read_text(encoding="utf-8")
     parsed = dict(flatten(tomllib.loads(documented)))
-    for key, _ in flatten(Settings().model_dump(mode="json", exclude={"models", "providers"})):
+    for key, _ in flatten(Settings().model_dump(mode="json", exclude={"models", "providers", "aliases"})):
         _section, _, name = key.rpartition(".")
         assert key in parsed or f"# {name} =" in documented, f"{key} is not documented in config.example.toml"
     for field in ("path", "task", "device", "pinned"):
         assert f"{field} =" in documented
-    for field in ("kind", "base_url", "api_key", "headers", "local", "enabled"):
-        assert f"# {field} =" in documented
+    providers = tomllib.loads(documented)["providers"]
+    for field in ("kind", "base_url", "api_key", "api_key_header", "headers", "query", "local", "enabled", "models"):
+        assert f"{field} =" in documented, field
+    assert {"openai", "openrouter", "together", "groq", "fireworks", "deepinfra", "anyscale", "modal", "azure"} <= set(
+        providers
+    )
+    assert {"vllm", "tgi", "localai", "llamacpp", "llamafile", "lmstudio", "anthropic", "ollama", "hf"} <= set(
+        providers
+    )
+    assert not any(p["enabled"] for p in providers.values())  # ready to enable, off until asked

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ratatoskr_server.config import HttpSettings, ProviderSettings
-from ratatoskr_server.providers.base import Provider
 from ratatoskr_server.providers.anthropic import AnthropicProvider
+from ratatoskr_server.providers.base import Provider
 from ratatoskr_server.providers.huggingface import HuggingFaceProvider
 from ratatoskr_server.providers.ollama import OllamaProvider
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
