@@ -10,7 +10,7 @@ GEN_STAMP := $(GEN)/.generated
 PROTOS := $(wildcard proto/ratatoskr/v1/*.proto)
 PACKAGES := ratatoskr_server ratatoskr_client
 
-.PHONY: run test lint typecheck unit proto model bench-embed clean
+.PHONY: run test lint typecheck unit proto model bench-embed bench-chat clean
 
 run: $(GEN_STAMP) model
 	$(VENV)/bin/ratatoskr serve $(ARGS)
@@ -57,6 +57,10 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 
 bench-embed: $(GEN_STAMP) model
 	$(PY) bench/embed.py $(ARGS)
+
+# Chat latency the daemon adds over calling a loopback upstream directly; needs no local model.
+bench-chat: $(GEN_STAMP)
+	$(PY) bench/chat_overhead.py $(ARGS)
 
 clean:
 	rm -rf $(GEN) .mypy_cache .ruff_cache .pytest_cache

@@ -5,20 +5,25 @@ answers at once: a unary JSON completion, or an SSE stream of a few
 ``data: {chunk}`` events and ``data: [DONE]``) is called
   (1) directly with httpx: unary POST /v1/chat/completions, and streaming, timed
       to the first content delta (time to first token, TTFT);
-  (2) through the daemon, configured with that upstream as provider "up":
-      ``chat()`` and ``chat_stream()`` (TTFT: the first ContentDelta) with model "up/bench";
-  (3) a bare grpc.aio echo service (generic handler, bytes in, the same bytes out) in
-      its own process on a Unix socket, called with the same client style: the floor
-      of any gRPC hop on this machine.
-Requests go one at a time, in interleaved rounds (each round runs every figure
-for --requests calls, in a rotating order), so a noisy machine's drift is shared
-by all figures.  It prints p50/p99 per figure, the latency the daemon adds
-(daemon p50 - direct p50) for unary calls and for TTFT, and the ratio
-added / echo p50 (goal <= 1.5), plus the CPU time per call of each server and
-of the client.  The daemon runs with metrics disabled and logging at WARNING,
-so the per-request log line is not written.
+  (2) through the daemon, configured with that upstream as provider "up" (model
+      "up/bench"): ``chat()``, and ``chat_stream()`` timed to the first ContentDelta;
+  (3) a bare grpc.aio echo service (a generic handler: bytes in, the same bytes out;
+      uvloop, its own process, a Unix socket, like the daemon): the floor of any gRPC
+      hop on this machine.  The daemon's own Health.Check is shown beside it.
+Every figure uses the same client style: blocking clients by default (httpx.Client,
+ServiceClient, a grpc channel), which cost the least here; --client async switches
+all of them to their asyncio forms on uvloop.  Calls go one at a time, in
+interleaved rounds (each round runs every figure for --requests calls, in a
+rotating order), so a noisy machine's drift is shared by all figures.
 
-Run: make bench-chat   (or: .venv/bin/python bench/chat_overhead.py --rounds 10 --requests 150 --client async)
+It prints p50/p99 per figure with the CPU time per call of the serving process
+and of the client, the latency the daemon adds (daemon p50 - direct p50) for
+unary calls and for TTFT, the ratio added / echo p50 (goal <= 1.5), and how many
+new TCP connections to the upstream each call opened (0 when connections are
+kept).  The daemon runs with metrics disabled and logging at WARNING, so its
+per-request log line is not written.
+
+Run: make bench-chat   (or: .venv/bin/python bench/chat_overhead.py --rounds 12 --requests 200 --client async)
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,19 +156,18 @@ def test_client_cancel_and_deadline_close_the_upstream(chat_daemon: DaemonProces
 
 
 def test_slow_reader_holds_back_the_upstream(chat_daemon: DaemonProcess, upstream: Upstream) -> None:
-    """No unbounded buffering: a paused client stops the relay from draining the upstream."""
-    upstream.disconnected.clear()
-    paused = threading.Event()
-    with ServiceClient(chat_daemon.socket, timeout=60) as client:
-        stream = client.chat_stream(HELLO, _options("openai/slow"))
+    """No unbounded buffering: while the client reads nothing, the upstream cannot write much more."""
+    with ServiceClient(chat_daemon.socket, timeout=120) as client:
+        stream = client.chat_stream(HELLO, _options("openai/flood"))
         next(stream)
-        paused.wait(1.0)  # the client reads nothing for a second
-        sent_before = len(upstream.requests)
-        assert sent_before > 0
-        rest = [e for _, e in zip(range(5), stream, strict=False)]
-        assert len(rest) == 5
-        stream.close()
-    assert upstream.disconnected.wait(5)
+        time.sleep(2.0)  # the client reads nothing; a buffering relay would drain all 96 MiB meanwhile
+        written_while_paused = upstream.state["flood_written"]
+        # Kernel buffers and gRPC windows hold at most ~45 MiB (2,800 chunks); the rest must wait.
+        assert written_while_paused < 0.6 * openai_double.FLOOD_CHUNKS, written_while_paused
+        rest = list(stream)  # reading again lets it finish, nothing lost
+    text = "".join(e.text for e in rest if isinstance(e, ContentDelta))
+    assert len(text) + len(openai_double.FLOOD_PIECE) >= openai_double.FLOOD_CHUNKS * len(openai_double.FLOOD_PIECE)
+    assert isinstance(rest[-1], Done)
 
 
 def test_list_models_merges_local_and_provider_models(chat_daemon: DaemonProcess) -> None:

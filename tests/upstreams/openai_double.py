@@ -88,6 +88,8 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     response = await start_stream(request, "text/event-stream")
     upstream.streaming.set()
+    if model == "flood":
+        return await _flood(response, model, upstream)
     for event in _events(model, include_usage):
         if event == "SLEEP":
             await asyncio.sleep(0.05)
@@ -96,6 +98,25 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
             return response  # ends the body without [DONE]: a cut stream
         if not await write_or_notice(response, sse(event), upstream):
             return response
+    await response.write_eof()
+    return response
+
+
+#: 96 MiB: more than loopback TCP buffers (tcp_rmem autotunes up to 32 MiB) and gRPC's
+#: flow-control windows can hold together, so only backpressure can stop the writer early.
+FLOOD_CHUNKS = 6000
+FLOOD_PIECE = "x" * 16384
+
+
+async def _flood(response: web.StreamResponse, model: str, upstream: Upstream) -> web.StreamResponse:
+    """As fast as the connection takes it: 16 KiB chunks, counting what was written."""
+    upstream.state["flood_written"] = 0
+    for _ in range(FLOOD_CHUNKS):
+        if not await write_or_notice(response, sse(chunk(model, {"content": FLOOD_PIECE})), upstream):
+            return response
+        upstream.state["flood_written"] += 1
+    await response.write(sse(chunk(model, {}, "stop")))
+    await response.write(sse("[DONE]"))
     await response.write_eof()
     return response
 
