@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,7 +294,7 @@ class SyncClients:
         self.http = httpx.Client(base_url=f"{upstream_url}/v1", timeout=TIMEOUT_S, trust_env=False)
         self.daemon = ServiceClient(daemon_socket, timeout=TIMEOUT_S)
         self.echo_channel = grpc.insecure_channel(f"unix:{echo_socket}")
-        self.echo_call = self.echo_channel.unary_unary(ECHO_METHOD)
+        self.echo_call = self.echo_channel.unary_unary(ECHO_METHOD, None, None)  # bytes as they are
 
     def probes(self) -> dict[str, Probe]:
         return {
@@ -386,7 +386,7 @@ class AsyncClients:
         self.http = httpx.AsyncClient(base_url=f"{upstream_url}/v1", timeout=TIMEOUT_S, trust_env=False)
         self.daemon = AsyncServiceClient(daemon_socket, timeout=TIMEOUT_S)
         self.echo_channel = grpc.aio.insecure_channel(f"unix:{echo_socket}")
-        self.echo_call = self.echo_channel.unary_unary(ECHO_METHOD)
+        self.echo_call = self.echo_channel.unary_unary(ECHO_METHOD, None, None)  # bytes as they are
 
     def probes(self) -> dict[str, Probe]:
         # One run_until_complete per batch of n calls, so the loop's start and stop cost nothing per call.
@@ -398,7 +398,10 @@ class AsyncClients:
             "direct_ttft": self.direct_ttft,
             "daemon_ttft": self.daemon_ttft,
         }
-        return {key: (lambda n, c=coro: self.loop.run_until_complete(c(n))) for key, coro in coros.items()}
+        return {key: self._blocking(coro) for key, coro in coros.items()}
+
+    def _blocking(self, batch: Callable[[int], Coroutine[Any, Any, list[float]]]) -> Probe:
+        return lambda n: self.loop.run_until_complete(batch(n))
 
     async def echo(self, n: int) -> list[float]:
         out = []
@@ -495,8 +498,9 @@ def measure(rounds: int, requests: int, warmup: int, client: str) -> Measured:
     daemon_socket, echo_socket = workdir / "daemon.sock", workdir / "echo.sock"
     started: list[subprocess.Popen[Any]] = []
     try:
-        upstream, port = spawn_helper("--serve-upstream")
+        upstream, port_line = spawn_helper("--serve-upstream")
         started.append(upstream)
+        port = int(port_line)
         echo, _ = spawn_helper("--serve-echo", str(echo_socket))
         started.append(echo)
         upstream_url = f"http://127.0.0.1:{port}"
