@@ -31,6 +31,8 @@ from ratatoskr_client.types import (
     ModelMetadata,
     NliPrediction,
     NliResult,
+    ParameterAvailability,
+    Pricing,
     ReasoningDelta,
     ReasoningOptions,
     ReloadResult,
@@ -563,6 +565,15 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
         max_sequence_length=m.max_sequence_length,
         labels=m.labels,
         source=m.source,
+        parameters={name: _availability_to_pb(a) for name, a in m.parameters.items()},
+        pricing=types_pb2.Pricing(
+            input_per_million=m.pricing.input_per_million,
+            output_per_million=m.pricing.output_per_million,
+            cached_input_per_million=m.pricing.cached_input_per_million,
+        )
+        if m.pricing
+        else None,
+        tokenizer_family=m.tokenizer_family,
     )
 
 
@@ -583,4 +594,41 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
         max_sequence_length=pb.max_sequence_length,
         labels=list(pb.labels),
         source=pb.source,
+        parameters={name: _availability_from_pb(a) for name, a in pb.parameters.items()},
+        pricing=Pricing(
+            input_per_million=pb.pricing.input_per_million,
+            output_per_million=pb.pricing.output_per_million,
+            cached_input_per_million=pb.pricing.cached_input_per_million,
+        )
+        if pb.HasField("pricing")
+        else None,
+        tokenizer_family=pb.tokenizer_family,
     )
+
+
+def _availability_to_pb(a: ParameterAvailability) -> types_pb2.ParameterAvailability:
+    pb = types_pb2.ParameterAvailability
+    if a.availability == "mutable":
+        mutable = pb.Mutable()
+        for name in ("min", "max", "default"):
+            value = getattr(a, name)
+            if value is not None:
+                setattr(mutable, name, value)
+        return pb(mutable=mutable)
+    if a.availability == "read_only":
+        return pb(read_only=pb.ReadOnly(value=a.value))
+    if a.availability == "opaque":
+        return pb(opaque=pb.Opaque())
+    return pb(unsupported=pb.Unsupported())
+
+
+def _availability_from_pb(pb: types_pb2.ParameterAvailability) -> ParameterAvailability:
+    which = pb.WhichOneof("availability")
+    if which == "mutable":
+        m = pb.mutable
+        return ParameterAvailability("mutable", _opt(m, "min"), _opt(m, "max"), _opt(m, "default"))
+    if which == "read_only":
+        return ParameterAvailability("read_only", value=pb.read_only.value)
+    if which == "opaque":
+        return ParameterAvailability("opaque")
+    return ParameterAvailability("unsupported")

@@ -305,6 +305,27 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ParameterAvailability:
+    """What a caller may do with one generation parameter on one model and provider."""
+
+    availability: Literal["mutable", "read_only", "opaque", "unsupported"]
+    min: float | None = None
+    max: float | None = None
+    default: float | None = None
+    #: For read_only: the value the model always uses.
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """US dollars per million tokens."""
+
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+    cached_input_per_million: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelMetadata:
     info: ModelInfo
     context_window: int = 0
@@ -312,5 +333,8 @@ class ModelMetadata:
     embedding_dimension: int = 0
     max_sequence_length: int = 0
     labels: list[str] = field(default_factory=list)
-    #: "local" (read from the model's manifest) or "live" (listed by the provider just now).
+    #: "local" (a model's manifest), "embedded" (the shipped catalogue), "live" (a provider just now).
     source: str = ""
+    parameters: dict[str, ParameterAvailability] = field(default_factory=dict)
+    pricing: Pricing | None = None
+    tokenizer_family: str = ""

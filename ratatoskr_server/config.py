@@ -29,6 +29,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ALLOWED_SECRET_MODES = (0o600, 0o400)
 
 Device = Literal["auto", "cpu", "cuda"]
+ParameterPolicyName = Literal["warn", "error", "ignore"]
 LocalTask = Literal["embed", "nli", "classify"]
 
 
@@ -173,6 +174,49 @@ class ProviderSettings(_Section):
     models: list[str] = Field(default_factory=list)
     #: Anthropic requires max_tokens; used when the caller leaves it unset.
     default_max_tokens: int = Field(default=4096, ge=1)
+    #: Overrides parameters.policy for this provider.
+    parameter_policy: ParameterPolicyName | None = None
+
+
+class ParametersSettings(_Section):
+    """What happens to a generation parameter the model or provider does not take."""
+
+    policy: ParameterPolicyName = Field(
+        default="warn", description="warn: drop it, log, and say so in trailing metadata; error: refuse; ignore: send."
+    )
+    remember_rejections_s: float = Field(
+        default=3600, ge=0, description="How long a parameter an upstream rejected is treated as unsupported."
+    )
+
+
+class RegistrySettings(_Section):
+    refresh_at_start: bool = Field(default=False, description="Fetch live model metadata when the daemon starts.")
+    openrouter_url: str = Field(
+        default="https://openrouter.ai/api/v1/models", description="OpenRouter's catalogue; empty: do not fetch."
+    )
+    refresh_ollama: bool = Field(default=True, description="Also ask every enabled Ollama provider.")
+    cache_file: Path = Field(
+        default=Path("~/.cache/ratatoskr/registry.json"),
+        description="Live metadata from the last refresh (`ratatoskr registry update`), loaded at start and reload.",
+    )
+
+
+_PRESET_NAME = re.compile(r"^ratatoskr:[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*$")
+
+
+class PresetSettings(_Section):
+    """A model plus default parameters; the defaults fill only what a caller left unset."""
+
+    model: str
+    description: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
 
 
 class HttpSettings(_Section):
@@ -205,6 +249,18 @@ class Settings(BaseSettings):
     #: Short names for "provider/model" strings, e.g. fast = "groq/llama-3.1-8b-instant".
     aliases: dict[str, str] = Field(default_factory=dict)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    parameters: ParametersSettings = Field(default_factory=ParametersSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    #: "ratatoskr:<tier>/<capability>" names, e.g. ratatoskr:fast/chat, resolving to a model and defaults.
+    presets: dict[str, PresetSettings] = Field(default_factory=dict)
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_names(cls, value: dict[str, PresetSettings]) -> dict[str, PresetSettings]:
+        bad = [name for name in value if not _PRESET_NAME.match(name)]
+        if bad:
+            raise ValueError(f"preset names must look like ratatoskr:<tier>/<capability>, not {', '.join(bad)}")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -49,7 +49,7 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.providers.base import Capability, Provider, drained
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -343,7 +343,7 @@ class AnthropicProvider(Provider):
                 if response.status_code != 200:
                     text = (await response.aread()).decode("utf-8", "replace")
                     raise error_from_status(self.name, response.status_code, text, response.headers, self.secrets)
-                async for sse in EventSource(response).aiter_sse():
+                async for sse in drained(EventSource(response).aiter_sse(), lambda: state.finished):
                     if not sse.data.strip():
                         continue
                     data: Any = json.loads(sse.data)
@@ -357,8 +357,6 @@ class AnthropicProvider(Provider):
                         raise error_in_stream(self.name, message, code, self.secrets)
                     for event in state.events(kind, data):
                         yield event
-                    if state.finished:
-                        break
                 if not state.finished:
                     raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
         except RatatoskrError:

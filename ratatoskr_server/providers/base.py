@@ -12,10 +12,12 @@ upstream's finish reason; a failure after the first event is raised as a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import httpx
 
@@ -23,6 +25,26 @@ from ratatoskr_client.errors import Unimplemented
 from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, GenerateResult, Message
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.net.http import build_client
+
+#: After a stream's end marker, how long to keep reading for the rest of the body. Reading it to
+#: its end returns the connection to the pool (no new TCP/TLS handshake for the next stream);
+#: the bound keeps an upstream that holds the connection open from stalling the answer.
+DRAIN_AFTER_END_S = 1.0
+
+
+T = TypeVar("T")
+
+
+async def drained(items: AsyncIterator[T], done: Callable[[], bool]) -> AsyncIterator[T]:
+    """Yield ``items`` until ``done()`` (the stream's end marker was seen), then read the rest unyielded."""
+    async for item in items:
+        yield item
+        if done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_AFTER_END_S):
+                    async for _ in items:
+                        pass
+            return
 
 
 class Capability(StrEnum):

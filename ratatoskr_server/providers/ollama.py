@@ -45,7 +45,7 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.providers.base import Capability, Provider, drained
 from ratatoskr_server.providers.errors import (
     error_from_exception,
     error_from_status,
@@ -254,7 +254,7 @@ class OllamaProvider(Provider):
                 if response.status_code != 200:
                     text = (await response.aread()).decode("utf-8", "replace")
                     raise self._status_error(response.status_code, text, response.headers, model)
-                async for raw in response.aiter_lines():
+                async for raw in drained(response.aiter_lines(), lambda: state.final is not None):
                     if not raw.strip():
                         continue
                     line = json.loads(raw)
@@ -265,8 +265,6 @@ class OllamaProvider(Provider):
                         raise error_in_stream(self.name, str(error), "", self.secrets)
                     for event in state.events(line, exclude):
                         yield event
-                    if state.final is not None:
-                        break
                 if state.final is None:
                     raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
         except RatatoskrError:

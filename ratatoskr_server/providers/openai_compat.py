@@ -40,7 +40,7 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.providers.base import Capability, Provider, drained
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream
 
 
@@ -126,6 +126,8 @@ class _StreamState:
         self.open_calls: list[int] = []
         self.finish_reason = ""
         self.usage: Usage | None = None
+        #: data: [DONE] was seen.
+        self.ended = False
 
     def events(self, chunk: dict[str, Any], exclude_reasoning: bool) -> list[ChatEvent]:
         usage = usage_from_openai(chunk.get("usage"))
@@ -213,11 +215,10 @@ class OpenAICompatProvider(Provider):
                 if response.status_code != 200:
                     text = (await response.aread()).decode("utf-8", "replace")
                     raise error_from_status(self.name, response.status_code, text, response.headers, self.secrets)
-                finished = False
-                async for sse in EventSource(response).aiter_sse():
+                async for sse in drained(EventSource(response).aiter_sse(), lambda: state.ended):
                     if sse.data.strip() == "[DONE]":
-                        finished = True
-                        break
+                        state.ended = True
+                        continue
                     if not sse.data.strip():
                         continue
                     chunk = json.loads(sse.data)
@@ -228,7 +229,7 @@ class OpenAICompatProvider(Provider):
                         raise error_in_stream(self.name, message, code, self.secrets)
                     for event in state.events(chunk, exclude):
                         yield event
-                if not finished and not state.finish_reason:
+                if not state.ended and not state.finish_reason:
                     raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
         except RatatoskrError:
             raise

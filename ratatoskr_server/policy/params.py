@@ -1,0 +1,156 @@
+"""Generation parameters checked before dispatch, instead of silently dropped by an adapter.
+
+For each parameter a caller set, its availability on (provider, model) is:
+unsupported when the adapter's wire format cannot carry it or the upstream
+rejected it recently; else what the model registry says (a range, a fixed
+value, or unsupported); else opaque (accepted, range unknown).  Unsupported
+parameters follow the policy (per provider, else global): ``warn`` drops
+them, logs, and reports them in the response's trailing metadata;
+``error`` refuses the call with INVALID_ARGUMENT; ``ignore`` sends them as
+they are.  A value outside a known range is always INVALID_ARGUMENT, naming
+the range.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import fields, replace
+from typing import Any
+
+from ratatoskr_client.errors import InvalidArgument
+from ratatoskr_client.types import ChatOptions, ParameterAvailability
+from ratatoskr_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Every parameter the contract knows, by its ChatOptions field name.
+KNOWN_PARAMETERS = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "top_k",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "reasoning",
+    "parallel_tool_calls",
+)
+_NUMERIC = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"}
+_REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
+
+#: Parameters the current request had dropped; the RPC edge reports them in trailing metadata.
+dropped_parameters: ContextVar[list[str] | None] = ContextVar("dropped_parameters", default=None)
+
+
+def parameters_set(options: ChatOptions) -> list[str]:
+    """The parameters the caller gave a value (empty lists and None mean "left to the model")."""
+    present = []
+    for name in KNOWN_PARAMETERS:
+        value = getattr(options, name)
+        if value is not None and value != []:
+            present.append(name)
+    return present
+
+
+def _cleared(options: ChatOptions, names: list[str]) -> ChatOptions:
+    defaults: dict[str, Any] = {}
+    for f in fields(ChatOptions):
+        if f.name in names:
+            defaults[f.name] = [] if f.name in ("stop", "tools") else None
+    return replace(options, **defaults)
+
+
+class ParameterGuard:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: (provider, model, parameter) -> monotonic time until which it counts as unsupported.
+        self._rejected: dict[tuple[str, str, str], float] = {}
+
+    def policy_for(self, provider: str) -> str:
+        entry = self.settings.providers.get(provider)
+        if entry is not None and entry.parameter_policy is not None:
+            return entry.parameter_policy
+        return self.settings.parameters.policy
+
+    def availability(
+        self,
+        provider: str,
+        model: str,
+        supported: frozenset[str],
+        known: Mapping[str, ParameterAvailability],
+    ) -> dict[str, ParameterAvailability]:
+        """Every known parameter's availability on this provider and model, as GetModelMetadata shows it."""
+        now = time.monotonic()
+        out: dict[str, ParameterAvailability] = {}
+        for name in KNOWN_PARAMETERS:
+            if name not in supported or self._rejected.get((provider, model, name), 0.0) > now:
+                out[name] = ParameterAvailability("unsupported")
+            else:
+                out[name] = known.get(name, ParameterAvailability("opaque"))
+        return out
+
+    def check(
+        self,
+        options: ChatOptions,
+        *,
+        provider: str,
+        model: str,
+        supported: frozenset[str],
+        known: Mapping[str, ParameterAvailability],
+    ) -> ChatOptions:
+        """``options`` fit for dispatch: unsupported parameters handled by the policy, ranges enforced."""
+        table = self.availability(provider, model, supported, known)
+        policy = self.policy_for(provider)
+        unsupported: list[str] = []
+        for name in parameters_set(options):
+            spec = table[name]
+            value = getattr(options, name)
+            if spec.availability == "unsupported" or (
+                spec.availability == "read_only" and spec.value and str(value) != spec.value
+            ):
+                unsupported.append(name)
+            elif spec.availability == "mutable" and name in _NUMERIC:
+                low, high = spec.min, spec.max
+                if (low is not None and value < low) or (high is not None and value > high):
+                    allowed = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'}"
+                    raise InvalidArgument(
+                        f"{name}={value:g} is out of range for model '{model}' on provider '{provider}': "
+                        f"allowed {allowed}"
+                    )
+        if not unsupported or policy == "ignore":
+            return options
+        if policy == "error":
+            raise InvalidArgument(
+                f"parameter{'s' if len(unsupported) > 1 else ''} {', '.join(unsupported)} not supported by model "
+                f"'{model}' on provider '{provider}' (parameters.policy = \"error\")"
+            )
+        log.warning(
+            "dropped unsupported parameters",
+            extra={"provider": provider, "model": model, "parameters": unsupported},
+        )
+        dropped = dropped_parameters.get()
+        if dropped is not None:
+            dropped.extend(unsupported)
+        return _cleared(options, unsupported)
+
+    def remember_rejection(self, provider: str, model: str, message: str, sent: ChatOptions) -> list[str]:
+        """Parameters an upstream refused by name; they count as unsupported for a while."""
+        if not _REJECTION_WORDS.search(message.lower()):
+            return []
+        named = [p for p in parameters_set(sent) if re.search(rf"\b{re.escape(p)}\b", message)]
+        until = time.monotonic() + self.settings.parameters.remember_rejections_s
+        for name in named:
+            self._rejected[(provider, model, name)] = until
+        if named:
+            log.info(
+                "remembering rejected parameters", extra={"provider": provider, "model": model, "parameters": named}
+            )
+        return named
