@@ -151,6 +151,9 @@ class BlockingGateway:
     def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
         return self._run(self._inner.list_models(task=task, local_only=local_only))
 
+    def model_metadata(self, model: str) -> ModelMetadata:
+        return self._run(self._inner.model_metadata(model))
+
     def close(self) -> None:
         if self._closed:
             return

@@ -39,6 +39,8 @@ from ratatoskr_client.types import (
 
 RETRY_AFTER_KEY = "retry-after"
 REQUEST_ID_KEY = "x-request-id"
+#: Trailing metadata naming the parameters the daemon dropped (parameters.policy = "warn").
+DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 
 #: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -184,6 +186,10 @@ class AsyncServiceClient:
         req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
         resp = await self._call(self._gateway.ListModels, req)
         return [convert.model_metadata_from_pb(m) for m in resp.models]
+
+    async def model_metadata(self, model: str) -> ModelMetadata:
+        req = gateway_pb2.GetModelMetadataRequest(model=model)
+        return convert.model_metadata_from_pb(await self._call(self._gateway.GetModelMetadata, req))
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
@@ -331,6 +337,10 @@ class ServiceClient:
         req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
         resp = self._call(self._gateway.ListModels, req)
         return [convert.model_metadata_from_pb(m) for m in resp.models]
+
+    def model_metadata(self, model: str) -> ModelMetadata:
+        req = gateway_pb2.GetModelMetadataRequest(model=model)
+        return convert.model_metadata_from_pb(self._call(self._gateway.GetModelMetadata, req))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""

@@ -301,6 +301,82 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return 0 if all(r["reachable"] is not False for r in rows) else EXIT_FAILURE
 
 
+def _cmd_models_info(args: argparse.Namespace) -> int:
+    from ratatoskr_client.auto import auto
+
+    gateway = auto(args.socket, config_path=args.config)
+    try:
+        meta = gateway.model_metadata(args.model)
+    finally:
+        gateway.close()
+
+    def human() -> None:
+        info = meta.info
+        where = "local" if info.local else "remote"
+        print(f"{info.id}  ({info.provider}, {where}; {', '.join(t.value for t in info.tasks)})")
+        if info.description:
+            print(f"  {info.description}")
+        if info.aliases:
+            print(f"  aliases: {', '.join(info.aliases)}")
+        print(f"  context window {meta.context_window or '?'}   max output {meta.max_output_tokens or '?'}", end="")
+        print(f"   tokenizer {meta.tokenizer_family or '?'}   source {meta.source or 'unknown'}")
+        if meta.pricing is not None:
+            p = meta.pricing
+            print(f"  price per million tokens: in ${p.input_per_million:g}  out ${p.output_per_million:g}", end="")
+            print(f"  cached in ${p.cached_input_per_million:g}" if p.cached_input_per_million else "")
+        if meta.embedding_dimension:
+            print(f"  embedding dimension {meta.embedding_dimension}")
+        if meta.labels:
+            print(f"  labels {', '.join(meta.labels)}")
+        if meta.parameters:
+            print(f"  {'parameter':<20} {'availability':<12} range / value")
+            for name, a in meta.parameters.items():
+                if a.availability == "mutable":
+                    low = "" if a.min is None else f"{a.min:g}"
+                    high = "" if a.max is None else f"{a.max:g}"
+                    default = "" if a.default is None else f" (default {a.default:g})"
+                    detail = f"{low}..{high}{default}" if low or high else default.strip()
+                else:
+                    detail = a.value
+                print(f"  {name:<20} {a.availability:<12} {detail}")
+
+    _print(asdict(meta), args.json, human)
+    return 0
+
+
+def _cmd_registry_update(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import asdict as as_dict
+
+    from ratatoskr_server.registry import ModelRegistry
+    from ratatoskr_server.registry.cache import load_live, update
+
+    settings = load_settings(args.config)
+    registry = ModelRegistry.embedded()
+    load_live(registry, settings.registry.cache_file.expanduser())
+    report = asyncio.run(update(registry, settings))
+    reloaded = False
+    try:
+        with ServiceClient(args.socket, timeout=2.0) as client:
+            reloaded = client.reload().applied  # a running daemon loads the new table now
+    except RatatoskrError:
+        pass
+    data = {
+        "sources": [as_dict(s) for s in report.sources],
+        "cache_file": str(settings.registry.cache_file),
+        "daemon_reloaded": reloaded,
+    }
+
+    def human() -> None:
+        for s in report.sources:
+            state = f"{s.models} models" if s.ok else f"FAILED, kept the previous data: {s.error}"
+            print(f"{s.name:<14} {state}")
+        print(f"saved to {settings.registry.cache_file}" + ("; the running daemon reloaded it" if reloaded else ""))
+
+    _print(data, args.json, human)
+    return 0 if report.ok else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratatoskr", description="One gRPC gateway for models, local and remote.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, socket=True, config=True)
     p.add_argument("--no-remote", dest="remote", action="store_false", help="leave out the providers' models")
     p.set_defaults(func=_cmd_models_list)
+
+    p = models.add_parser("info", help="what the gateway knows of a model: parameters, prices, windows")
+    common(p, socket=True, config=True)
+    p.add_argument("model", help="local/NAME, provider/model, an alias or a preset")
+    p.set_defaults(func=_cmd_models_info)
+
+    registry = sub.add_parser("registry", help="model metadata").add_subparsers(dest="registry_command", required=True)
+    p = registry.add_parser("update", help="fetch live metadata (OpenRouter, Ollama) and save it for the daemon")
+    common(p, socket=True, config=True)
+    p.set_defaults(func=_cmd_registry_update)
 
     p = sub.add_parser("embed", help="embed texts (through the daemon if it runs, else in process)")
     common(p, socket=True, config=True)

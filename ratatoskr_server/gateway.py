@@ -9,12 +9,14 @@ types only; protobuf stays at the RPC edge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from ratatoskr_client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     RatatoskrError,
     Unavailable,
     Unimplemented,
@@ -42,6 +45,8 @@ from ratatoskr_client.types import (
     ModelMetadata,
     NliPrediction,
     NliResult,
+    ParameterAvailability,
+    Pricing,
     Task,
     Timing,
     TokenizeResult,
@@ -53,7 +58,12 @@ from ratatoskr_server.local.cross_encoder import entailment_index, label_index, 
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.local.model import Inference, LocalModel
 from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
+from ratatoskr_server.policy.params import ParameterGuard
+from ratatoskr_server.policy.presets import apply_preset
 from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.registry import ModelRecord, ModelRegistry, ParameterSpec, RefreshReport
+from ratatoskr_server.registry.cache import load_live
+from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.router import Router
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,21 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 #: Embedding-based zero-shot turns cosines into a distribution with softmax(cos / T); cosines of
 #: unrelated MiniLM sentences sit within a few hundredths, so a small T keeps the ranking legible.
 EMBEDDING_SOFTMAX_TEMPERATURE = 0.05
+
+
+def availability_of(spec: ParameterSpec) -> ParameterAvailability:
+    return ParameterAvailability(spec.availability, spec.min, spec.max, spec.default, spec.value or "")
+
+
+def pricing_of(record: ModelRecord | None) -> Pricing | None:
+    if record is None or record.pricing is None:
+        return None
+    p = record.pricing
+    return Pricing(
+        float(p.input_per_million),
+        float(p.output_per_million),
+        float(p.cached_input_per_million) if p.cached_input_per_million is not None else 0.0,
+    )
 
 
 def _timing(arrived: float, inference: Inference, extra_inference_ms: float = 0.0) -> Timing:
@@ -83,6 +108,9 @@ class Gateway:
         )
         self.pool = LocalModelPool(settings, self._executor)
         self.router = Router(settings)
+        self.registry = ModelRegistry.embedded()
+        load_live(self.registry, settings.registry.cache_file.expanduser())
+        self.params = ParameterGuard(settings)
         #: Routers replaced by a reload; their connections may still carry streams, so they close at shutdown.
         self._retired: list[Router] = []
 
@@ -91,6 +119,12 @@ class Gateway:
         self.pool.start()
         for name in self.settings.local.preload:
             await self.load_model(name)
+        if self.settings.registry.refresh_at_start:
+            await self.refresh_registry()
+
+    async def refresh_registry(self) -> RefreshReport:
+        """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
+        return await update_registry(self.registry, self.settings)
 
     def apply_settings(self, settings: Settings) -> None:
         """Take reloadable settings (limits, declarations, budget); the executor size needs a restart."""
@@ -101,6 +135,8 @@ class Gateway:
         )
         self.settings = settings
         self.pool.update_settings(settings)
+        self.params.settings = settings
+        load_live(self.registry, settings.registry.cache_file.expanduser())
         if routing_changed:
             self._retired.append(self.router)
             self.router = Router(settings)
@@ -213,14 +249,33 @@ class Gateway:
             if m.role not in _ROLES:
                 raise InvalidArgument(f"message {i} has role {m.role!r}; use one of {', '.join(sorted(_ROLES))}")
 
+    def _prepare(self, options: ChatOptions, capability: Capability) -> tuple[Provider, str, ChatOptions]:
+        """Preset defaults, the provider and model, then the parameter policy: what will be sent."""
+        options = apply_preset(options, self.settings.presets)
+        provider, model = self.router.resolve(options.model, capability)
+        record = self.registry.lookup(provider.name, model)
+        known = {name: availability_of(spec) for name, spec in record.parameters.items()} if record else {}
+        checked = self.params.check(
+            options, provider=provider.name, model=model, supported=provider.supported_parameters, known=known
+        )
+        return provider, model, checked
+
+    @asynccontextmanager
+    async def _learning(self, provider: Provider, model: str, sent: ChatOptions) -> AsyncIterator[None]:
+        """Remember parameters an upstream refuses by name, so the next call does not repeat the failure."""
+        try:
+            yield
+        except InvalidArgument as err:
+            self.params.remember_rejection(provider.name, model, err.message, sent)
+            raise
+
     async def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> ChatResult:
         arrived = time.perf_counter()
-        options = options or ChatOptions()
         self._check_messages(messages)
-        provider, model = self.router.resolve(options.model, Capability.CHAT)
-        async with self._deadline_for(timeout):
+        provider, model, options = self._prepare(options or ChatOptions(), Capability.CHAT)
+        async with self._deadline_for(timeout), self._learning(provider, model, options):
             result = await provider.chat(model, messages, options)
         elapsed = (time.perf_counter() - arrived) * 1000
         timing = Timing(
@@ -234,21 +289,20 @@ class Gateway:
     async def chat_stream(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]:
-        options = options or ChatOptions()
         self._check_messages(messages)
-        provider, model = self.router.resolve(options.model, Capability.CHAT)
-        async for event in self._relay(provider, model, provider.chat_stream(model, messages, options), timeout):
-            yield event
+        provider, model, options = self._prepare(options or ChatOptions(), Capability.CHAT)
+        async with self._learning(provider, model, options):
+            async for event in self._relay(provider, model, provider.chat_stream(model, messages, options), timeout):
+                yield event
 
     async def generate(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> GenerateResult:
         arrived = time.perf_counter()
-        options = options or ChatOptions()
         if not prompt:
             raise InvalidArgument("prompt is empty")
-        provider, model = self.router.resolve(options.model, Capability.GENERATE)
-        async with self._deadline_for(timeout):
+        provider, model, options = self._prepare(options or ChatOptions(), Capability.GENERATE)
+        async with self._deadline_for(timeout), self._learning(provider, model, options):
             result = await provider.generate(model, prompt, options)
         elapsed = (time.perf_counter() - arrived) * 1000
         timing = Timing(
@@ -262,12 +316,12 @@ class Gateway:
     async def generate_stream(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]:
-        options = options or ChatOptions()
         if not prompt:
             raise InvalidArgument("prompt is empty")
-        provider, model = self.router.resolve(options.model, Capability.GENERATE)
-        async for event in self._relay(provider, model, provider.generate_stream(model, prompt, options), timeout):
-            yield event
+        provider, model, options = self._prepare(options or ChatOptions(), Capability.GENERATE)
+        async with self._learning(provider, model, options):
+            async for event in self._relay(provider, model, provider.generate_stream(model, prompt, options), timeout):
+                yield event
 
     async def _relay(
         self, provider: Provider, model: str, source: AsyncIterator[ChatEvent], timeout: float | None
@@ -459,29 +513,89 @@ class Gateway:
         raise Unimplemented("counting chat messages needs chat templates, which are not built yet; send texts")
 
     # -- model catalogue ---------------------------------------------------------------------------
-    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        """Local models from their manifests, then what each provider lists right now."""
-        aliases: dict[str, list[str]] = {}
+    def _aliases(self) -> dict[str, list[str]]:
+        names: dict[str, list[str]] = {}
         for alias, target in self.settings.aliases.items():
-            aliases.setdefault(target, []).append(alias)
-        out: list[ModelMetadata] = []
-        for name, path in sorted(self.pool.available().items()):
-            try:
-                manifest = ModelManifest.read(path)
-            except (OSError, ValueError):
-                continue  # a broken folder is reported when someone loads it
-            model_id = f"{LOCAL_PREFIX}{name}"
-            tasks = [Task(manifest.task)] + ([Task.CLASSIFY] if manifest.task in ("embed", "nli") else [])
-            info = ModelInfo(model_id, "local", tasks, True, manifest.architecture, aliases.get(model_id, []))
-            out.append(
-                ModelMetadata(
-                    info=info,
-                    embedding_dimension=manifest.dimension or 0 if manifest.task == "embed" else 0,
-                    max_sequence_length=manifest.max_length,
-                    labels=list(manifest.labels),
-                    source="local",
+            names.setdefault(target, []).append(alias)
+        return names
+
+    def _local_metadata(self, name: str, path: Path, aliases: Mapping[str, list[str]]) -> ModelMetadata | None:
+        try:
+            manifest = ModelManifest.read(path)
+        except (OSError, ValueError):
+            return None  # a broken folder is reported when someone loads it
+        model_id = f"{LOCAL_PREFIX}{name}"
+        tasks = [Task(manifest.task)] + ([Task.CLASSIFY] if manifest.task in ("embed", "nli") else [])
+        record = self.registry.match_embedded(name)
+        return ModelMetadata(
+            info=ModelInfo(model_id, "local", tasks, True, manifest.architecture, aliases.get(model_id, [])),
+            embedding_dimension=(manifest.dimension or 0) if manifest.task == "embed" else 0,
+            max_sequence_length=manifest.max_length,
+            context_window=manifest.max_length,
+            labels=list(manifest.labels),
+            source="local",
+            pricing=Pricing(),  # it runs here: nothing to pay
+            tokenizer_family=record.tokenizer_family if record else manifest.architecture,
+        )
+
+    def _provider_metadata(self, provider: Provider, model: str, aliases: Mapping[str, list[str]]) -> ModelMetadata:
+        record = self.registry.lookup(provider.name, model)
+        known = {name: availability_of(spec) for name, spec in record.parameters.items()} if record else {}
+        model_id = f"{provider.name}/{model}"
+        tasks = [Task(c.value) for c in sorted(provider.capabilities)]
+        return ModelMetadata(
+            info=ModelInfo(
+                model_id,
+                provider.name,
+                tasks,
+                provider.local,
+                record.description if record else "",
+                aliases.get(model_id, []),
+            ),
+            context_window=record.context_window if record else 0,
+            max_output_tokens=record.max_output_tokens if record else 0,
+            source=record.source if record else "",
+            parameters=self.params.availability(provider.name, model, provider.supported_parameters, known),
+            pricing=Pricing() if provider.local else pricing_of(record),
+            tokenizer_family=record.tokenizer_family if record else "",
+        )
+
+    async def model_metadata(self, model: str) -> ModelMetadata:
+        """What the gateway knows of one model: parameters per provider, prices, windows."""
+        if not model:
+            raise InvalidArgument("no model given")
+        aliases = self._aliases()
+        preset = self.settings.presets.get(model)
+        target = self.settings.aliases.get(preset.model if preset else model, preset.model if preset else model)
+        found = self.router.split(target)
+        if found is not None:
+            provider = self.router.providers[found[0]]
+            meta = self._provider_metadata(provider, found[1], aliases)
+        else:
+            name = self.pool.canonical(target)
+            path = self.pool.available().get(name)
+            local = self._local_metadata(name, path, aliases) if path else None
+            if local is None:
+                raise NotFound(
+                    f"unknown model '{model}': neither a local model nor provider/model of a configured provider"
                 )
-            )
+            meta = local
+        if preset is not None:
+            info = replace(meta.info, id=model, description=preset.description or f"preset for {preset.model}")
+            meta = replace(meta, info=info)
+        return meta
+
+    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
+        """Presets, local models from their manifests, then what each provider lists right now."""
+        aliases = self._aliases()
+        out: list[ModelMetadata] = []
+        for name in sorted(self.settings.presets):
+            with contextlib.suppress(RatatoskrError):
+                out.append(await self.model_metadata(name))
+        for name, path in sorted(self.pool.available().items()):
+            local = self._local_metadata(name, path, aliases)
+            if local is not None:
+                out.append(local)
         listed = await self.router.list_models()
         for provider_name, answer in listed.items():
             provider = self.router.providers[provider_name]
@@ -490,11 +604,9 @@ class Gateway:
                     "provider did not list its models", extra={"provider": provider_name, "reason": str(answer)}
                 )
                 continue
-            tasks = [Task(c.value) for c in sorted(provider.capabilities) if c.value in Task._value2member_map_]
             for model in answer:
-                model_id = f"{provider_name}/{model}"
-                info = ModelInfo(model_id, provider_name, tasks, provider.local, "", aliases.get(model_id, []))
-                out.append(ModelMetadata(info=info, source="live"))
+                meta = self._provider_metadata(provider, model, aliases)
+                out.append(replace(meta, source="live" if not meta.source else meta.source))
         return [m for m in out if (task is None or task in m.info.tasks) and (not local_only or m.info.local)]
 
     # -- administration ------------------------------------------------------------------------------

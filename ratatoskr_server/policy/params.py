@@ -60,6 +60,14 @@ def parameters_set(options: ChatOptions) -> list[str]:
     return present
 
 
+def _same(value: Any, fixed: str) -> bool:
+    """A caller's value equals a read-only one: numerically when both are numbers (1.0 is "1")."""
+    try:
+        return float(value) == float(fixed)
+    except (TypeError, ValueError):
+        return str(value) == fixed
+
+
 def _cleared(options: ChatOptions, names: list[str]) -> ChatOptions:
     defaults: dict[str, Any] = {}
     for f in fields(ChatOptions):
@@ -114,7 +122,7 @@ class ParameterGuard:
             spec = table[name]
             value = getattr(options, name)
             if spec.availability == "unsupported" or (
-                spec.availability == "read_only" and spec.value and str(value) != spec.value
+                spec.availability == "read_only" and spec.value and not _same(value, spec.value)
             ):
                 unsupported.append(name)
             elif spec.availability == "mutable" and name in _NUMERIC:

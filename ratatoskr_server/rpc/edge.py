@@ -20,8 +20,9 @@ from typing import NoReturn, TypeVar
 import grpc
 import grpc.aio
 
-from ratatoskr_client.client import REQUEST_ID_KEY, RETRY_AFTER_KEY
+from ratatoskr_client.client import DROPPED_PARAMETERS_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
 from ratatoskr_client.errors import RatatoskrError, Unimplemented
+from ratatoskr_server.policy.params import dropped_parameters
 from ratatoskr_server.telemetry.metrics import Metrics
 
 log = logging.getLogger("ratatoskr.request")
@@ -48,6 +49,8 @@ class Edge:
         code = "OK"
         counted = False
         trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, request_id)]
+        dropped: list[str] = []
+        token = dropped_parameters.set(dropped)
         try:
             if limited:
                 if self.in_flight >= self.max_in_flight:
@@ -64,6 +67,8 @@ class Edge:
                 counted = True
                 self.metrics.in_flight.inc()
             yield trailing
+            if dropped:
+                trailing.append((DROPPED_PARAMETERS_KEY, ",".join(dropped)))
             context.set_trailing_metadata(tuple(trailing))
         except RatatoskrError as err:
             code = err.code
@@ -83,6 +88,7 @@ class Edge:
                 context, trailing, code, f"internal error (request id {request_id}); the daemon's log has details"
             )
         finally:
+            dropped_parameters.reset(token)
             if counted:
                 self.in_flight -= 1
                 self.metrics.in_flight.dec()

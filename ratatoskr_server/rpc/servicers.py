@@ -154,7 +154,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def GetModelMetadata(
         self, request: gateway_pb2.GetModelMetadataRequest, context: Context
     ) -> types_pb2.ModelMetadata:
-        await self.edge.unimplemented("GetModelMetadata", context, _NO_REGISTRY)
+        async def run() -> types_pb2.ModelMetadata:
+            return convert.model_metadata_to_pb(await self.gateway.model_metadata(request.model))
+
+        return await self.edge.call("GetModelMetadata", context, run, model=request.model, limited=False)
 
     async def RenderChatTemplate(
         self, request: gateway_pb2.RenderChatTemplateRequest, context: Context

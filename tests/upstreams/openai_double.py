@@ -83,6 +83,14 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
     if model in ERRORS:
         status, payload, headers = ERRORS[model]
         return web.json_response(payload, status=status, headers=headers)
+    if model == "no-seed" and "seed" in body:
+        error = {
+            "message": "Unsupported parameter: 'seed' is not supported with this model.",
+            "type": "invalid_request_error",
+            "param": "seed",
+            "code": "unsupported_parameter",
+        }
+        return web.json_response({"error": error}, status=400)
     if not body.get("stream"):
         return web.json_response(_unary(model, body))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
