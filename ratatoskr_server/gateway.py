@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -88,6 +89,21 @@ def pricing_of(record: ModelRecord | None) -> Pricing | None:
         float(p.output_per_million),
         float(p.cached_input_per_million) if p.cached_input_per_million is not None else 0.0,
     )
+
+
+AnswerT = TypeVar("AnswerT", ChatResult, GenerateResult)
+
+
+def _stamped(result: AnswerT, provider: Provider, model: str, arrived: float) -> AnswerT:
+    """A unary answer with who answered and how long the whole call took."""
+    elapsed = (time.perf_counter() - arrived) * 1000
+    timing = Timing(
+        inference_ms=elapsed,
+        total_ms=elapsed,
+        input_tokens=result.usage.prompt_tokens,
+        output_tokens=result.usage.completion_tokens,
+    )
+    return replace(result, timing=timing, provider=provider.name, model=result.model or model)
 
 
 def _timing(arrived: float, inference: Inference, extra_inference_ms: float = 0.0) -> Timing:
@@ -277,14 +293,7 @@ class Gateway:
         provider, model, options = self._prepare(options or ChatOptions(), Capability.CHAT)
         async with self._deadline_for(timeout), self._learning(provider, model, options):
             result = await provider.chat(model, messages, options)
-        elapsed = (time.perf_counter() - arrived) * 1000
-        timing = Timing(
-            inference_ms=elapsed,
-            total_ms=elapsed,
-            input_tokens=result.usage.prompt_tokens,
-            output_tokens=result.usage.completion_tokens,
-        )
-        return replace(result, timing=timing, provider=provider.name, model=result.model or model)
+        return _stamped(result, provider, model, arrived)
 
     async def chat_stream(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
@@ -304,14 +313,7 @@ class Gateway:
         provider, model, options = self._prepare(options or ChatOptions(), Capability.GENERATE)
         async with self._deadline_for(timeout), self._learning(provider, model, options):
             result = await provider.generate(model, prompt, options)
-        elapsed = (time.perf_counter() - arrived) * 1000
-        timing = Timing(
-            inference_ms=elapsed,
-            total_ms=elapsed,
-            input_tokens=result.usage.prompt_tokens,
-            output_tokens=result.usage.completion_tokens,
-        )
-        return replace(result, timing=timing, provider=provider.name, model=result.model or model)
+        return _stamped(result, provider, model, arrived)
 
     async def generate_stream(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None

@@ -24,25 +24,10 @@ from typing import Any
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import ChatOptions, ParameterAvailability
 from ratatoskr_server.config import Settings
+from ratatoskr_server.registry.models import KNOWN_PARAMETERS
 
 log = logging.getLogger(__name__)
 
-#: Every parameter the contract knows, by its ChatOptions field name.
-KNOWN_PARAMETERS = (
-    "temperature",
-    "max_tokens",
-    "top_p",
-    "top_k",
-    "stop",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "reasoning",
-    "parallel_tool_calls",
-)
 _NUMERIC = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"}
 _REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
 
