@@ -139,7 +139,7 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from ratatoskr_server.local.pool import dir_mb
+    from ratatoskr_server.local.pool import dir_mb, local_models
 
     settings = load_settings(args.config)
     loaded: dict[str, Any] = {}
@@ -150,10 +150,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         pass  # no daemon: show what is on disk
     rows = []
     root = settings.local.resolved_model_dir()
-    candidates = {p.name: p for p in sorted(root.iterdir())} if root.is_dir() else {}
-    for name, decl in settings.models.items():
-        candidates[name] = decl.path.expanduser() if decl.path else root / name
-    for name, path in candidates.items():
+    for name, path in local_models(settings).items():
         if not (path / MANIFEST_FILE).is_file():
             continue
         manifest = ModelManifest.read(path)
@@ -174,16 +171,9 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     if args.remote:
         import asyncio
 
-        from ratatoskr_server.routing.router import Router
+        from ratatoskr_server.routing.router import list_provider_models
 
-        async def remote() -> dict[str, list[str] | RatatoskrError]:
-            router = Router(settings)
-            try:
-                return await router.list_models(timeout=args.timeout)
-            finally:
-                await router.aclose()
-
-        for provider, answer in sorted(asyncio.run(remote()).items()):
+        for provider, answer in sorted(asyncio.run(list_provider_models(settings, args.timeout)).items()):
             if isinstance(answer, RatatoskrError):
                 print(f"ratatoskr: {answer.message}", file=sys.stderr)
                 continue
@@ -258,16 +248,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 def _cmd_backends(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ratatoskr_server.routing.router import Router
+    from ratatoskr_server.routing.router import list_provider_models
 
     settings = load_settings(args.config)
 
     async def probe() -> list[dict[str, Any]]:
-        router = Router(settings)
-        try:
-            answers = await router.list_models(timeout=args.timeout)
-        finally:
-            await router.aclose()
+        answers = await list_provider_models(settings, args.timeout)
         rows = []
         for name, entry in sorted(settings.providers.items()):
             answer = answers.get(name)

@@ -203,8 +203,6 @@ class Gateway:
         timeout: float | None = None,
     ) -> EmbedResult:
         arrived = time.perf_counter()
-        if not inputs:
-            raise InvalidArgument("inputs is empty: send at least one text to embed")
         self._check_texts(inputs)
         name = model or self.settings.local.default_embed_model
         if self.router.split(name) is not None:

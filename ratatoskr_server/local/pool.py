@@ -105,6 +105,19 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
 
 
+def local_models(settings: Settings) -> dict[str, Path]:
+    """Every local model servable by name: folders with a manifest in model_dir, then declared ones."""
+    found: dict[str, Path] = {}
+    root = settings.local.resolved_model_dir()
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if (child / MANIFEST_FILE).is_file():
+                found[child.name] = child
+    for name, decl in settings.models.items():
+        found[name] = decl.path.expanduser() if decl.path else root / name
+    return found
+
+
 def _settled(future: asyncio.Future[None], error: BaseException | None = None) -> None:
     if future.done():
         return
@@ -141,16 +154,7 @@ class LocalModelPool:
         return self._settings.models.get(name)
 
     def available(self) -> dict[str, Path]:
-        """Every model this pool can serve by name: found in model_dir, then declared ones."""
-        found: dict[str, Path] = {}
-        root = self._settings.local.resolved_model_dir()
-        if root.is_dir():
-            for child in sorted(root.iterdir()):
-                if (child / MANIFEST_FILE).is_file():
-                    found[child.name] = child
-        for name, decl in self._settings.models.items():
-            found[name] = decl.path.expanduser() if decl.path else root / name
-        return found
+        return local_models(self._settings)
 
     async def locate(self, name: str) -> Path:
         """The model's folder, importing it first when it has a source and is not there yet."""

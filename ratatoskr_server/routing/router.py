@@ -82,3 +82,12 @@ class Router:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+
+
+async def list_provider_models(settings: Settings, timeout: float) -> dict[str, list[str] | RatatoskrError]:
+    """Each configured provider's models, with routers built and closed here (for one-shot tools)."""
+    router = Router(settings)
+    try:
+        return await router.list_models(timeout=timeout)
+    finally:
+        await router.aclose()
