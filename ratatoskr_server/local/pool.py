@@ -38,9 +38,10 @@ from pathlib import Path
 
 from ratatoskr_client.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from ratatoskr_client.types import LoadedModel
-from ratatoskr_server.config import ModelSettings, Settings
+from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ModelSettings, Settings
 from ratatoskr_server.local.batcher import BatchLimits
-from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint
+from ratatoskr_server.local.discovery import find_default_model_source, local_models
+from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.model import LocalModel, open_local_model
 from ratatoskr_server.local.tokenization import TextTokenizer
@@ -105,19 +106,6 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
 
 
-def local_models(settings: Settings) -> dict[str, Path]:
-    """Every local model servable by name: folders with a manifest in model_dir, then declared ones."""
-    found: dict[str, Path] = {}
-    root = settings.local.resolved_model_dir()
-    if root.is_dir():
-        for child in sorted(root.iterdir()):
-            if (child / MANIFEST_FILE).is_file():
-                found[child.name] = child
-    for name, decl in settings.models.items():
-        found[name] = decl.path.expanduser() if decl.path else root / name
-    return found
-
-
 def _settled(future: asyncio.Future[None], error: BaseException | None = None) -> None:
     if future.done():
         return
@@ -167,7 +155,8 @@ class LocalModelPool:
         source: Path | None = None
         if decl and decl.source:
             source = decl.source.expanduser()
-        elif name == local.default_embed_model and local.auto_import_default:
+        elif name == DEFAULT_EMBED_MODEL and local.auto_import_default:
+            # Only under its own name: a typo'd default_embed_model must not become a second copy.
             source = find_default_model_source()
         if source is not None:
             return await self._import(name, source, path or local.resolved_model_dir() / name)

@@ -61,11 +61,18 @@ class TextFormatter(logging.Formatter):
         return line.rstrip()
 
 
+def resolve_format(fmt: str) -> str:
+    """ "auto": text for a person at a terminal, JSON for whatever collects a service's output."""
+    if fmt != "auto":
+        return fmt
+    return "text" if sys.stderr.isatty() else "json"
+
+
 def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     """Route every logger to stderr through the redactor; safe to call again on reload."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(Redactor(secrets))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt) == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
