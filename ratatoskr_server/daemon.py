@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -132,14 +133,22 @@ def check_port_free(host: str, port: int, setting: str) -> None:
                 ) from None
 
 
-def _try_next(listen: list[str], socket_path: Path | None) -> str:
+def _cli_name() -> str:
+    """The command as this person can type it: bare when it is on PATH, else the path they ran."""
+    invoked = Path(sys.argv[0])
+    if invoked.name != "ratatoskr":  # python -m ratatoskr_server
+        return "ratatoskr"
+    found = shutil.which("ratatoskr")
+    if found is not None and Path(found).resolve() == invoked.resolve():
+        return "ratatoskr"
+    return shlex.quote(str(invoked))
+
+
+def _try_next(socket_path: Path) -> str:
     """The commands a person can run next against this daemon."""
-    where = ""
-    if socket_path is not None and socket_path != default_socket_path():
-        where = f" --socket {shlex.quote(str(socket_path))}"
-    elif socket_path is None and listen:
-        where = f" --socket {listen[0]}"
-    return f"try: ratatoskr embed{where} 'hello world'  |  ratatoskr status{where}"
+    where = "" if socket_path == default_socket_path() else f" --socket {shlex.quote(str(socket_path))}"
+    cli = _cli_name()
+    return f"try: {cli} embed{where} 'hello world'  |  {cli} status{where}"
 
 
 class Daemon:
@@ -309,7 +318,7 @@ class Daemon:
                 loaded = ", ".join(models) if models else "no preloaded models"
                 log.info(
                     f"ratatoskr {package_version()} serving ({loaded}) on {' and '.join(self.listen)}; "
-                    f"{_try_next(self.listen, self._socket_path)}",
+                    f"{_try_next(self.settings.server.resolved_socket_path())}",
                     extra={"models": models, "listen": self.listen, "metrics": metrics_addr},
                 )
         await stopper

@@ -411,8 +411,14 @@ class Gateway:
         if len(set(labels)) != len(labels):
             raise InvalidArgument("candidate_labels has duplicates")
         self._check_texts(list(labels), "candidate_labels", "label")
-        if hypothesis_template and "{}" not in hypothesis_template:
-            raise InvalidArgument(f"hypothesis_template {hypothesis_template!r} has no {{}} for the label")
+        if hypothesis_template:
+            self._check_texts([hypothesis_template], "hypothesis_template", "template")
+            outside = hypothesis_template.replace("{}", "", 1)
+            if "{}" not in hypothesis_template or "{" in outside or "}" in outside:
+                raise InvalidArgument(
+                    "hypothesis_template needs exactly one {} for the label and no other braces, e.g. "
+                    f"'This example is {{}}.'; got {hypothesis_template[:80]!r}"
+                )
         name = model or self.settings.local.default_classify_model
         if self.router.split(name) is not None:
             provider, upstream_model = self.router.resolve(name, Capability.CLASSIFY)
@@ -431,14 +437,17 @@ class Gateway:
         async with self._model(name, (Task.NLI, Task.CLASSIFY, Task.EMBED), timeout) as m:
             if m.manifest.output_kind == "logits":
                 template = hypothesis_template or DEFAULT_HYPOTHESIS_TEMPLATE
-                pairs = [(text, template.format(label)) for label in labels]
+                # The label goes in literally: str.format would run format specs a caller wrote.
+                pairs = [(text, template.replace("{}", label)) for label in labels]
                 out = await m.infer(pairs, truncate=True, deadline=deadline, what="pair")
                 scores = self._nli_scores(m, out.rows, multi_label)
                 strategy = "nli"
                 timing = _timing(arrived, out)
                 tokens = sum(out.tokens)
             else:
-                descriptions = [hypothesis_template.format(label) if hypothesis_template else label for label in labels]
+                descriptions = [
+                    hypothesis_template.replace("{}", label) if hypothesis_template else label for label in labels
+                ]
                 out = await m.infer([text, *descriptions], truncate=True, deadline=deadline, what="input")
                 vectors = out.rows / np.maximum(np.linalg.norm(out.rows, axis=1, keepdims=True), 1e-12)
                 cosines = vectors[1:] @ vectors[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "********"
 #: Shapes of API keys and bearer tokens, masked even when nobody told us the value.
@@ -15,3 +16,30 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return _KEY_SHAPES.sub(MASK, text)
+
+
+#: Header and query-parameter names whose values are credentials (Authorization, api-key, X-Token, sig…).
+SENSITIVE_NAME = re.compile(r"auth|key|token|secret|passw|signature|\bsig\b|cookie|credential|session", re.IGNORECASE)
+
+
+def url_credentials(url: str) -> list[str]:
+    """The user-info of a URL (``https://user:pass@host``): the password, and user:pass together."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    if parts.password:
+        return [f"{parts.username}:{parts.password}", parts.password]
+    return [parts.username] if parts.username else []
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to show a person: user-info replaced by the mask, the rest as given."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not (parts.username or parts.password):
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))

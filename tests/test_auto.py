@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,13 @@ import pytest
 from ratatoskr_client import (
     AsyncServiceClient,
     BlockingGateway,
+    DeadlineExceeded,
     InvalidArgument,
     ModelGateway,
     NotFound,
     ServiceClient,
     SyncModelGateway,
+    Unavailable,
     auto,
     auto_async,
 )
@@ -64,3 +67,71 @@ async def test_async_auto_in_both_modes(daemon: DaemonProcess, embedded_config: 
     finally:
         await with_daemon.close()
         await without.close()
+
+
+class _LoadingServer:
+    """A real gRPC health service on a Unix socket that answers NOT_SERVING until told otherwise."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        self.socket = short_dir() / "loading.sock"
+        self.checks = 0
+        self._pb2 = health_pb2
+        self.servicer = health.HealthServicer()
+        self.servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        check = self.servicer.Check
+
+        def counted(request: object, context: object) -> object:
+            self.checks += 1
+            return check(request, context)
+
+        self.servicer.Check = counted  # type: ignore[method-assign]
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
+        self.server.add_insecure_port(f"unix:{self.socket}")
+        self.server.start()
+
+    def serving(self) -> None:
+        self.servicer.set("", self._pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def test_auto_waits_for_a_loading_daemon_instead_of_embedding() -> None:
+    import threading
+
+    server = _LoadingServer()
+    outcome: list[object] = []
+    try:
+        worker = threading.Thread(target=lambda: outcome.append(auto(server.socket, serving_wait=120)))
+        worker.start()
+        while server.checks < 3:  # it asked, heard NOT_SERVING, and kept asking
+            assert worker.is_alive(), outcome
+            time.sleep(0.01)
+        server.serving()
+        worker.join(timeout=30)
+        (gateway,) = outcome
+        assert isinstance(gateway, ServiceClient)  # the daemon, not a second in-process copy of the models
+        gateway.close()
+    finally:
+        server.stop()
+
+
+def test_auto_gives_up_on_a_daemon_that_never_serves() -> None:
+    server = _LoadingServer()
+    try:
+        with pytest.raises(Unavailable, match=r"answered but was not SERVING within 0\.2s"):
+            auto(server.socket, serving_wait=0.2)
+        assert server.checks >= 2
+    finally:
+        server.stop()
+
+
+def test_a_zero_timeout_is_a_deadline_not_none(daemon: DaemonProcess) -> None:
+    with daemon.client(timeout=30) as client, pytest.raises(DeadlineExceeded):
+        client.embed(["x"], timeout=0)

@@ -68,9 +68,15 @@ def test_unknown_model(daemon: DaemonProcess) -> None:
 
 
 def test_deadline_too_short(daemon: DaemonProcess) -> None:
-    with daemon.client() as client, pytest.raises(DeadlineExceeded):
-        client.embed(["a fairly long sentence to embed, repeated"] * 64, timeout=0.001)
+    """A deadline the daemon itself sees pass: long enough to arrive, too short for the work."""
+    texts = [f"sentence {i} " + "with many more words in it " * 12 for i in range(64)]
+    with daemon.client() as client:
+        assert client.count_tokens(texts[:1]).total > 60  # each input is a few hundred tokens' work
+        with pytest.raises(DeadlineExceeded):
+            client.embed(texts, timeout=0.05)
     _still_serving(daemon)
+    embeds = [r for r in daemon.records() if r.get("rpc") == "Embed" and r.get("status") != "OK"]
+    assert embeds and embeds[-1]["status"] in ("DEADLINE_EXCEEDED", "CANCELLED"), embeds[-1:]
 
 
 def test_errors_never_leak_tracebacks(daemon: DaemonProcess) -> None:

@@ -207,3 +207,26 @@ def test_cli_chat_backends_and_models(chat_daemon: DaemonProcess) -> None:
     listed = run_ratatoskr("models", "list", "--json", "--socket", sock, "--config", str(chat_daemon.config_path))
     names = {r["name"] for r in json.loads(listed.stdout)}
     assert {"all-minilm-l6-v2", "openai/gpt-test", "openai/tools"} <= names
+
+
+def test_upstream_urls_stay_out_of_the_log(model_root: Path, upstream: Upstream) -> None:
+    """httpx logs every request URL at INFO, query string (an Azure or HF key) included: silenced."""
+    d = DaemonProcess(
+        model_root,
+        local={"preload": []},
+        providers={
+            "q": {
+                "kind": "openai_compat",
+                "base_url": f"{upstream.base_url}/v1",
+                "query": {"api-version": "2024-10-21", "key": "query-secret-0123456789"},
+            }
+        },
+    ).start()
+    try:
+        with d.client(timeout=30) as client:
+            client.chat(HELLO, _options("q/gpt-test"))
+        log = d.log()
+    finally:
+        d.stop()
+    assert upstream.requests[-1].query["key"] == "query-secret-0123456789"  # it was sent
+    assert "HTTP Request" not in log and "query-secret" not in log

@@ -253,3 +253,19 @@ async def test_tokenize_and_count_with_the_models_own_tokenizer(gw: Gateway) -> 
     counts = await gw.count_tokens(["Hello, world!", "", "word " * 300], model=MODEL)
     assert counts.counts == [6, 2, 302] and counts.total == 310  # before truncation: what the text costs
     assert MODEL not in [m.name for m in gw.loaded_models()]  # tokenizing never loads the weights
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{}}{:>100000000}", "{0} and {}", "no placeholder", "{} and {}", "{}{!r}", "{label}"],
+)
+async def test_a_hypothesis_template_is_text_with_one_placeholder(gw: Gateway, template: str) -> None:
+    """A format spec in a template must never run: it once built a 100-million-character string."""
+    with pytest.raises(InvalidArgument, match=r"exactly one \{\} for the label"):
+        await asyncio.wait_for(gw.classify("text", ["a", "b"], hypothesis_template=template), 5)
+
+
+async def test_a_label_with_braces_goes_in_literally(gw: Gateway) -> None:
+    labels = ["{0}", "{:>9999}", "sports"]
+    result = await gw.classify("The striker scored twice", labels, model="tiny-nli", hypothesis_template="It is {}.")
+    assert sorted(s.label for s in result.scores) == sorted(labels)

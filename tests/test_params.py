@@ -136,9 +136,46 @@ async def test_model_metadata_per_parameter_and_provider(gw: Gateway) -> None:
     preset = await gw.model_metadata("ratatoskr:fast/chat")
     assert preset.info.id == "ratatoskr:fast/chat" and preset.info.description == "quick answers"
     assert preset.context_window == 128000
-    local = await gw.model_metadata("local/nothing-here") if False else None
+    with pytest.raises(NotFound, match="nothing-here"):
+        await gw.model_metadata("local/nothing-here")
     with pytest.raises(NotFound):
         await gw.model_metadata("nowhere/model")
-    assert local is None
     listed = {m.info.id for m in await gw.list_models()}
     assert "ratatoskr:fast/chat" in listed and "openai/gpt-test" in listed
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"model": "gpt-4-32k"}, "raw_provider_options may not set model: the gateway builds it"),
+        ({"messages": [], "stream": True}, "may not set messages, stream: the gateway builds them"),
+        ({"tools": []}, "set tools through its own option"),
+        ({"temperature": 3.0}, r"temperature=3 is out of range .* allowed 0\.\.2"),
+        ({"max_completion_tokens": 20000}, r"max_tokens=20000 is out of range"),
+        ({"max_tokens": "many"}, "raw_provider_options.max_tokens has the wrong type"),
+        ({"logit_bias": {"50256": float("nan")}}, r"raw_provider_options.logit_bias.50256=nan is not a finite number"),
+    ],
+)
+async def test_raw_provider_options_cannot_bypass_the_request_or_the_checks(
+    gw: Gateway, oa: Upstream, raw: dict[str, Any], match: str
+) -> None:
+    sent = len(oa.requests)
+    with pytest.raises(InvalidArgument, match=match):
+        await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", raw_provider_options=raw))
+    assert len(oa.requests) == sent  # refused before dispatch
+
+
+async def test_raw_typed_parameters_move_into_their_field(gw: Gateway, oa: Upstream) -> None:
+    await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", raw_provider_options={"temperature": 0.4, "user": "u1"}))
+    body = oa.requests[-1].body
+    assert body["temperature"] == 0.4 and body["user"] == "u1"
+    with pytest.raises(InvalidArgument, match="set both as an option and in raw_provider_options"):
+        await gw.chat(
+            HELLO, ChatOptions(model="openai/gpt-4o", temperature=0.1, raw_provider_options={"temperature": 1})
+        )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_options_are_invalid_argument(gw: Gateway, value: float) -> None:
+    with pytest.raises(InvalidArgument, match="is not a finite number"):
+        await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", top_p=value))

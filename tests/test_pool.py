@@ -245,3 +245,76 @@ async def test_two_batch_slots_share_a_lone_big_request(tiny_root: Path, make_ga
     gate.open.set()
     assert len((await big).vectors) == 20
     assert sorted(gate.runs) == [10, 10]
+
+
+async def test_a_single_text_rides_in_the_next_batch_beside_a_big_request(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"concurrency": 1, "max_batch_size": 8})
+    model, gate = await _gated(gw, "m1")
+    running = asyncio.create_task(gw.embed(["running"], model="m1"))
+    await _until(lambda: gate.entered == 1)
+    big = asyncio.create_task(gw.embed([f"big request text {i}" for i in range(40)], model="m1"))
+    await _until(lambda: model.batcher.queued_requests == 1)
+    small = asyncio.create_task(gw.embed(["small"], model="m1"))
+    await _until(lambda: model.batcher.queued_requests == 2)
+    runs_when_small_finished: list[int] = []
+    small.add_done_callback(lambda _: runs_when_small_finished.append(len(gate.runs)))
+    gate.open.set()
+    await asyncio.gather(running, big, small)
+    assert runs_when_small_finished == [2]  # "running", then a batch with the small text in it
+    assert gate.runs[1] == 8 and sum(gate.runs) == 42
+
+
+async def test_the_queue_is_bounded_in_tokens(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"concurrency": 1, "max_queue_tokens": 40})
+    model, gate = await _gated(gw, "m2")
+    running = asyncio.create_task(gw.embed(["running"], model="m2"))
+    await _until(lambda: gate.entered == 1)
+    queued = asyncio.create_task(gw.embed(["word " * 20], model="m2"))  # 22 tokens with [CLS] and [SEP]
+    await _until(lambda: model.batcher.queued_tokens > 0)
+    with pytest.raises(ResourceExhausted, match="max_queue_tokens") as info:
+        await gw.embed(["word " * 20], model="m2")
+    assert info.value.retry_after_s == 1.0
+    gate.open.set()
+    await asyncio.gather(running, queued)
+    assert model.batcher.queued_tokens == 0
+
+
+async def test_an_empty_submit_resolves_and_holds_no_slot(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root)
+    await gw.embed(["warm"], model="m3")
+    async with gw.pool.lease("m3") as model:
+        out = await asyncio.wait_for(model.batcher.submit([]), 5)
+    assert out.rows.shape[0] == 0
+    assert model.batcher.queued_requests == 0 and model.batcher.queued_tokens == 0
+
+
+async def test_rows_that_do_not_match_the_batch_fail_every_caller(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, batching={"concurrency": 1})
+    model, gate = await _gated(gw, "m0")
+    gated = model.batcher.run_batch
+    model.batcher.run_batch = lambda encodings: gated(encodings)[:-1]  # one row short
+    gate.open.set()
+    calls = [gw.embed([f"text {i}", "and another"], model="m0") for i in range(3)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    assert all(isinstance(o, FailedPrecondition) for o in outcomes), outcomes
+    assert "returned output of shape" in str(outcomes[0])
+    model.batcher.run_batch = gated
+    assert len((await gw.embed(["the model still serves"], model="m0")).vectors) == 1
+
+
+async def test_a_manifest_that_disagrees_with_the_graph_is_named(
+    tiny_root: Path, make_gateway: Any, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(tiny_root / "m0", tmp_path / "wrong")
+    manifest = json.loads((tmp_path / "wrong" / "manifest.json").read_text())
+    manifest["dimension"] = manifest["dimension"] // 2
+    (tmp_path / "wrong" / "manifest.json").write_text(json.dumps(manifest))
+    gw = make_gateway(tmp_path)
+    for _ in range(2):  # and again: nothing is left waiting
+        with pytest.raises(FailedPrecondition) as info:
+            await asyncio.wait_for(gw.embed(["x", "y"], model="wrong"), 10)
+        assert f"{tmp_path / 'wrong' / 'manifest.json'} describes [" in info.value.message
+        assert f", {manifest['dimension']}]; fix the manifest" in info.value.message

@@ -9,9 +9,13 @@ an idle one waits at most ``max_wait_ms`` for company.
 
 A request's own inputs are queued sorted by length, so a big client batch is
 cut into slices of similar length with little padding; it is split, never
-refused for its size.  The queue is bounded in requests (RESOURCE_EXHAUSTED
-beyond it).  Inputs of a request that was cancelled or whose deadline passed
-are dropped before they reach the model.
+refused for its size.  Batches take inputs round-robin across the waiting
+requests, so a single-text call is not stuck behind a 2,048-text one: it rides
+in the next batch.  The queue is bounded in tokens (what it costs to work
+through) and in requests (RESOURCE_EXHAUSTED beyond either).  Inputs of a
+request that was cancelled or whose deadline passed are dropped before they
+reach the model.  A batch whose output does not have one row per input fails
+every request in it, visibly; nothing waits forever.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding
 
-from ratatoskr_client.errors import DeadlineExceeded, Internal, RatatoskrError, ResourceExhausted, Unavailable
+from ratatoskr_client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    RatatoskrError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,8 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 1.0
     max_queue: int = 1024
+    #: Tokens waiting (padded widths summed) before RESOURCE_EXHAUSTED.
+    max_queue_tokens: int = 1 << 20
     #: Batches of this model running at once (each on its own executor thread).
     concurrency: int = 1
 
@@ -64,27 +77,28 @@ class BatchedOutput:
 
 
 @dataclass(eq=False, slots=True)
+class _Item:
+    request: _Request
+    index: int
+    encoding: Encoding
+    width: int
+
+
+@dataclass(eq=False, slots=True)
 class _Request:
     future: asyncio.Future[BatchedOutput]
     size: int
     deadline: float | None
     submitted: float
-    queued: int
     remaining: int
+    #: Inputs not yet taken into a batch, shortest first.
+    items: deque[_Item] = field(default_factory=deque)
     rows: Rows | None = None
     first_run: float | None = None
     inference_s: float = 0.0
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now > self.deadline)
-
-
-@dataclass(eq=False, slots=True)
-class _Item:
-    request: _Request
-    index: int
-    encoding: Encoding
-    width: int
 
 
 @dataclass(eq=False)
@@ -98,8 +112,10 @@ class MicroBatcher:
     stats: BatchStats = field(default_factory=BatchStats)
 
     def __post_init__(self) -> None:
-        self._queue: deque[_Item] = deque()
-        self._queued_requests = 0
+        #: Requests with inputs still waiting, in arrival order; batches take from them in turn.
+        self._waiting: deque[_Request] = deque()
+        self._queued_inputs = 0
+        self._queued_tokens = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(self.limits.concurrency)
@@ -107,7 +123,11 @@ class MicroBatcher:
 
     @property
     def queued_requests(self) -> int:
-        return self._queued_requests
+        return len(self._waiting)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
 
     def start(self) -> None:
         if self._worker is None:
@@ -121,24 +141,36 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._worker = None
-        while self._queue:
-            self._fail(self._queue.popleft().request, Unavailable(f"model '{self.name}' was unloaded"))
+        while self._waiting:
+            request = self._waiting.popleft()
+            self._forget(request)
+            self._fail(request, Unavailable(f"model '{self.name}' was unloaded"))
 
     async def submit(self, encodings: Sequence[Encoding], deadline: float | None = None) -> BatchedOutput:
         """Rows for ``encodings`` in their order, computed in whatever batches the queue forms."""
-        if self._queued_requests >= self.limits.max_queue:
+        n = len(encodings)
+        if n == 0:
+            return BatchedOutput(rows=np.empty((0, 0), dtype=np.float32), queue_ms=0.0, inference_ms=0.0)
+        widths = [self.fixed_width or len(e.ids) for e in encodings]
+        tokens = sum(widths)
+        if len(self._waiting) >= self.limits.max_queue:
             raise ResourceExhausted(
-                f"model '{self.name}' has {self._queued_requests} requests queued, its limit "
-                "(max_queue); retry shortly",
+                f"model '{self.name}' has {len(self._waiting)} requests queued, its limit (max_queue); retry shortly",
+                retry_after_s=1.0,
+            )
+        if self._queued_tokens and self._queued_tokens + tokens > self.limits.max_queue_tokens:
+            raise ResourceExhausted(
+                f"model '{self.name}' has {self._queued_tokens} tokens queued; {tokens} more would pass its limit "
+                f"(max_queue_tokens = {self.limits.max_queue_tokens}); retry shortly",
                 retry_after_s=1.0,
             )
         loop = asyncio.get_running_loop()
-        n = len(encodings)
-        request = _Request(loop.create_future(), n, deadline, time.perf_counter(), queued=n, remaining=n)
-        for i in sorted(range(n), key=lambda i: len(encodings[i].ids)):
-            width = self.fixed_width or len(encodings[i].ids)
-            self._queue.append(_Item(request, i, encodings[i], width))
-        self._queued_requests += 1
+        request = _Request(loop.create_future(), n, deadline, time.perf_counter(), remaining=n)
+        for i in sorted(range(n), key=lambda i: widths[i]):
+            request.items.append(_Item(request, i, encodings[i], widths[i]))
+        self._waiting.append(request)
+        self._queued_inputs += n
+        self._queued_tokens += tokens
         self._wakeup.set()
         # Cancelling the caller cancels this future, which marks the request dead for the worker.
         return await request.future
@@ -147,14 +179,14 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()
-            while not self._queue:
+            while not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._gather_company(loop)
             # Share the queue among the slots free now (this one included): a lone big request
             # spreads over every idle slot, while under load each batch takes all it may.
             free = self.limits.concurrency - len(self._running)
-            share = -(-len(self._queue) // max(free, 1))
+            share = -(-self._queued_inputs // max(free, 1))
             batch = self._take(time.monotonic(), min(self.limits.max_batch_size, max(share, 1)))
             if not batch:
                 self._slots.release()
@@ -180,14 +212,27 @@ class MicroBatcher:
                 log.exception("inference failed", extra={"model": self.name})
                 self._fail_batch(batch, Internal(f"inference failed on model '{self.name}': {err}"))
                 return
-            self._deliver(batch, rows, started, time.perf_counter())
+            if rows.ndim != 2 or rows.shape[0] != len(batch):
+                self._fail_batch(
+                    batch,
+                    FailedPrecondition(
+                        f"model '{self.name}' returned output of shape {list(rows.shape)} for a batch of "
+                        f"{len(batch)} inputs; its graph and manifest.json disagree"
+                    ),
+                )
+                return
+            try:
+                self._deliver(batch, rows, started, time.perf_counter())
+            except Exception as err:  # a caller must never wait for rows that will not come
+                log.exception("delivering a batch failed", extra={"model": self.name})
+                self._fail_batch(batch, Internal(f"inference failed on model '{self.name}': {err}"))
         finally:
             self._slots.release()
 
     async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait up to max_wait_ms for more inputs when the queue cannot fill a batch yet."""
         wait_until = loop.time() + self.limits.max_wait_ms / 1000
-        while len(self._queue) < self.limits.max_batch_size:
+        while self._queued_inputs < self.limits.max_batch_size:
             remaining = wait_until - loop.time()
             if remaining <= 0:
                 return
@@ -198,32 +243,40 @@ class MicroBatcher:
                 return
 
     def _take(self, now: float, limit: int) -> list[_Item]:
+        """Up to ``limit`` inputs within the token budget, one from each waiting request in turn."""
         batch: list[_Item] = []
         widest = 0
-        while self._queue and len(batch) < limit:
-            item = self._queue[0]
-            if item.request.dead(now):
-                self._queue.popleft()
-                self._dequeued(item.request)
-                self.stats.rows_dropped += 1
-                if not item.request.future.done():
-                    self._fail(
-                        item.request, DeadlineExceeded("the request's deadline passed while it waited for the model")
-                    )
-                continue
-            width = max(widest, item.width)
-            if batch and width * (len(batch) + 1) > self.limits.max_batch_tokens:
-                break
-            self._queue.popleft()
-            self._dequeued(item.request)
-            batch.append(item)
-            widest = width
+        full = False
+        while self._waiting and not full and len(batch) < limit:
+            for request in list(self._waiting):
+                if len(batch) >= limit:
+                    break
+                if request.dead(now):
+                    self.stats.rows_dropped += len(request.items)
+                    self._forget(request)
+                    self._fail(request, DeadlineExceeded("the request's deadline passed while it waited for the model"))
+                    continue
+                item = request.items[0]
+                width = max(widest, item.width)
+                if batch and width * (len(batch) + 1) > self.limits.max_batch_tokens:
+                    full = True
+                    break
+                request.items.popleft()
+                self._queued_inputs -= 1
+                self._queued_tokens -= item.width
+                if not request.items:
+                    self._waiting.remove(request)
+                batch.append(item)
+                widest = width
         return batch
 
-    def _dequeued(self, request: _Request) -> None:
-        request.queued -= 1
-        if request.queued == 0:
-            self._queued_requests -= 1
+    def _forget(self, request: _Request) -> None:
+        """Take a request's waiting inputs out of the queue and its counters."""
+        self._queued_inputs -= len(request.items)
+        self._queued_tokens -= sum(item.width for item in request.items)
+        request.items.clear()
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(request)
 
     def _deliver(self, batch: list[_Item], rows: Rows, started: float, finished: float) -> None:
         self.stats.runs += 1

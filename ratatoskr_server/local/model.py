@@ -21,7 +21,7 @@ from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_client.types import Task
 from ratatoskr_server.local.batcher import BatchLimits, MicroBatcher, Rows
 from ratatoskr_server.local.encoder import sentence_vectors
-from ratatoskr_server.local.manifest import ModelManifest
+from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.session import SessionHandle, create_session
 from ratatoskr_server.local.tokenization import TextInput, TextTokenizer
 
@@ -97,9 +97,24 @@ class LocalModel:
         feeds = {n: arrays[n] for n in self.manifest.input_names}
         (out,) = self.handle.session.run([self.manifest.output_name], feeds)
         output: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
+        self._check_output(output, len(encodings))
         if self.manifest.output_kind == "logits":
             return output
         return sentence_vectors(output, batch.attention_mask, self.manifest)
+
+    def _check_output(self, output: npt.NDArray[np.float32], rows: int) -> None:
+        """One row per input, of the width the manifest promises, before any row reaches a caller."""
+        manifest = self.manifest
+        ndim = 3 if manifest.output_kind == "token_embeddings" else 2
+        width = len(manifest.labels) if manifest.output_kind == "logits" else manifest.dimension
+        if output.ndim == ndim and output.shape[0] == rows and (not width or output.shape[-1] == width):
+            return
+        shape = [rows, *(["tokens"] if ndim == 3 else []), width or "dimension"]
+        raise FailedPrecondition(
+            f"model '{self.name}': output {manifest.output_name!r} ({manifest.output_kind}) has shape "
+            f"{list(output.shape)} for {rows} inputs, but {self.path / MANIFEST_FILE} describes {shape}; "
+            "fix the manifest or re-export the graph"
+        )
 
     async def infer(
         self, inputs: Sequence[TextInput], *, truncate: bool, deadline: float | None, what: str = "input"

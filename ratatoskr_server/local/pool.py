@@ -353,6 +353,7 @@ class LocalModelPool:
             max_batch_tokens=(decl.max_batch_tokens if decl else None) or b.max_batch_tokens,
             max_wait_ms=b.max_wait_ms if decl is None or decl.max_wait_ms is None else decl.max_wait_ms,
             max_queue=(decl.max_queue if decl else None) or b.max_queue,
+            max_queue_tokens=(decl.max_queue_tokens if decl else None) or b.max_queue_tokens,
             concurrency=b.concurrency,
         )
 

@@ -14,6 +14,7 @@ the range.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 _NUMERIC = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"}
 _REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
 
+#: Request-body fields the gateway builds from the request itself; raw_provider_options may not set them.
+_RESERVED = frozenset({"model", "messages", "prompt", "system", "stream", "stream_options", "input"})
+#: Typed parameters a raw option may carry instead, moved into ChatOptions so they are checked alike.
+_LIFTABLE = _NUMERIC | {"stop", "max_completion_tokens"}
+
 #: Parameters the current request had dropped; the RPC edge reports them in trailing metadata.
 dropped_parameters: ContextVar[list[str] | None] = ContextVar("dropped_parameters", default=None)
 
@@ -43,6 +49,54 @@ def parameters_set(options: ChatOptions) -> list[str]:
         if value is not None and value != []:
             present.append(name)
     return present
+
+
+def _finite(name: str, value: Any) -> None:
+    """NaN and ±inf have no JSON form: refuse them here rather than fail in the HTTP client."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"{name}={value} is not a finite number")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _finite(f"{name}.{key}", inner)
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _finite(f"{name}[{i}]", inner)
+
+
+def lift_raw_options(options: ChatOptions) -> ChatOptions:
+    """``raw_provider_options`` that cannot bypass the request or the checks.
+
+    Keys the gateway builds itself (model, messages, stream …) are refused; a typed parameter given
+    raw (``{"temperature": 3}``) moves into its field, where ranges, policy and budgets apply; one
+    given both ways is refused as ambiguous; other typed parameters must use their field.
+    """
+    raw = options.raw_provider_options
+    for name in parameters_set(options):
+        _finite(name, getattr(options, name))
+    if not raw:
+        return options
+    _finite("raw_provider_options", raw)
+    reserved = sorted(_RESERVED & raw.keys())
+    if reserved:
+        raise InvalidArgument(
+            f"raw_provider_options may not set {', '.join(reserved)}: the gateway builds "
+            f"{'them' if len(reserved) > 1 else 'it'} from the request"
+        )
+    lifted: dict[str, Any] = {}
+    rest = dict(raw)
+    for key in sorted(raw.keys() & (_LIFTABLE | set(KNOWN_PARAMETERS))):
+        name = "max_tokens" if key == "max_completion_tokens" else key
+        if key not in _LIFTABLE:
+            raise InvalidArgument(f"set {key} through its own option, not raw_provider_options")
+        if name in lifted or getattr(options, name) not in (None, []):
+            raise InvalidArgument(f"{key} is set both as an option and in raw_provider_options; set it once")
+        value = rest.pop(key)
+        number = int if name in ("max_tokens", "top_k", "seed") else int | float
+        numeric = name in _NUMERIC and isinstance(value, number) and not isinstance(value, bool)
+        if not (numeric or (name == "stop" and isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise InvalidArgument(f"raw_provider_options.{key} has the wrong type: {type(value).__name__}")
+        lifted[name] = list(value) if name == "stop" else value
+    return replace(options, raw_provider_options=rest, **lifted) if lifted else options
 
 
 def _same(value: Any, fixed: str) -> bool:
@@ -100,6 +154,7 @@ class ParameterGuard:
         known: Mapping[str, ParameterAvailability],
     ) -> ChatOptions:
         """``options`` fit for dispatch: unsupported parameters handled by the policy, ranges enforced."""
+        options = lift_raw_options(options)
         table = self.availability(provider, model, supported, known)
         policy = self.policy_for(provider)
         unsupported: list[str] = []

@@ -75,8 +75,7 @@ class Provider(ABC):
     @property
     def secrets(self) -> list[str]:
         """Values that must never appear in anything this provider reports."""
-        key = self.settings.api_key
-        return [key.get_secret_value()] if key else []
+        return self.settings.secret_values()
 
     def default_headers(self) -> dict[str, str]:
         headers = dict(self.settings.headers)

@@ -21,8 +21,9 @@ from ratatoskr_client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
-from ratatoskr_server.redact import scrub
+from ratatoskr_server.redact import display_url, scrub
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -70,16 +71,23 @@ def error_from_status(
     message, code = upstream_message(body)
     text = scrub(f"{provider}: {message or f'HTTP {status}'}", secrets)
     lowered = f"{message} {code}".lower()
-    if any(m in lowered for m in _CONTEXT_MARKERS):
-        return OutOfRange(text)
-    if any(m in lowered for m in _FILTER_MARKERS):
-        return PermissionDenied(text)
+    # Only a refusal of the request itself can be about its length or content: a 429 or 5xx whose
+    # text mentions either keeps its own, retryable, status.
+    if status in (400, 413, 422):
+        if any(m in lowered for m in _CONTEXT_MARKERS):
+            return OutOfRange(text)
+        if any(m in lowered for m in _FILTER_MARKERS):
+            return PermissionDenied(text)
     if status == 429:
         return ResourceExhausted(text, retry_after_s=retry_after(headers))
-    if status in (401, 403):
+    if status == 401:
         return Unauthenticated(text)
+    if status == 403:  # authenticated, but not allowed (the key lacks access to this model or region)
+        return PermissionDenied(text)
     if status == 404:
         return NotFound(text)
+    if status == 501:
+        return Unimplemented(text)
     if status in (400, 405, 409, 413, 415, 422):
         return InvalidArgument(text)
     return Unavailable(text, retry_after_s=retry_after(headers))
@@ -87,6 +95,7 @@ def error_from_status(
 
 def error_from_exception(provider: str, url: str, err: Exception, secrets: Iterable[str] = ()) -> RatatoskrError:
     """Transport failures: nothing answered, or it stopped answering."""
+    url = display_url(url)
     if isinstance(err, httpx.ConnectError):
         return Unavailable(scrub(f"{provider}: cannot connect to {url} ({err})", secrets))
     if isinstance(err, httpx.TimeoutException):

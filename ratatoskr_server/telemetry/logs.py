@@ -27,12 +27,27 @@ class Redactor(logging.Filter):
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)
 
+    def _deep(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [self._deep(v) for v in value]
+        return value
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(record.getMessage())
         record.args = None
+        if record.exc_info:
+            # A traceback quotes local values and messages: format it here, scrubbed, once.
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.scrub(value))
+            if key not in _STANDARD:
+                setattr(record, key, self._deep(value))
         return True
 
 
@@ -49,6 +64,8 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc"] = record.exc_text
         return json.dumps(data, default=str)
 
 
@@ -58,6 +75,8 @@ class TextFormatter(logging.Formatter):
         line = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()} {extras}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
         return line.rstrip()
 
 
@@ -78,3 +97,7 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx and httpcore log every upstream URL, query string (and so any key in it) included, at
+    # INFO and DEBUG; our adapters log what matters about upstream calls themselves.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
