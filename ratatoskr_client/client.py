@@ -175,7 +175,9 @@ class AsyncServiceClient:
         call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             async for event in call:
-                yield convert.chat_event_from_pb(event)
+                known = convert.chat_event_from_pb(event)
+                if known is not None:
+                    yield known
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         finally:
@@ -194,7 +196,9 @@ class AsyncServiceClient:
         call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             async for event in call:
-                yield convert.chat_event_from_pb(event)
+                known = convert.chat_event_from_pb(event)
+                if known is not None:
+                    yield known
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         finally:
@@ -326,7 +330,9 @@ class ServiceClient:
         call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             for event in call:
-                yield convert.chat_event_from_pb(event)
+                known = convert.chat_event_from_pb(event)
+                if known is not None:
+                    yield known
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         finally:
@@ -345,7 +351,9 @@ class ServiceClient:
         call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
         try:
             for event in call:
-                yield convert.chat_event_from_pb(event)
+                known = convert.chat_event_from_pb(event)
+                if known is not None:
+                    yield known
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         finally:

@@ -66,8 +66,15 @@ def task_to_pb(task: Task | None) -> types_pb2.Task.ValueType:
     return types_pb2.Task.ValueType(_TASK_TO_PB.get(task, types_pb2.TASK_UNSPECIFIED) if task else 0)
 
 
-def task_from_pb(value: int) -> Task | None:
-    return _TASK_FROM_PB.get(value)
+def task_from_pb(value: int, *, strict: bool = True) -> Task | None:
+    """None for TASK_UNSPECIFIED.  An unknown value in a request is the caller's mistake (strict); in
+    an answer it is a newer daemon's task, which this version skips."""
+    if value == types_pb2.TASK_UNSPECIFIED:
+        return None
+    task = _TASK_FROM_PB.get(value)
+    if task is None and strict:
+        raise InvalidArgument(f"unknown task {value}; known: {', '.join(t.value for t in _TASK_TO_PB)}")
+    return task
 
 
 def timing_to_pb(t: Timing) -> types_pb2.Timing:
@@ -169,7 +176,7 @@ def loaded_model_to_pb(m: LoadedModel) -> admin_pb2.LoadedModel:
 def loaded_model_from_pb(m: admin_pb2.LoadedModel) -> LoadedModel:
     return LoadedModel(
         name=m.name,
-        task=task_from_pb(m.task),
+        task=task_from_pb(m.task, strict=False),
         state=m.state,
         device=m.device,
         memory_mb=m.memory_mb,
@@ -321,8 +328,20 @@ def count_tokens_result_from_pb(resp: gateway_pb2.CountTokensResponse) -> CountT
 # -- chat --------------------------------------------------------------------------------------------
 
 
+def _whole_numbers(value: Any) -> Any:
+    """Struct carries every number as a double; JSON schemas mean integers (``maxItems: 3``, not 3.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def _struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(s)
+    data: dict[str, Any] = _whole_numbers(json_format.MessageToDict(s))
+    return data
 
 
 def _dict_to_struct(d: dict[str, Any] | None) -> struct_pb2.Struct:
@@ -418,6 +437,8 @@ def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
     fmt: ResponseFormat | None = None
     if pb.HasField("response_format") and pb.response_format.type:
         f = pb.response_format
+        if f.type not in _FORMAT_NAMES:
+            raise InvalidArgument(f"unknown response_format type {f.type}; known: {', '.join(_FORMATS)}")
         fmt = ResponseFormat(
             type=_FORMAT_NAMES[f.type],  # type: ignore[arg-type]
             schema_name=f.schema_name,
@@ -480,7 +501,8 @@ def chat_event_to_pb(e: ChatEvent) -> types_pb2.ChatEvent:
     )
 
 
-def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent:
+def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent | None:
+    """The event, or None for a kind this version does not know (a newer daemon's): skip it, never end."""
     which = pb.WhichOneof("event")
     if which == "content":
         return ContentDelta(pb.content.text)
@@ -495,6 +517,8 @@ def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent:
         return ToolCallEnd(index=pb.tool_call_end.index)
     if which == "usage":
         return UsageEvent(usage_from_pb(pb.usage))
+    if which != "done":
+        return None
     d = pb.done
     return Done(finish_reason=d.finish_reason, timing=timing_from_pb(d.timing), provider=d.provider, model=d.model)
 
@@ -583,7 +607,7 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
         info=ModelInfo(
             id=info.id,
             provider=info.provider,
-            tasks=[t for t in (task_from_pb(x) for x in info.tasks) if t is not None],
+            tasks=[t for t in (task_from_pb(x, strict=False) for x in info.tasks) if t is not None],
             local=info.local,
             description=info.description,
             aliases=list(info.aliases),

@@ -127,6 +127,9 @@ class LocalSettings(_Section):
     device: Device = "auto"
     require_device: bool = Field(default=False, description="Refuse to start a model on CPU when CUDA was asked for.")
     inference_workers: int = Field(default=2, ge=1, description="Threads running local inference off the event loop.")
+    load_workers: int = Field(
+        default=2, ge=1, description="Threads importing and loading models, apart from inference."
+    )
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per batch; 0: the cores divided by batching.concurrency."
     )

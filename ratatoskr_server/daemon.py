@@ -56,6 +56,7 @@ _RESTART_PREFIXES = (
     "server.max_send_message_mb",
     "metrics.",
     "local.inference_workers",
+    "local.load_workers",
 )
 _SERVICES = (
     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
@@ -186,7 +187,17 @@ class Daemon:
 
     async def reload(self) -> ReloadResult:
         try:
+            if self.config_path is not None and not self.config_path.read_text(encoding="utf-8").strip():
+                # An editor or a ConfigMap update caught mid-write: applying it would drop every setting.
+                raise ConfigError(
+                    f"configuration file {self.config_path} is empty (being rewritten?); send SIGHUP again once "
+                    "it is complete"
+                )
             new = load_settings(self.config_path, **self.overrides)
+        except OSError as err:
+            message = f"cannot read {self.config_path}: {err.strerror}"
+            log.error("reload refused; keeping the running configuration", extra={"reason": message})
+            return ReloadResult(applied=False, changed=[], needs_restart=[], message=message)
         except ConfigError as err:
             log.error("reload refused; keeping the running configuration", extra={"reason": str(err)})
             return ReloadResult(applied=False, changed=[], needs_restart=[], message=str(err))
@@ -309,6 +320,10 @@ class Daemon:
                 preload.result()
             except RatatoskrError as err:
                 log.error("preloading models failed; the daemon cannot serve", extra={"reason": err.message})
+                exit_code = 1
+                self._stop.set()
+            except Exception as err:  # still drain and remove the socket: nothing is left half-started
+                log.exception("preloading models failed; the daemon cannot serve", extra={"reason": str(err)})
                 exit_code = 1
                 self._stop.set()
             else:

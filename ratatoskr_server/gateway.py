@@ -122,21 +122,36 @@ class Gateway:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
         )
-        self.pool = LocalModelPool(settings, self._executor)
+        self._loader = ThreadPoolExecutor(max_workers=settings.local.load_workers, thread_name_prefix="ratatoskr-load")
+        self.pool = LocalModelPool(settings, self._executor, self._loader)
         self.router = Router(settings)
         self.registry = ModelRegistry.embedded()
         load_live(self.registry, settings.registry.cache_file.expanduser())
         self.params = ParameterGuard(settings)
         #: Routers replaced by a reload; their connections may still carry streams, so they close at shutdown.
         self._retired: list[Router] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Load the models named in ``local.preload``; the daemon reports SERVING after this."""
         self.pool.start()
+        if self.settings.registry.refresh_at_start:
+            # In the background: a slow or unreachable catalogue must not hold SERVING back.
+            task = asyncio.get_running_loop().create_task(self._refresh_in_background())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         for name in self.settings.local.preload:
             await self.load_model(name)
-        if self.settings.registry.refresh_at_start:
-            await self.refresh_registry()
+
+    async def _refresh_in_background(self) -> None:
+        try:
+            report = await self.refresh_registry()
+        except Exception:
+            log.exception("registry refresh at start failed; the shipped catalogue stays in use")
+            return
+        for source in report.sources:
+            if not source.ok:
+                log.warning("registry source failed at start", extra={"source": source.name, "error": source.error})
 
     async def refresh_registry(self) -> RefreshReport:
         """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
@@ -632,7 +647,10 @@ class Gateway:
         return self.pool.loaded()
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for router in (self.router, *self._retired):
             await router.aclose()
         await self.pool.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)

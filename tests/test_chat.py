@@ -230,3 +230,32 @@ def test_upstream_urls_stay_out_of_the_log(model_root: Path, upstream: Upstream)
         d.stop()
     assert upstream.requests[-1].query["key"] == "query-secret-0123456789"  # it was sent
     assert "HTTP Request" not in log and "query-secret" not in log
+
+
+def test_json_schema_integers_stay_integers(chat_daemon: DaemonProcess, upstream: Upstream) -> None:
+    """Struct carries numbers as doubles: maxItems 3 must not reach the upstream as 3.0."""
+    from ratatoskr_client.types import ResponseFormat, ToolDefinition
+
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3, "items": {"type": "string"}}}}
+    tool = ToolDefinition("tag", "tags a text", schema)
+    fmt = ResponseFormat("json_schema", "answer", {"type": "object", "properties": {"n": {"minimum": 0.5}}})
+    with chat_daemon.client(timeout=30) as client:
+        client.chat(HELLO, _options("openai/gpt-test", tools=[tool], response_format=fmt))
+    body = upstream.requests[-1].body
+    sent = body["tools"][0]["function"]["parameters"]["properties"]["tags"]["maxItems"]
+    assert sent == 3 and isinstance(sent, int)
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["n"]["minimum"] == 0.5
+
+
+def test_unknown_enum_values_are_invalid_argument(chat_daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(f"unix:{chat_daemon.socket}") as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        options = types_pb2.ChatOptions(model="openai/gpt-test", response_format=types_pb2.ResponseFormat(type=99))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Chat(gateway_pb2.ChatRequest(messages=[types_pb2.Message(role="user", content="hi")], options=options))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown response_format type 99" in (info.value.details() or "")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListModels(gateway_pb2.ListModelsRequest(task=42), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown task 42" in (info.value.details() or "")

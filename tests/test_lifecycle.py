@@ -115,3 +115,50 @@ def test_in_flight_limit_answers_resource_exhausted(model_root: Path) -> None:
             assert len(client.embed(["now it fits"]).vectors) == 1
     finally:
         assert d.stop() == 0
+
+
+def test_an_empty_config_file_is_not_applied_on_reload(model_root: Path) -> None:
+    d = DaemonProcess(model_root, aliases={"mini": "openai/gpt-4o-mini"}).start()
+    try:
+        d.config_path.write_text("", encoding="utf-8")  # caught while an editor rewrites it
+        with d.client(timeout=10) as client:
+            result = client.reload()
+            assert not result.applied and "is empty (being rewritten?)" in result.message
+            assert client.health() == "SERVING"
+        d.write_config()
+        with d.client(timeout=10) as client:
+            assert client.reload().applied
+    finally:
+        assert d.stop() == 0
+
+
+def test_an_unexpected_failure_at_start_drains_and_removes_the_socket(model_root: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-checkpoint"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # no weights: the importer fails oddly
+    d = DaemonProcess(model_root, local={"preload": ["broken"]}, models={"broken": {"source": str(broken)}}).start(
+        wait=False
+    )
+    assert d.proc is not None
+    assert d.proc.wait(timeout=60) == 1, d.log()
+    assert "preloading models failed; the daemon cannot serve" in d.log()
+    assert "stopped" in [r.get("msg") for r in d.records()]
+    assert not d.socket.exists()
+
+
+def test_registry_refresh_at_start_does_not_hold_serving_back(model_root: Path) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1/models"
+        d = DaemonProcess(
+            model_root,
+            registry={"refresh_at_start": True, "openrouter_url": url, "refresh_ollama": False},
+            http={"total_timeout_s": 300, "read_timeout_s": 300},
+        )
+        started = time.monotonic()
+        d.start()  # waits for SERVING (at most 60 s) while the refresh is still waiting for an answer
+        try:
+            assert time.monotonic() - started < 60
+        finally:
+            assert d.stop() == 0

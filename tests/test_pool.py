@@ -318,3 +318,28 @@ async def test_a_manifest_that_disagrees_with_the_graph_is_named(
             await asyncio.wait_for(gw.embed(["x", "y"], model="wrong"), 10)
         assert f"{tmp_path / 'wrong' / 'manifest.json'} describes [" in info.value.message
         assert f", {manifest['dimension']}]; fix the manifest" in info.value.message
+
+
+async def test_a_slow_load_leaves_inference_its_thread(
+    tiny_root: Path, make_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ratatoskr_server.local.pool as pool_module
+
+    gw = make_gateway(tiny_root, inference_workers=1)
+    await gw.embed(["warm"], model="m0")
+    release = threading.Event()
+    real = pool_module.open_local_model
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        release.wait(timeout=60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module, "open_local_model", slow_open)
+    loading = asyncio.create_task(gw.embed(["x"], model="m1"))
+    await _until(lambda: "m1" in {m.name for m in gw.loaded_models()})  # m1 is loading now
+    try:
+        done = await asyncio.wait_for(gw.embed(["served meanwhile"], model="m0"), 10)
+        assert len(done.vectors) == 1
+    finally:
+        release.set()
+    assert len((await loading).vectors) == 1

@@ -117,9 +117,12 @@ def _settled(future: asyncio.Future[None], error: BaseException | None = None) -
 
 
 class LocalModelPool:
-    def __init__(self, settings: Settings, executor: Executor) -> None:
+    def __init__(self, settings: Settings, executor: Executor, loader: Executor | None = None) -> None:
         self._settings = settings
+        #: Inference (batches, big tokenizations) and loading (imports, sessions, tokenizer files) run
+        #: on separate threads, so a slow import or load never leaves a ready model without a thread.
         self._executor = executor
+        self._loader = loader or executor
         self._slots: dict[str, _Slot] = {}
         self._admission = asyncio.Lock()
         self._import_lock = asyncio.Lock()
@@ -175,7 +178,7 @@ class LocalModelPool:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 loop = asyncio.get_running_loop()
                 try:
-                    await loop.run_in_executor(self._executor, import_bert_checkpoint, source, target.parent, name)
+                    await loop.run_in_executor(self._loader, import_bert_checkpoint, source, target.parent, name)
                 except FileExistsError:
                     pass  # another process imported it first
                 except ValueError as err:
@@ -191,8 +194,12 @@ class LocalModelPool:
         cached = self._tokenizers.get(name)
         if cached is None:
             path = await self.locate(name)
-            manifest = ModelManifest.read(path)
-            cached = TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name, pad_to=manifest.pad_to)
+
+            def build() -> TextTokenizer:  # file IO and parsing a tokenizer.json: off the event loop
+                manifest = ModelManifest.read(path)
+                return TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name, pad_to=manifest.pad_to)
+
+            cached = await asyncio.get_running_loop().run_in_executor(self._loader, build)
             self._tokenizers[name] = cached
         return cached
 
@@ -303,7 +310,7 @@ class LocalModelPool:
         before = rss_mb()
         try:
             model = await loop.run_in_executor(
-                self._executor,
+                self._loader,
                 lambda: open_local_model(
                     slot.name,
                     slot.path,
