@@ -91,6 +91,12 @@ class LoggingSettings(_Section):
 class LimitsSettings(_Section):
     max_inputs_per_request: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1, description="Longest single text accepted, in characters.")
+    max_messages: int = Field(default=2048, ge=1, description="Messages in one Chat call.")
+    max_prompt_chars: int = Field(
+        default=4_000_000, ge=1, description="Characters in one Chat call's messages, or one Generate prompt."
+    )
+    max_stop_sequences: int = Field(default=16, ge=0, description="Stop strings in one call.")
+    max_tools: int = Field(default=512, ge=0, description="Tool definitions in one call.")
 
 
 class BatchingSettings(_Section):

@@ -173,11 +173,16 @@ class Gateway:
             self.router = Router(settings)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _local_name(self, name: str) -> str:
+        """Aliases resolve for local models as they do for remote ones (``mini = "local/all-minilm-l6-v2"``)."""
+        return self.router.aliases.get(name, name)
+
     @asynccontextmanager
     async def _model(self, name: str, tasks: tuple[Task, ...], timeout: float | None) -> AsyncIterator[LocalModel]:
-        """Lease ``name``, check it can do one of ``tasks``, and bound the whole call by ``timeout``."""
+        """Lease ``name`` (or the local model its alias names), check it can do one of ``tasks``, and
+        bound the whole call by ``timeout``."""
         try:
-            async with asyncio.timeout(timeout), self.pool.lease(name) as model:
+            async with asyncio.timeout(timeout), self.pool.lease(self._local_name(name)) as model:
                 if model.task not in tasks:
                     wanted = " or ".join(t.value for t in tasks)
                     raise FailedPrecondition(
@@ -270,16 +275,41 @@ class Gateway:
                 f"no answer within {budget:g}s (the call's deadline or http.total_timeout_s)"
             ) from None
 
-    @staticmethod
-    def _check_messages(messages: Sequence[Message]) -> None:
+    def _check_messages(self, messages: Sequence[Message]) -> None:
         if not messages:
             raise InvalidArgument("messages is empty: send at least one message")
+        limits = self.settings.limits
+        if len(messages) > limits.max_messages:
+            raise InvalidArgument(
+                f"{len(messages)} messages exceed the limit of {limits.max_messages} (limits.max_messages)"
+            )
+        total = 0
         for i, m in enumerate(messages):
             if m.role not in _ROLES:
-                raise InvalidArgument(f"message {i} has role {m.role!r}; use one of {', '.join(sorted(_ROLES))}")
+                raise InvalidArgument(f"message {i} has role {m.role[:40]!r}; use one of {', '.join(sorted(_ROLES))}")
+            total += len(m.content) + sum(len(t.arguments) for t in m.tool_calls)
+        self._check_prompt_chars(total, "the messages")
+
+    def _check_prompt_chars(self, chars: int, what: str) -> None:
+        limit = self.settings.limits.max_prompt_chars
+        if chars > limit:
+            raise InvalidArgument(f"{what} hold {chars} characters; the limit is {limit} (limits.max_prompt_chars)")
+
+    def _check_chat_options(self, options: ChatOptions) -> None:
+        limits = self.settings.limits
+        if len(options.stop) > limits.max_stop_sequences or any(len(s) > 1000 for s in options.stop):
+            raise InvalidArgument(
+                f"stop takes at most {limits.max_stop_sequences} strings of at most 1000 characters "
+                "(limits.max_stop_sequences)"
+            )
+        if len(options.tools) > limits.max_tools:
+            raise InvalidArgument(
+                f"{len(options.tools)} tools exceed the limit of {limits.max_tools} (limits.max_tools)"
+            )
 
     def _prepare(self, options: ChatOptions, capability: Capability) -> tuple[Provider, str, ChatOptions]:
         """Preset defaults, the provider and model, then the parameter policy: what will be sent."""
+        self._check_chat_options(options)
         options = apply_preset(options, self.settings.presets)
         provider, model = self.router.resolve(options.model, capability)
         record = self.registry.lookup(provider.name, model)
@@ -323,6 +353,7 @@ class Gateway:
         arrived = time.perf_counter()
         if not prompt:
             raise InvalidArgument("prompt is empty")
+        self._check_prompt_chars(len(prompt), "the prompt")
         provider, model, options = self._prepare(options or ChatOptions(), Capability.GENERATE)
         async with self._deadline_for(timeout), self._learning(provider, model, options):
             result = await provider.generate(model, prompt, options)
@@ -506,7 +537,7 @@ class Gateway:
     ) -> TokenizeResult:
         arrived = time.perf_counter()
         self._check_texts([text], "text", "text")
-        tokenizer = await self.pool.tokenizer(model or self.settings.local.default_embed_model)
+        tokenizer = await self.pool.tokenizer(self._local_name(model or self.settings.local.default_embed_model))
         tokens = tokenizer.tokens(text, add_special_tokens=add_special_tokens)
         elapsed = (time.perf_counter() - arrived) * 1000
         return TokenizeResult(
@@ -520,7 +551,7 @@ class Gateway:
     ) -> CountTokensResult:
         arrived = time.perf_counter()
         self._check_texts(texts, "texts", "text")
-        tokenizer = await self.pool.tokenizer(model or self.settings.local.default_embed_model)
+        tokenizer = await self.pool.tokenizer(self._local_name(model or self.settings.local.default_embed_model))
         if len(texts) > 16:
             counts = await asyncio.get_running_loop().run_in_executor(self._executor, tokenizer.count, list(texts))
         else:

@@ -85,3 +85,14 @@ def test_errors_never_leak_tracebacks(daemon: DaemonProcess) -> None:
             with pytest.raises(RatatoskrError) as info:
                 call()
             assert "Traceback" not in info.value.message
+
+
+def test_echoed_values_are_cut(daemon: DaemonProcess) -> None:
+    """A 300k-character model name comes back as NOT_FOUND with a short message, and a short log line."""
+    name = "m" * 300_000
+    with daemon.client(timeout=30) as client, pytest.raises(NotFound) as info:
+        client.embed(["x"], model=name)
+    assert len(info.value.message) < 2200 and "more characters)" in info.value.message
+    record = [r for r in daemon.records() if r.get("rpc") == "Embed" and r.get("status") == "NOT_FOUND"][-1]
+    assert len(record["model"]) < 300
+    _still_serving(daemon)

@@ -259,3 +259,20 @@ def test_unknown_enum_values_are_invalid_argument(chat_daemon: DaemonProcess) ->
             stub.ListModels(gateway_pb2.ListModelsRequest(task=42), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "unknown task 42" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "match"),
+    [
+        ([Message("user", "x")] * 2049, {}, "2049 messages exceed the limit of 2048"),
+        ([Message("user", "x" * 4_000_001)], {}, "hold 4000001 characters; the limit is 4000000"),
+        ([Message("user", "hi")], {"stop": ["s"] * 17}, "stop takes at most 16 strings"),
+    ],
+)
+def test_chat_requests_are_bounded(
+    chat_daemon: DaemonProcess, upstream: Upstream, messages: list[Message], options: dict[str, object], match: str
+) -> None:
+    sent = len(upstream.requests)
+    with chat_daemon.client(timeout=30) as client, pytest.raises(InvalidArgument, match=match):
+        client.chat(messages, _options("openai/gpt-test", **options))
+    assert len(upstream.requests) == sent  # nothing was forwarded

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
 from ratatoskr_server.local.importer import find_default_model_source
-from tests.conftest import DaemonProcess
+from tests.conftest import MODEL, DaemonProcess
 from tests.corpus import SENTENCES
 from tests.reference_bert import NumpyBertEncoder
 
@@ -54,3 +56,18 @@ def test_semantic_sanity(daemon: DaemonProcess) -> None:
     assert sim[0, 1] > sim[0, 2] + 0.3
     assert sim[3, 4] > sim[3, 2] + 0.3
     assert sim[3, 4] > sim[3, 0]
+
+
+async def test_aliases_name_local_models_too(model_root: Path) -> None:
+    from ratatoskr_server.config import load_settings
+    from ratatoskr_server.gateway import Gateway
+
+    aliases = {"mini": f"local/{MODEL}", "mini2": MODEL}
+    gw = Gateway(load_settings(local={"model_dir": model_root, "preload": []}, aliases=aliases))
+    try:
+        direct = await gw.embed(["alias"], model=MODEL)
+        for alias in aliases:
+            assert (await gw.embed(["alias"], model=alias)).vectors == direct.vectors
+            assert (await gw.count_tokens(["alias"], model=alias)).total == direct.tokens[0]
+    finally:
+        await gw.close()

@@ -664,15 +664,27 @@ def _check_name(name: str) -> None:
         raise ValueError(f"Invalid model name {name!r}: use a plain directory name.")
 
 
+def _new_folder_mode(parent: Path) -> int:
+    """The mode a new folder gets here (0777 less the umask), read without changing the umask.
+
+    os.umask can only be read by setting it, which races with every other thread creating files.
+    """
+    probe = Path(tempfile.mkdtemp(prefix=".mode-", dir=parent))
+    try:
+        probe.rmdir()
+        probe.mkdir(0o777)
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.rmdir()
+
+
 def _publish(staging: Path, target: Path, *, overwrite: bool) -> None:
     """Move the finished directory into place; an existing one is swapped out, never merged into.
 
     mkdtemp made the staging folder 0700; the published model gets the mode any new folder
     would (0777 less the umask), so a daemon running as another user can read what root imported.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    os.chmod(staging, _new_folder_mode(target.parent))
     if not target.exists():
         # A concurrent writer that got there first makes rename fail (non-empty target).
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -48,6 +48,14 @@ class ModelManifest(BaseModel):
     #: whose name starts with "entail" is used.
     entailment_label: str | None = None
     quantization: str | None = None
+
+    @field_validator("onnx_file", "tokenizer_file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # A manifest names files beside it; "../x" or "/etc/x" would let it point the runtime anywhere.
+        if not value or value in (".", "..") or Path(value).name != value or "\\" in value:
+            raise ValueError(f"{value!r} must be a plain file name inside the model's folder")
+        return value
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelManifest:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _NUMERIC = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"}
 _REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
 
+#: Remembered rejections kept at most; model names come from callers, so the table must be bounded.
+MAX_REMEMBERED_REJECTIONS = 4096
 #: Request-body fields the gateway builds from the request itself; raw_provider_options may not set them.
 _RESERVED = frozenset({"model", "messages", "prompt", "system", "stream", "stream_options", "input"})
 #: Typed parameters a raw option may carry instead, moved into ChatOptions so they are checked alike.
@@ -194,8 +196,14 @@ class ParameterGuard:
         if not _REJECTION_WORDS.search(message.lower()):
             return []
         named = [p for p in parameters_set(sent) if re.search(rf"\b{re.escape(p)}\b", message)]
-        until = time.monotonic() + self.settings.parameters.remember_rejections_s
+        now = time.monotonic()
+        until = now + self.settings.parameters.remember_rejections_s
+        if named and len(self._rejected) + len(named) > MAX_REMEMBERED_REJECTIONS:
+            self._rejected = {k: t for k, t in self._rejected.items() if t > now}  # forget the expired first
+            while len(self._rejected) + len(named) > MAX_REMEMBERED_REJECTIONS:
+                del self._rejected[next(iter(self._rejected))]  # then the oldest
         for name in named:
+            self._rejected.pop((provider, model, name), None)  # re-inserted: it is the newest now
             self._rejected[(provider, model, name)] = until
         if named:
             log.info(

@@ -100,7 +100,7 @@ class Edge:
                 extra={
                     "request_id": request_id,
                     "rpc": rpc,
-                    "model": model,
+                    "model": clip(model, MAX_LOGGED_CHARS),
                     "status": code,
                     "duration_ms": round(elapsed * 1000, 2),
                 },
@@ -165,9 +165,23 @@ def _request_id(context: grpc.aio.ServicerContext[object, object]) -> str:
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
+#: Longest status message sent: messages quote what the caller sent (a model name, a template), and a
+#: status detail beyond the client's metadata limit (8 KiB by default) reaches it as a different error.
+MAX_MESSAGE_CHARS = 2000
+#: Longest caller-chosen value written into a log line.
+MAX_LOGGED_CHARS = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 async def _abort(
     context: grpc.aio.ServicerContext[object, object], trailing: list[tuple[str, str]], code: str, message: str
 ) -> NoReturn:
     context.set_trailing_metadata(tuple(trailing))
-    await context.abort(grpc.StatusCode[code], message)
+    await context.abort(grpc.StatusCode[code], clip(message, MAX_MESSAGE_CHARS))
     raise AssertionError("unreachable")  # abort() raises

@@ -41,8 +41,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
         async def run() -> gateway_pb2.EmbedResponse:
             result = await self.gateway.embed(inputs, model=model, truncate=truncate, timeout=context.time_remaining())
-            self.edge.metrics.embedded_inputs.labels(model=result.model).inc(len(inputs))
-            self.edge.metrics.input_tokens.labels(model=result.model).inc(result.timing.input_tokens)
+            label = self.edge.metrics.model_label(result.model)
+            self.edge.metrics.embedded_inputs.labels(model=label).inc(len(inputs))
+            self.edge.metrics.input_tokens.labels(model=label).inc(result.timing.input_tokens)
             return convert.embed_result_to_pb(result)
 
         return await self.edge.call(

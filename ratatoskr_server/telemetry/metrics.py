@@ -11,6 +11,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+#: Distinct model names kept as label values; later ones count under "other".  Model names come
+#: from callers (remote ``provider/anything``), and every label value is a time series forever.
+MAX_MODEL_LABELS = 200
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -38,6 +41,16 @@ class Metrics:
             "ratatoskr_input_tokens", "Tokens read by models, by model.", ["model"], registry=self.registry
         )
         self._server: WSGIServer | None = None
+        self._models: set[str] = set()
+
+    def model_label(self, model: str) -> str:
+        """``model`` as a label value, or "other" once MAX_MODEL_LABELS names are in use."""
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        self._models.add(model)
+        return model
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (useful when ``port`` is 0)."""
