@@ -374,19 +374,29 @@ class Gateway:
     ) -> AsyncIterator[ChatEvent]:
         """Pass events through one by one (no buffering), stamping the last one with who answered and timing.
 
-        The deadline is checked between events: a timer cannot safely cancel a generator suspended
-        in its consumer's hands, and the upstream read itself is bounded by http.read_timeout_s.
+        The deadline bounds each wait for the next event, not the time an event spends with the
+        consumer: a timer must never cancel a generator suspended in its consumer's hands.
         """
         arrived = time.perf_counter()
         limit = self.settings.http.total_timeout_s
-        deadline = arrived + (limit if timeout is None else min(timeout, limit))
+        budget = limit if timeout is None else min(timeout, limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         first: float | None = None
         usage = Usage()
         async with aclosing(source):  # type: ignore[type-var]
-            async for event in source:
+            iterator = aiter(source)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"the stream ran past {budget:g}s (the call's deadline or http.total_timeout_s)"
+                    ) from None
                 now = time.perf_counter()
-                if now > deadline:
-                    raise DeadlineExceeded("the stream ran past the call's deadline or http.total_timeout_s")
                 first = first or now
                 if isinstance(event, UsageEvent):
                     usage = event.usage

@@ -210,6 +210,7 @@ class OpenAICompatProvider(Provider):
     async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
         url = self.url(path, model)
         state = _StreamState()
+        closed = False
         try:
             async with self.client.stream("POST", url, json=body, params=self.settings.query) as response:
                 if response.status_code != 200:
@@ -218,6 +219,11 @@ class OpenAICompatProvider(Provider):
                 async for sse in drained(EventSource(response).aiter_sse(), lambda: state.ended):
                     if sse.data.strip() == "[DONE]":
                         state.ended = True
+                        # The answer is complete: hand out its end now; the rest of the body is read
+                        # afterwards (to reuse the connection) without holding Done back.
+                        for event in state.closing():
+                            yield event
+                        closed = True
                         continue
                     if not sse.data.strip():
                         continue
@@ -234,9 +240,12 @@ class OpenAICompatProvider(Provider):
         except RatatoskrError:
             raise
         except (httpx.HTTPError, SSEError, json.JSONDecodeError) as err:
+            if closed:
+                return  # the answer was complete; only the read past its end failed
             raise error_from_exception(self.name, url, err, self.secrets) from None
-        for event in state.closing():
-            yield event
+        if not closed:
+            for event in state.closing():
+                yield event
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
         data = await self._post(

@@ -104,6 +104,16 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
             continue
         if event == "CUT":
             return response  # ends the body without [DONE]: a cut stream
+        if isinstance(event, tuple) and event[0] == "PAUSE":
+            # "stall": silence mid-answer; "linger": the connection held open after [DONE].
+            upstream.state["paused"] = True
+            for _ in range(int(event[1] / 0.05)):
+                if request.transport is None or request.transport.is_closing():
+                    upstream.disconnected.set()
+                    return response  # the client gave up during the silence (paused stays True)
+                await asyncio.sleep(0.05)
+            upstream.state["paused"] = False
+            continue
         if not await write_or_notice(response, sse(event), upstream):
             return response
     await response.write_eof()
@@ -165,6 +175,9 @@ def _events(model: str, include_usage: bool) -> list[Any]:
         events.append(chunk(model, {}, "stop"))
     elif model == "cut":
         events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]] + ["CUT"]
+    elif model == "stall":
+        events += [chunk(model, {"content": "thinking about it"}), ("PAUSE", 30.0)]
+        events.append(chunk(model, {}, "stop"))
     elif model == "midstream-error":
         events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]]
         events.append({"error": {"message": "upstream worker crashed", "type": "server_error", "code": "internal"}})
@@ -179,6 +192,8 @@ def _events(model: str, include_usage: bool) -> list[Any]:
         events.append({**chunk(model, None), "usage": USAGE})
     if model not in ("cut", "midstream-error"):
         events.append("[DONE]")
+    if model == "linger":
+        events.append(("PAUSE", 0.8))  # shorter than the drain bound: an early Done can only be ours
     return events
 
 

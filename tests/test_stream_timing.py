@@ -1,0 +1,50 @@
+"""Stream ends and deadlines, told apart by what the upstream is doing at that moment, not by clocks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from ratatoskr_client import DeadlineExceeded
+from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
+from ratatoskr_server.config import load_settings
+from ratatoskr_server.gateway import Gateway
+from tests.upstreams import openai_double
+from tests.upstreams.harness import Upstream, serve
+
+HELLO = [Message("user", "hi")]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with serve(openai_double.routes()) as up:
+        yield up
+
+
+@pytest.fixture
+async def gw(upstream: Upstream) -> AsyncIterator[Gateway]:
+    providers = {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "local": True}}
+    gateway = Gateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=providers))
+    yield gateway
+    await gateway.close()
+
+
+async def test_done_is_not_held_back_by_reading_past_the_end(gw: Gateway, upstream: Upstream) -> None:
+    upstream.state["paused"] = False
+    paused_at_done: list[bool] = []
+    async for event in gw.chat_stream(HELLO, ChatOptions(model="up/linger")):
+        if isinstance(event, Done):
+            paused_at_done.append(bool(upstream.state["paused"]))
+    assert paused_at_done == [True]  # Done reached us while the server still held the body open
+
+
+async def test_the_deadline_cuts_a_silent_upstream_mid_stream(gw: Gateway, upstream: Upstream) -> None:
+    upstream.state["paused"] = False
+    received: list[str] = []
+    with pytest.raises(DeadlineExceeded, match=r"the stream ran past 0\.5s"):
+        async for event in gw.chat_stream(HELLO, ChatOptions(model="up/stall"), timeout=0.5):
+            if isinstance(event, ContentDelta):
+                received.append(event.text)
+    assert received == ["thinking about it"]
+    assert upstream.state["paused"]  # cut during the silence, not when the next chunk finally came
