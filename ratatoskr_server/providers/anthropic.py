@@ -50,7 +50,7 @@ from ratatoskr_client.types import (
     UsageEvent,
 )
 from ratatoskr_server.providers.base import Capability, Provider, drained
-from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream
+from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 
 ANTHROPIC_VERSION = "2023-06-01"
 #: The API rejects smaller thinking budgets.
@@ -314,7 +314,7 @@ class AnthropicProvider(Provider):
             raise error_from_exception(self.name, url, err, self.secrets) from None
         if response.status_code != 200:
             raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
-        data: dict[str, Any] = response.json()
+        data = await json_object(self.name, response, self.secrets)
         text: list[str] = []
         thinking: list[str] = []
         calls: list[ToolCall] = []
@@ -388,7 +388,7 @@ class AnthropicProvider(Provider):
                 return list(self.settings.models)
             if response.status_code != 200:
                 raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
-            page: dict[str, Any] = response.json()
+            page = await json_object(self.name, response, self.secrets)
             listed.update(str(m["id"]) for m in page.get("data") or [] if m.get("id"))
             if not page.get("has_more") or not page.get("last_id"):
                 break

@@ -6,6 +6,7 @@ any secret scrubbed out: some APIs echo part of a rejected key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -118,3 +119,27 @@ def error_in_stream(provider: str, message: str, code: str = "", secrets: Iterab
     if "invalid_request" in lowered:
         return InvalidArgument(text)
     return Unavailable(text)
+
+
+#: Answers larger than this are parsed off the event loop (a 2048 x 1536 embedding answer is ~30 MB).
+_PARSE_INLINE_MAX = 256 * 1024
+
+
+async def json_object(provider: str, response: httpx.Response, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """A 200 answer's JSON object, or UNAVAILABLE naming the provider when it is not one.
+
+    Proxies and captive portals answer 200 with HTML; that is a broken upstream, not our bug.
+    """
+    content = response.content
+    try:
+        data: Any = (
+            json.loads(content) if len(content) <= _PARSE_INLINE_MAX else await asyncio.to_thread(json.loads, content)
+        )
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type")
+        sample = content[:120].decode("utf-8", "replace")
+        message = f"{provider}: answered 200 with a body that is not JSON ({kind}): {sample!r}"
+        raise Unavailable(scrub(message, secrets)) from None
+    if not isinstance(data, dict):
+        raise Unavailable(f"{provider}: answered 200 with JSON that is not an object ({type(data).__name__})")
+    return data

@@ -50,6 +50,7 @@ from ratatoskr_server.providers.errors import (
     error_from_exception,
     error_from_status,
     error_in_stream,
+    json_object,
     upstream_message,
 )
 from ratatoskr_server.redact import scrub
@@ -243,7 +244,7 @@ class OllamaProvider(Provider):
             raise self._transport_error(url, err) from None
         if response.status_code != 200:
             raise self._status_error(response.status_code, response.text, response.headers, model)
-        data: dict[str, Any] = response.json()
+        data = await json_object(self.name, response, self.secrets)
         return data
 
     async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
@@ -334,5 +335,6 @@ class OllamaProvider(Provider):
             raise self._transport_error(url, err) from None
         if response.status_code != 200:
             raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
-        listed = [str(m.get("name")) for m in response.json().get("models") or [] if m.get("name")]
+        answer = await json_object(self.name, response, self.secrets)
+        listed = [str(m.get("name")) for m in answer.get("models") or [] if isinstance(m, dict) and m.get("name")]
         return sorted(set(listed) | set(self.settings.models))

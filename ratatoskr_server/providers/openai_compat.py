@@ -16,6 +16,7 @@ that stops before ``[DONE]`` and before any finish reason is an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ from ratatoskr_client.types import (
     UsageEvent,
 )
 from ratatoskr_server.providers.base import Capability, Provider, drained
-from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream
+from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 
 
 def usage_from_openai(data: dict[str, Any] | None) -> Usage | None:
@@ -204,7 +205,7 @@ class OpenAICompatProvider(Provider):
             raise error_from_exception(self.name, url, err, self.secrets) from None
         if response.status_code != 200:
             raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
-        data: dict[str, Any] = response.json()
+        data = await json_object(self.name, response, self.secrets)
         return data
 
     async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
@@ -300,8 +301,11 @@ class OpenAICompatProvider(Provider):
         if "{model}" not in self.settings.base_url:
             body["model"] = model
         data = await self._post("/embeddings", model, body)
-        rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
-        return [[float(x) for x in row["embedding"]] for row in rows]
+        try:
+            rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
+            return await asyncio.to_thread(lambda: [[float(x) for x in row["embedding"]] for row in rows])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise Unavailable(f"{self.name}: the embeddings answer does not have the expected shape") from None
 
     async def list_models(self) -> list[str]:
         if "{model}" in self.settings.base_url:
@@ -313,5 +317,6 @@ class OpenAICompatProvider(Provider):
             raise error_from_exception(self.name, url, err, self.secrets) from None
         if response.status_code != 200:
             raise error_from_status(self.name, response.status_code, response.text, response.headers, self.secrets)
-        listed = [str(m.get("id")) for m in response.json().get("data") or [] if m.get("id")]
+        answer = await json_object(self.name, response, self.secrets)
+        listed = [str(m.get("id")) for m in answer.get("data") or [] if isinstance(m, dict) and m.get("id")]
         return sorted(set(listed) | set(self.settings.models))
