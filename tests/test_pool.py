@@ -343,3 +343,29 @@ async def test_a_slow_load_leaves_inference_its_thread(
     finally:
         release.set()
     assert len((await loading).vectors) == 1
+
+
+async def test_a_slow_first_use_import_does_not_hold_back_other_models(
+    tiny_root: Path, make_gateway: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ratatoskr_server.local.pool as pool_module
+
+    checkpoint = make_tiny_bert_checkpoint(tmp_path / "ckpt", seed=9)
+    gw = make_gateway(tiny_root, models={"imported-later": {"source": str(checkpoint)}})
+    release, entered = threading.Event(), threading.Event()
+    real = pool_module.import_bert_checkpoint
+
+    def slow_import(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(timeout=60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module, "import_bert_checkpoint", slow_import)
+    importing = asyncio.create_task(gw.embed(["x"], model="imported-later"))
+    await _until(entered.is_set)  # the import is under way
+    try:
+        # m2 has never been loaded: its first load must not queue behind the import.
+        assert len((await asyncio.wait_for(gw.embed(["meanwhile"], model="m2"), 10)).vectors) == 1
+    finally:
+        release.set()
+    assert len((await importing).vectors) == 1

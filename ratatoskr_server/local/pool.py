@@ -237,42 +237,55 @@ class LocalModelPool:
                 ) from None
 
     async def _admit(self, name: str) -> _Slot:
-        """Reserve budget and start loading ``name``; only one caller per name gets this far."""
-        async with self._admission:
-            existing = self._slots.get(name)
-            if existing is not None:
-                return existing
-            path = await self.locate(name)
-            footprint = dir_mb(path)
-            await self._make_room(name, footprint)
-            loop = asyncio.get_running_loop()
-            decl = self._decl(name)
-            slot = _Slot(
-                name=name,
-                path=path,
-                footprint_mb=footprint,
-                pinned=bool(decl and decl.pinned),
-                ready=loop.create_future(),
-                gone=loop.create_future(),
-            )
-            self._slots[name] = slot
-            slot.loader = loop.create_task(self._load(slot), name=f"load:{name}")
-            return slot
+        """Reserve budget and start loading ``name``; only one caller per name gets this far.
+
+        The admission lock covers only decisions: a first-use import happens before it, and waiting
+        for a busy model to drain happens outside it, so one slow model never holds back the others.
+        """
+        path = await self.locate(name)  # may import (under its own lock)
+        footprint = dir_mb(path)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._settings.local.load_wait_s
+        while True:
+            async with self._admission:
+                existing = self._slots.get(name)
+                if existing is not None:
+                    return existing
+                busy = await self._make_room(name, footprint, give_up - loop.time())
+                if not busy:
+                    decl = self._decl(name)
+                    slot = _Slot(
+                        name=name,
+                        path=path,
+                        footprint_mb=footprint,
+                        pinned=bool(decl and decl.pinned),
+                        ready=loop.create_future(),
+                        gone=loop.create_future(),
+                    )
+                    self._slots[name] = slot
+                    slot.loader = loop.create_task(self._load(slot), name=f"load:{name}")
+                    return slot
+            # Every evictable model is serving someone: wait (unlocked) for the first to drain.
+            waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
+            try:
+                await asyncio.wait(waits, timeout=max(give_up - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def used_mb(self) -> float:
         return sum(s.footprint_mb for s in self._slots.values())
 
-    async def _make_room(self, name: str, need: float) -> None:
+    async def _make_room(self, name: str, need: float, remaining: float) -> list[_Slot]:
+        """Evict idle models until ``need`` fits; the busy models to wait for when that is not enough."""
         budget = self._settings.local.memory_budget_mb
         if not budget:
-            return
+            return []
         if need > budget:
             raise FailedPrecondition(
                 f"model '{name}' needs {need:.1f} MB, more than the whole budget of {budget:g} MB "
                 "(local.memory_budget_mb)"
             )
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._settings.local.load_wait_s
         while self.used_mb() + need > budget:
             idle = [
                 s for s in self._slots.values() if s.state is ModelState.READY and not s.pinned and s.in_flight == 0
@@ -283,7 +296,6 @@ class LocalModelPool:
                 await self._remove(victim)
                 continue
             busy = [s for s in self._slots.values() if not s.pinned and s.state is not ModelState.LOADING]
-            remaining = give_up - loop.time()
             if not busy or remaining <= 0:
                 held = ", ".join(f"{s.name} {s.footprint_mb:.1f} MB" for s in self._slots.values()) or "nothing"
                 raise ResourceExhausted(
@@ -292,13 +304,8 @@ class LocalModelPool:
                     "retry later, unload a model or raise the budget",
                     retry_after_s=1.0,
                 )
-            # Every evictable model is serving someone: wait for the first to drain.
-            waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
-            try:
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+            return busy
+        return []
 
     async def _load(self, slot: _Slot) -> None:
         local = self._settings.local
