@@ -296,6 +296,8 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         server = self._build_server()
+        # NOT_SERVING until the preload models are ready (grpc's health servicer starts at SERVING).
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             self._bind(server)
             await server.start()

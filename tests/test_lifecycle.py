@@ -162,3 +162,22 @@ def test_registry_refresh_at_start_does_not_hold_serving_back(model_root: Path) 
             assert time.monotonic() - started < 60
         finally:
             assert d.stop() == 0
+
+
+def test_health_is_not_serving_until_the_preload_models_are_loaded(model_root: Path) -> None:
+    d = DaemonProcess(model_root).start(wait=False)
+    try:
+        answers: list[str] = []
+        deadline = time.monotonic() + 60
+        while not d.socket.exists():
+            assert time.monotonic() < deadline and d.proc is not None and d.proc.poll() is None, d.log()
+            time.sleep(0.005)
+        with ServiceClient(d.socket) as client:
+            while not answers or answers[-1] != "SERVING":
+                assert time.monotonic() < deadline, answers
+                answers.append(client.health(timeout=5))
+                if answers[-1] == "SERVING":
+                    # "model loaded" is logged before health turns SERVING, never after.
+                    assert "model loaded" in d.log(), answers
+    finally:
+        assert d.stop() == 0
