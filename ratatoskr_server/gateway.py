@@ -70,6 +70,10 @@ from ratatoskr_server.routing.router import Router
 log = logging.getLogger(__name__)
 
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
+#: The embedding strategy compares the text with a sentence about each label, not the bare label:
+#: on the labelled set in tests/test_nli_classify.py (16 texts, 4 topics) MiniLM ranks the right
+#: topic first for 16 with this template, 13 with bare labels and 14 with "This example is {}.".
+DEFAULT_EMBEDDING_TEMPLATE = "This text is about {}."
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 #: Embedding-based zero-shot turns cosines into a distribution with softmax(cos / T); cosines of
 #: unrelated MiniLM sentences sit within a few hundredths, so a small T keeps the ranking legible.
@@ -506,9 +510,8 @@ class Gateway:
                 timing = _timing(arrived, out)
                 tokens = sum(out.tokens)
             else:
-                descriptions = [
-                    hypothesis_template.replace("{}", label) if hypothesis_template else label for label in labels
-                ]
+                template = hypothesis_template or DEFAULT_EMBEDDING_TEMPLATE
+                descriptions = [template.replace("{}", label) for label in labels]
                 out = await m.infer([text, *descriptions], truncate=True, deadline=deadline, what="input")
                 vectors = out.rows / np.maximum(np.linalg.norm(out.rows, axis=1, keepdims=True), 1e-12)
                 cosines = vectors[1:] @ vectors[0]
