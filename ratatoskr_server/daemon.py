@@ -105,6 +105,15 @@ def prepare_socket_path(path: Path) -> None:
     )
 
 
+def _bind_failure(err: OSError) -> str:
+    """Why a listening socket could not be bound, in words a person can act on."""
+    return {
+        errno.EADDRINUSE: "the port is in use by another process",
+        errno.EADDRNOTAVAIL: "that address is not one of this host's",
+        errno.EACCES: "ports below 1024 need privileges",
+    }.get(err.errno or 0, err.strerror or str(err))
+
+
 def check_port_free(host: str, port: int, setting: str) -> None:
     """Fail with one line naming the setting when a TCP port cannot be bound.
 
@@ -124,13 +133,8 @@ def check_port_free(host: str, port: int, setting: str) -> None:
             try:
                 probe.bind(address)
             except OSError as err:
-                reason = {
-                    errno.EADDRINUSE: "the port is in use by another process",
-                    errno.EADDRNOTAVAIL: "that address is not one of this host's",
-                    errno.EACCES: "ports below 1024 need privileges",
-                }.get(err.errno or 0, err.strerror or str(err))
                 raise DaemonError(
-                    f"cannot listen on {host}:{port}: {reason}; change {setting} (0 picks a free port)"
+                    f"cannot listen on {host}:{port}: {_bind_failure(err)}; change {setting} (0 picks a free port)"
                 ) from None
 
 
@@ -271,9 +275,8 @@ class Daemon:
         try:
             port = self.metrics.serve(metrics.host, metrics.port)
         except OSError as err:
-            reason = "the port is in use by another process" if err.errno == errno.EADDRINUSE else err.strerror
             raise DaemonError(
-                f"cannot serve metrics on {metrics.host}:{metrics.port}: {reason}; "
+                f"cannot serve metrics on {metrics.host}:{metrics.port}: {_bind_failure(err)}; "
                 "change metrics.port (0 picks a free port) or set metrics.enabled = false"
             ) from None
         return f"http://{metrics.host}:{port}/metrics"

@@ -177,16 +177,12 @@ class Gateway:
             self.router = Router(settings)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _local_name(self, name: str) -> str:
-        """Aliases resolve for local models as they do for remote ones (``mini = "local/all-minilm-l6-v2"``)."""
-        return self.router.aliases.get(name, name)
-
     @asynccontextmanager
     async def _model(self, name: str, tasks: tuple[Task, ...], timeout: float | None) -> AsyncIterator[LocalModel]:
         """Lease ``name`` (or the local model its alias names), check it can do one of ``tasks``, and
         bound the whole call by ``timeout``."""
         try:
-            async with asyncio.timeout(timeout), self.pool.lease(self._local_name(name)) as model:
+            async with asyncio.timeout(timeout), self.pool.lease(self.router.target(name)) as model:
                 if model.task not in tasks:
                     wanted = " or ".join(t.value for t in tasks)
                     raise FailedPrecondition(
@@ -555,7 +551,7 @@ class Gateway:
     ) -> TokenizeResult:
         arrived = time.perf_counter()
         self._check_texts([text], "text", "text")
-        tokenizer = await self.pool.tokenizer(self._local_name(model or self.settings.local.default_embed_model))
+        tokenizer = await self.pool.tokenizer(self.router.target(model or self.settings.local.default_embed_model))
         tokens = tokenizer.tokens(text, add_special_tokens=add_special_tokens)
         elapsed = (time.perf_counter() - arrived) * 1000
         return TokenizeResult(
@@ -569,7 +565,7 @@ class Gateway:
     ) -> CountTokensResult:
         arrived = time.perf_counter()
         self._check_texts(texts, "texts", "text")
-        tokenizer = await self.pool.tokenizer(self._local_name(model or self.settings.local.default_embed_model))
+        tokenizer = await self.pool.tokenizer(self.router.target(model or self.settings.local.default_embed_model))
         if len(texts) > 16:
             counts = await asyncio.get_running_loop().run_in_executor(self._executor, tokenizer.count, list(texts))
         else:

@@ -30,9 +30,13 @@ class Router:
             if entry.enabled
         }
 
+    def target(self, model: str) -> str:
+        """What ``model`` names once its alias (if it is one) is resolved: local and remote names alike."""
+        return self.aliases.get(model, model)
+
     def split(self, model: str) -> tuple[str, str] | None:
         """(provider name, upstream model) when ``model`` (or its alias) names a configured provider."""
-        target = self.aliases.get(model, model)
+        target = self.target(model)
         prefix, _, rest = target.partition("/")
         if prefix in self.providers and rest:
             return prefix, rest
@@ -45,7 +49,7 @@ class Router:
             )
         found = self.split(model)
         if found is None:
-            target = self.aliases.get(model, model)
+            target = self.target(model)
             if target.startswith(LOCAL_PREFIX):
                 raise FailedPrecondition(
                     f"'{model}' is a local ONNX model; they serve embed, nli and classify, not {capability.value}"
