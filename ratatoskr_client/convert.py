@@ -31,6 +31,7 @@ from ratatoskr_client.types import (
     ModelMetadata,
     NliPrediction,
     NliResult,
+    Notes,
     ParameterAvailability,
     Pricing,
     ReasoningDelta,
@@ -99,6 +100,14 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
     )
 
 
+def notes_to_pb(n: Notes) -> types_pb2.Notes:
+    return types_pb2.Notes(dropped_parameters=n.dropped_parameters)
+
+
+def notes_from_pb(n: types_pb2.Notes) -> Notes:
+    return Notes(dropped_parameters=list(n.dropped_parameters))
+
+
 def usage_to_pb(u: Usage) -> types_pb2.Usage:
     return types_pb2.Usage(
         prompt_tokens=u.prompt_tokens,
@@ -142,6 +151,7 @@ def embed_result_to_pb(r: EmbedResult) -> gateway_pb2.EmbedResponse:
         normalized=r.normalized,
         usage=usage_to_pb(r.usage),
         timing=timing_to_pb(r.timing),
+        notes=notes_to_pb(r.notes),
     )
 
 
@@ -155,6 +165,7 @@ def embed_result_from_pb(resp: gateway_pb2.EmbedResponse) -> EmbedResult:
         normalized=resp.normalized,
         usage=usage_from_pb(resp.usage),
         timing=timing_from_pb(resp.timing),
+        notes=notes_from_pb(resp.notes),
     )
 
 
@@ -255,6 +266,7 @@ def nli_result_to_pb(r: NliResult) -> gateway_pb2.NliResponse:
         model=r.model,
         usage=usage_to_pb(r.usage),
         timing=timing_to_pb(r.timing),
+        notes=notes_to_pb(r.notes),
     )
 
 
@@ -264,6 +276,7 @@ def nli_result_from_pb(resp: gateway_pb2.NliResponse) -> NliResult:
         model=resp.model,
         usage=usage_from_pb(resp.usage),
         timing=timing_from_pb(resp.timing),
+        notes=notes_from_pb(resp.notes),
     )
 
 
@@ -286,6 +299,7 @@ def classify_result_to_pb(r: ClassifyResult) -> gateway_pb2.ClassifyResponse:
         strategy=r.strategy,
         usage=usage_to_pb(r.usage),
         timing=timing_to_pb(r.timing),
+        notes=notes_to_pb(r.notes),
     )
 
 
@@ -296,6 +310,7 @@ def classify_result_from_pb(resp: gateway_pb2.ClassifyResponse) -> ClassifyResul
         strategy=resp.strategy,
         usage=usage_from_pb(resp.usage),
         timing=timing_from_pb(resp.timing),
+        notes=notes_from_pb(resp.notes),
     )
 
 
@@ -497,7 +512,13 @@ def chat_event_to_pb(e: ChatEvent) -> types_pb2.ChatEvent:
     if isinstance(e, UsageEvent):
         return E(usage=usage_to_pb(e.usage))
     return E(
-        done=E.Done(finish_reason=e.finish_reason, timing=timing_to_pb(e.timing), provider=e.provider, model=e.model)
+        done=E.Done(
+            finish_reason=e.finish_reason,
+            timing=timing_to_pb(e.timing),
+            provider=e.provider,
+            model=e.model,
+            notes=notes_to_pb(e.notes),
+        )
     )
 
 
@@ -520,7 +541,13 @@ def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent | None:
     if which != "done":
         return None
     d = pb.done
-    return Done(finish_reason=d.finish_reason, timing=timing_from_pb(d.timing), provider=d.provider, model=d.model)
+    return Done(
+        finish_reason=d.finish_reason,
+        timing=timing_from_pb(d.timing),
+        provider=d.provider,
+        model=d.model,
+        notes=notes_from_pb(d.notes),
+    )
 
 
 def chat_result_to_pb(r: ChatResult) -> gateway_pb2.ChatResponse:
@@ -529,6 +556,7 @@ def chat_result_to_pb(r: ChatResult) -> gateway_pb2.ChatResponse:
         finish_reason=r.finish_reason,
         usage=usage_to_pb(r.usage),
         timing=timing_to_pb(r.timing),
+        notes=notes_to_pb(r.notes),
         provider=r.provider,
         model=r.model,
         reasoning=r.reasoning,
@@ -541,6 +569,7 @@ def chat_result_from_pb(pb: gateway_pb2.ChatResponse) -> ChatResult:
         finish_reason=pb.finish_reason,
         usage=usage_from_pb(pb.usage),
         timing=timing_from_pb(pb.timing),
+        notes=notes_from_pb(pb.notes),
         provider=pb.provider,
         model=pb.model,
         reasoning=pb.reasoning,
@@ -553,6 +582,7 @@ def generate_result_to_pb(r: GenerateResult) -> gateway_pb2.GenerateResponse:
         finish_reason=r.finish_reason,
         usage=usage_to_pb(r.usage),
         timing=timing_to_pb(r.timing),
+        notes=notes_to_pb(r.notes),
         provider=r.provider,
         model=r.model,
     )
@@ -564,6 +594,7 @@ def generate_result_from_pb(pb: gateway_pb2.GenerateResponse) -> GenerateResult:
         finish_reason=pb.finish_reason,
         usage=usage_from_pb(pb.usage),
         timing=timing_from_pb(pb.timing),
+        notes=notes_from_pb(pb.notes),
         provider=pb.provider,
         model=pb.model,
     )
@@ -582,6 +613,7 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
             local=info.local,
             description=info.description,
             aliases=info.aliases,
+            catalogue_only=not info.routable,
         ),
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
@@ -611,6 +643,7 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
             local=info.local,
             description=info.description,
             aliases=list(info.aliases),
+            routable=not info.catalogue_only,
         ),
         context_window=pb.context_window,
         max_output_tokens=pb.max_output_tokens,

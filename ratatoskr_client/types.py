@@ -32,6 +32,21 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
+class Notes:
+    """What the gateway did to a request on its way, so nothing changes behind the caller's back.
+
+    ``dropped_parameters``: generation parameters the model cannot take, dropped under
+    ``parameters.policy = "warn"``. Later stages add their facts here (truncation, failover, cache
+    hits, budget warnings) rather than inventing another side channel.
+    """
+
+    dropped_parameters: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.dropped_parameters)
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -53,6 +68,7 @@ class EmbedResult:
     normalized: bool
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+    notes: Notes = field(default_factory=Notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,7 @@ class NliResult:
     model: str
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+    notes: Notes = field(default_factory=Notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +138,7 @@ class ClassifyResult:
     strategy: str
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+    notes: Notes = field(default_factory=Notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +281,7 @@ class Done:
     timing: Timing = field(default_factory=Timing)
     provider: str = ""
     model: str = ""
+    notes: Notes = field(default_factory=Notes)
 
 
 ChatEvent = ContentDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageEvent | Done
@@ -277,6 +296,7 @@ class ChatResult:
     provider: str = ""
     model: str = ""
     reasoning: str = ""
+    notes: Notes = field(default_factory=Notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +307,7 @@ class GenerateResult:
     timing: Timing = field(default_factory=Timing)
     provider: str = ""
     model: str = ""
+    notes: Notes = field(default_factory=Notes)
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -302,6 +323,8 @@ class ModelInfo:
     local: bool
     description: str = ""
     aliases: list[str] = field(default_factory=list)
+    #: False for a model known only from the catalogue: no configured provider serves it here.
+    routable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

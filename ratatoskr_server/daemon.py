@@ -36,10 +36,10 @@ from ratatoskr_client.paths import default_socket_path
 from ratatoskr_client.types import ReloadResult, ServerStatus
 from ratatoskr_server import package_version
 from ratatoskr_server.config import ConfigError, Settings, flatten, load_settings
+from ratatoskr_server.edge import Edge
+from ratatoskr_server.fronts.grpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
-from ratatoskr_server.rpc.edge import Edge
-from ratatoskr_server.rpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
 
@@ -166,7 +166,7 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
         self.edge = Edge(self.metrics, settings.server.max_in_flight)
-        self.gateway = Gateway(settings)
+        self.gateway = Gateway.from_settings(settings, self.metrics)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs predate grpc.aio
         self.listen: list[str] = []
         self.state = "starting"
@@ -185,7 +185,7 @@ class Daemon:
             in_flight=self.edge.in_flight,
             max_in_flight=self.edge.max_in_flight,
             state=self.state,
-            models=self.gateway.loaded_models(),
+            models=self.gateway.admin.loaded_models(),
             config_path=str(self.config_path or ""),
         )
 
@@ -334,7 +334,7 @@ class Daemon:
             else:
                 self.state = "serving"
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-                models = [m.name for m in self.gateway.loaded_models()]
+                models = [m.name for m in self.gateway.admin.loaded_models()]
                 loaded = ", ".join(models) if models else "no preloaded models"
                 log.info(
                     f"ratatoskr {package_version()} serving ({loaded}) on {' and '.join(self.listen)}; "

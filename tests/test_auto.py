@@ -21,7 +21,7 @@ from ratatoskr_client import (
     auto,
     auto_async,
 )
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from tests.conftest import DaemonProcess, short_dir, toml_text
 
 TEXTS = ["auto mode picks a transport", "the vectors must not depend on it", "ünïcødé too"]
@@ -60,7 +60,7 @@ async def test_async_auto_in_both_modes(daemon: DaemonProcess, embedded_config: 
     without = await auto_async(short_dir() / "nobody-here.sock", config_path=embedded_config)
     try:
         assert isinstance(with_daemon, AsyncServiceClient)
-        assert isinstance(without, Gateway)
+        assert isinstance(without, EmbeddedGateway)
         assert isinstance(without, ModelGateway)
         a, b = await with_daemon.embed(TEXTS), await without.embed(TEXTS)
         np.testing.assert_allclose(np.array(a.vectors), np.array(b.vectors), atol=1e-6)

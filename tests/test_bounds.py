@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ratatoskr_client import FailedPrecondition
 from ratatoskr_client.types import ChatOptions
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.policy.params import MAX_REMEMBERED_REJECTIONS, ParameterGuard
@@ -51,7 +51,9 @@ async def test_a_manifest_pointing_outside_its_folder_is_refused(tmp_path: Path)
     manifest = json.loads((tmp_path / "models" / "escape" / "manifest.json").read_text())
     manifest["onnx_file"] = "../good/model.onnx"
     (tmp_path / "models" / "escape" / "manifest.json").write_text(json.dumps(manifest))
-    gw = Gateway(load_settings(local={"model_dir": tmp_path / "models", "preload": [], "auto_import_default": False}))
+    gw = EmbeddedGateway(
+        load_settings(local={"model_dir": tmp_path / "models", "preload": [], "auto_import_default": False})
+    )
     try:
         with pytest.raises(FailedPrecondition, match="must be a plain file name inside the model's folder"):
             await gw.embed(["x"], model="escape")

@@ -10,7 +10,7 @@ from aiohttp import web
 from ratatoskr_client import Unavailable
 from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -39,24 +39,24 @@ def good() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-async def gw(portal: Upstream, good: Upstream) -> AsyncIterator[Gateway]:
+async def gw(portal: Upstream, good: Upstream) -> AsyncIterator[EmbeddedGateway]:
     providers = {
         "portal": {"kind": "openai_compat", "base_url": f"{portal.base_url}/v1", "local": True},
         "good": {"kind": "openai_compat", "base_url": f"{good.base_url}/v1", "local": True},
     }
-    gateway = Gateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=providers))
+    gateway = EmbeddedGateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=providers))
     yield gateway
     await gateway.close()
 
 
-async def test_a_non_json_answer_is_unavailable_naming_the_provider(gw: Gateway) -> None:
+async def test_a_non_json_answer_is_unavailable_naming_the_provider(gw: EmbeddedGateway) -> None:
     with pytest.raises(Unavailable, match=r"portal: answered 200 with a body that is not JSON \(text/html"):
         await gw.chat([Message("user", "hi")], ChatOptions(model="portal/m"))
     with pytest.raises(Unavailable, match="not JSON"):
         await gw.embed(["x"], model="portal/m")
 
 
-async def test_one_broken_provider_does_not_fail_the_model_list(gw: Gateway) -> None:
+async def test_one_broken_provider_does_not_fail_the_model_list(gw: EmbeddedGateway) -> None:
     listed = {m.info.id for m in await gw.list_models()}
     assert "good/gpt-test" in listed
     assert not any(name.startswith("portal/") for name in listed)

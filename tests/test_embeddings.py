@@ -60,10 +60,10 @@ def test_semantic_sanity(daemon: DaemonProcess) -> None:
 
 async def test_aliases_name_local_models_too(model_root: Path) -> None:
     from ratatoskr_server.config import load_settings
-    from ratatoskr_server.gateway import Gateway
+    from ratatoskr_server.embedded import EmbeddedGateway
 
     aliases = {"mini": f"local/{MODEL}", "mini2": MODEL}
-    gw = Gateway(load_settings(local={"model_dir": model_root, "preload": []}, aliases=aliases))
+    gw = EmbeddedGateway(load_settings(local={"model_dir": model_root, "preload": []}, aliases=aliases))
     try:
         direct = await gw.embed(["alias"], model=MODEL)
         for alias in aliases:

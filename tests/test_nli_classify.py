@@ -15,8 +15,9 @@ from tokenizers import Tokenizer
 
 from ratatoskr_client import FailedPrecondition, InvalidArgument, Task
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import DEFAULT_EMBEDDING_TEMPLATE, Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
+from ratatoskr_server.local.tasks import DEFAULT_EMBEDDING_TEMPLATE
 from tests.conftest import MODEL
 from tests.reference_bert import NumpyBertClassifier
 from tests.tiny_bert import make_tiny_bert_checkpoint
@@ -77,14 +78,14 @@ def root(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path])
 
 
 @pytest.fixture
-async def gw(root: Path, model_root: Path, aegis_dir: Path) -> AsyncIterator[Gateway]:
+async def gw(root: Path, model_root: Path, aegis_dir: Path) -> AsyncIterator[EmbeddedGateway]:
     settings = load_settings(
         local={"model_dir": root, "preload": [], "auto_import_default": False, "default_nli_model": "tiny-nli"},
         # Dynamic int8 quantizes activations with one scale per batch, so a row's answer depends on
         # its batch neighbours; one row per run makes this model's answers reproducible.
         models={MODEL: {"path": model_root / MODEL}, "aegis": {"path": aegis_dir, "max_batch_size": 1}},
     )
-    gateway = Gateway(settings)
+    gateway = EmbeddedGateway(settings)
     yield gateway
     await gateway.close()
 
@@ -107,7 +108,7 @@ def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.asarray(e / e.sum(axis=axis, keepdims=True))
 
 
-async def test_nli_matches_numpy_reference(gw: Gateway, checkpoints: dict[str, Path]) -> None:
+async def test_nli_matches_numpy_reference(gw: EmbeddedGateway, checkpoints: dict[str, Path]) -> None:
     result = await gw.nli(PAIRS)  # the configured default NLI model
     assert result.model == "tiny-nli"
     got = np.array([[s.score for s in p.scores] for p in result.predictions])
@@ -118,7 +119,7 @@ async def test_nli_matches_numpy_reference(gw: Gateway, checkpoints: dict[str, P
     assert result.usage.prompt_tokens > 0 and result.timing.inference_ms > 0
 
 
-async def test_nli_rejects_what_it_cannot_do(gw: Gateway) -> None:
+async def test_nli_rejects_what_it_cannot_do(gw: EmbeddedGateway) -> None:
     with pytest.raises(InvalidArgument, match=r"pair 1 has \d+ tokens"):
         await gw.nli([("short", "pair"), ("word " * 200, "too long")], truncate=False)
     with pytest.raises(FailedPrecondition, match="serves the embed task; this call needs one that serves nli"):
@@ -127,7 +128,7 @@ async def test_nli_rejects_what_it_cannot_do(gw: Gateway) -> None:
         await gw.embed(["x"], model="tiny-nli")
 
 
-async def test_classify_nli_strategy_follows_the_recipe(gw: Gateway, checkpoints: dict[str, Path]) -> None:
+async def test_classify_nli_strategy_follows_the_recipe(gw: EmbeddedGateway, checkpoints: dict[str, Path]) -> None:
     text, labels, template = "The striker scored twice in the final.", ["sports", "cooking", "finance"], "It is {}."
     logits = _reference(checkpoints["tiny-nli"], [(text, template.format(label)) for label in labels])
     entail, contra = NLI_LABELS.index("entailment"), NLI_LABELS.index("contradiction")
@@ -155,7 +156,9 @@ async def test_classify_nli_strategy_follows_the_recipe(gw: Gateway, checkpoints
         ("The central bank raised interest rates to curb inflation", ["cooking", "sports", "finance"]),
     ],
 )
-async def test_classify_embedding_strategy_on_the_default_model(gw: Gateway, text: str, labels: list[str]) -> None:
+async def test_classify_embedding_strategy_on_the_default_model(
+    gw: EmbeddedGateway, text: str, labels: list[str]
+) -> None:
     """The recipe, checked against the model's own embeddings rather than against what MiniLM knows."""
 
     async def cosines(descriptions: list[str]) -> np.ndarray:
@@ -197,7 +200,7 @@ def _aegis_reference(aegis_dir: Path, pairs: list[tuple[str, str]], together: bo
     return _softmax(np.array(rows))
 
 
-async def test_foreign_onnx_model_through_a_manifest(gw: Gateway, aegis_dir: Path) -> None:
+async def test_foreign_onnx_model_through_a_manifest(gw: EmbeddedGateway, aegis_dir: Path) -> None:
     pairs = PAIRS[:4]
     result, concurrent = await asyncio.gather(gw.nli(pairs, model="aegis"), gw.nli(pairs[::-1], model="aegis"))
     got = np.array([[s.score for s in p.scores] for p in result.predictions])
@@ -218,7 +221,7 @@ def test_dynamic_int8_answers_depend_on_batch_neighbours(aegis_dir: Path) -> Non
     assert np.abs(alone - together).max() > 1e-3
 
 
-async def test_unservable_models_are_refused_clearly(gw: Gateway, tmp_path: Path, aegis_dir: Path) -> None:
+async def test_unservable_models_are_refused_clearly(gw: EmbeddedGateway, tmp_path: Path, aegis_dir: Path) -> None:
     manifest = json.loads((aegis_dir / "manifest.json").read_text(encoding="utf-8"))
     cases = {
         "wrong-inputs": ({"input_names": ["input_ids", "attention_mask", "token_type_ids"]}, "input_names"),
@@ -245,7 +248,7 @@ async def test_unservable_models_are_refused_clearly(gw: Gateway, tmp_path: Path
         await gw.nli(PAIRS[:1], model="missing-file")
 
 
-async def test_tokenize_and_count_with_the_models_own_tokenizer(gw: Gateway) -> None:
+async def test_tokenize_and_count_with_the_models_own_tokenizer(gw: EmbeddedGateway) -> None:
     result = await gw.tokenize("Hello, world!", model=MODEL)
     assert [t.text for t in result.tokens] == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
     assert result.tokens[0].id == 101 and (result.tokens[1].start, result.tokens[1].end) == (0, 5)
@@ -260,13 +263,13 @@ async def test_tokenize_and_count_with_the_models_own_tokenizer(gw: Gateway) -> 
     "template",
     ["{{}}{:>100000000}", "{0} and {}", "no placeholder", "{} and {}", "{}{!r}", "{label}"],
 )
-async def test_a_hypothesis_template_is_text_with_one_placeholder(gw: Gateway, template: str) -> None:
+async def test_a_hypothesis_template_is_text_with_one_placeholder(gw: EmbeddedGateway, template: str) -> None:
     """A format spec in a template must never run: it once built a 100-million-character string."""
     with pytest.raises(InvalidArgument, match=r"exactly one \{\} for the label"):
         await asyncio.wait_for(gw.classify("text", ["a", "b"], hypothesis_template=template), 5)
 
 
-async def test_a_label_with_braces_goes_in_literally(gw: Gateway) -> None:
+async def test_a_label_with_braces_goes_in_literally(gw: EmbeddedGateway) -> None:
     labels = ["{0}", "{:>9999}", "sports"]
     result = await gw.classify("The striker scored twice", labels, model="tiny-nli", hypothesis_template="It is {}.")
     assert sorted(s.label for s in result.scores) == sorted(labels)
@@ -295,7 +298,7 @@ LABELLED = [
 ]
 
 
-async def test_the_default_embedding_template_beats_bare_labels(gw: Gateway) -> None:
+async def test_the_default_embedding_template_beats_bare_labels(gw: EmbeddedGateway) -> None:
     async def correct(template: str) -> int:
         hits = 0
         for text, gold in LABELLED:

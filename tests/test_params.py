@@ -10,8 +10,7 @@ import pytest
 from ratatoskr_client import InvalidArgument, NotFound
 from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
-from ratatoskr_server.policy.params import dropped_parameters
+from ratatoskr_server.embedded import EmbeddedGateway
 from tests.upstreams import anthropic_double, openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -30,13 +29,13 @@ def an() -> Iterator[Upstream]:
         yield up
 
 
-def _gateway(oa: Upstream, an: Upstream, tmp: Any, **top: Any) -> Gateway:
+def _gateway(oa: Upstream, an: Upstream, tmp: Any, **top: Any) -> EmbeddedGateway:
     providers = {
         "openai": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1", "parameter_policy": None},
         "strict": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1", "parameter_policy": "error"},
         "claude": {"kind": "anthropic", "base_url": f"{an.base_url}/v1", "api_key": "sk-ant-test-0123456789"},
     }
-    return Gateway(
+    return EmbeddedGateway(
         load_settings(
             local={"preload": [], "auto_import_default": False},
             providers=providers,
@@ -55,25 +54,20 @@ def _gateway(oa: Upstream, an: Upstream, tmp: Any, **top: Any) -> Gateway:
 
 
 @pytest.fixture
-async def gw(oa: Upstream, an: Upstream, tmp_path: Any) -> AsyncIterator[Gateway]:
+async def gw(oa: Upstream, an: Upstream, tmp_path: Any) -> AsyncIterator[EmbeddedGateway]:
     gateway = _gateway(oa, an, tmp_path)
     yield gateway
     await gateway.close()
 
 
-async def test_warn_drops_unsupported_parameters_and_says_so(gw: Gateway, oa: Upstream) -> None:
-    dropped: list[str] = []
-    token = dropped_parameters.set(dropped)
-    try:
-        await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", top_k=40, temperature=0.5))
-    finally:
-        dropped_parameters.reset(token)
+async def test_warn_drops_unsupported_parameters_and_says_so(gw: EmbeddedGateway, oa: Upstream) -> None:
+    result = await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", top_k=40, temperature=0.5))
     body = oa.requests[-1].body
     assert "top_k" not in body and body["temperature"] == 0.5  # gpt-4o takes no top_k; temperature is fine
-    assert dropped == ["top_k"]
+    assert result.notes.dropped_parameters == ["top_k"]
 
 
-async def test_error_policy_refuses_naming_parameter_model_and_provider(gw: Gateway, oa: Upstream) -> None:
+async def test_error_policy_refuses_naming_parameter_model_and_provider(gw: EmbeddedGateway, oa: Upstream) -> None:
     sent = len(oa.requests)
     with pytest.raises(InvalidArgument) as info:
         await gw.chat(HELLO, ChatOptions(model="strict/gpt-4o", top_k=40))
@@ -90,7 +84,7 @@ async def test_ignore_policy_sends_parameters_as_given(oa: Upstream, an: Upstrea
     assert oa.requests[-1].body["top_k"] == 40
 
 
-async def test_out_of_range_values_name_the_allowed_range(gw: Gateway) -> None:
+async def test_out_of_range_values_name_the_allowed_range(gw: EmbeddedGateway) -> None:
     with pytest.raises(InvalidArgument, match=r"temperature=3 is out of range .* allowed 0\.\.2"):
         await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", temperature=3.0))
     with pytest.raises(InvalidArgument, match=r"temperature=1\.5 is out of range for model 'claude-3-haiku'.*0\.\.1"):
@@ -99,14 +93,14 @@ async def test_out_of_range_values_name_the_allowed_range(gw: Gateway) -> None:
         await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", max_tokens=20000))
 
 
-async def test_read_only_parameters_accept_their_own_value(gw: Gateway, oa: Upstream) -> None:
+async def test_read_only_parameters_accept_their_own_value(gw: EmbeddedGateway, oa: Upstream) -> None:
     await gw.chat(HELLO, ChatOptions(model="openai/o3-mini", temperature=1.0))
     assert oa.requests[-1].body["temperature"] == 1.0  # o3-mini's temperature is fixed at 1: fine
     await gw.chat(HELLO, ChatOptions(model="openai/o3-mini", temperature=0.3))
     assert "temperature" not in oa.requests[-1].body  # any other value is dropped (warn)
 
 
-async def test_a_rejected_parameter_is_remembered(gw: Gateway, oa: Upstream) -> None:
+async def test_a_rejected_parameter_is_remembered(gw: EmbeddedGateway, oa: Upstream) -> None:
     with pytest.raises(InvalidArgument, match="seed"):
         await gw.chat(HELLO, ChatOptions(model="openai/no-seed", seed=7))
     result = await gw.chat(HELLO, ChatOptions(model="openai/no-seed", seed=7))  # seed now dropped up front
@@ -115,7 +109,7 @@ async def test_a_rejected_parameter_is_remembered(gw: Gateway, oa: Upstream) -> 
     assert meta.parameters["seed"].availability == "unsupported"
 
 
-async def test_presets_fill_only_what_the_caller_left_unset(gw: Gateway, oa: Upstream) -> None:
+async def test_presets_fill_only_what_the_caller_left_unset(gw: EmbeddedGateway, oa: Upstream) -> None:
     await gw.chat(HELLO, ChatOptions(model="ratatoskr:fast/chat", temperature=0.9))
     body = oa.requests[-1].body
     assert body["model"] == "gpt-4o" and body["temperature"] == 0.9 and body["max_tokens"] == 100
@@ -123,7 +117,7 @@ async def test_presets_fill_only_what_the_caller_left_unset(gw: Gateway, oa: Ups
     assert oa.requests[-1].body["temperature"] == 0.2
 
 
-async def test_model_metadata_per_parameter_and_provider(gw: Gateway) -> None:
+async def test_model_metadata_per_parameter_and_provider(gw: EmbeddedGateway) -> None:
     gpt = await gw.model_metadata("openai/gpt-4o")
     assert gpt.context_window == 128000 and gpt.max_output_tokens == 16384 and gpt.source == "embedded"
     assert gpt.pricing is not None and (gpt.pricing.input_per_million, gpt.pricing.output_per_million) == (2.5, 10.0)
@@ -157,7 +151,7 @@ async def test_model_metadata_per_parameter_and_provider(gw: Gateway) -> None:
     ],
 )
 async def test_raw_provider_options_cannot_bypass_the_request_or_the_checks(
-    gw: Gateway, oa: Upstream, raw: dict[str, Any], match: str
+    gw: EmbeddedGateway, oa: Upstream, raw: dict[str, Any], match: str
 ) -> None:
     sent = len(oa.requests)
     with pytest.raises(InvalidArgument, match=match):
@@ -165,7 +159,7 @@ async def test_raw_provider_options_cannot_bypass_the_request_or_the_checks(
     assert len(oa.requests) == sent  # refused before dispatch
 
 
-async def test_raw_typed_parameters_move_into_their_field(gw: Gateway, oa: Upstream) -> None:
+async def test_raw_typed_parameters_move_into_their_field(gw: EmbeddedGateway, oa: Upstream) -> None:
     await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", raw_provider_options={"temperature": 0.4, "user": "u1"}))
     body = oa.requests[-1].body
     assert body["temperature"] == 0.4 and body["user"] == "u1"
@@ -176,6 +170,6 @@ async def test_raw_typed_parameters_move_into_their_field(gw: Gateway, oa: Upstr
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-async def test_non_finite_options_are_invalid_argument(gw: Gateway, value: float) -> None:
+async def test_non_finite_options_are_invalid_argument(gw: EmbeddedGateway, value: float) -> None:
     with pytest.raises(InvalidArgument, match="is not a finite number"):
         await gw.chat(HELLO, ChatOptions(model="openai/gpt-4o", top_p=value))

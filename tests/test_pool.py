@@ -13,7 +13,7 @@ import pytest
 
 from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.model import LocalModel
 from ratatoskr_server.local.pool import dir_mb
@@ -37,19 +37,19 @@ def footprint(tiny_root: Path) -> float:
     return dir_mb(tiny_root / "m0")
 
 
-def _gateway(root: Path, **local: Any) -> Gateway:
+def _gateway(root: Path, **local: Any) -> EmbeddedGateway:
     models = local.pop("models", {})
     settings = load_settings(
         local={"model_dir": root, "preload": [], "auto_import_default": False, **local}, models=models
     )
-    return Gateway(settings)
+    return EmbeddedGateway(settings)
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., Gateway]]:
-    made: list[Gateway] = []
+async def make_gateway() -> AsyncIterator[Callable[..., EmbeddedGateway]]:
+    made: list[EmbeddedGateway] = []
 
-    def factory(root: Path, **local: Any) -> Gateway:
+    def factory(root: Path, **local: Any) -> EmbeddedGateway:
         gw = _gateway(root, **local)
         gw.pool.start()
         made.append(gw)
@@ -60,7 +60,7 @@ async def make_gateway() -> AsyncIterator[Callable[..., Gateway]]:
         await gw.close()
 
 
-def _resident(gw: Gateway) -> list[str]:
+def _resident(gw: EmbeddedGateway) -> list[str]:
     return sorted(m.name for m in gw.loaded_models())
 
 
@@ -159,7 +159,7 @@ class Gate:
         model.batcher.run_batch = gated
 
 
-async def _gated(gw: Gateway, name: str) -> tuple[LocalModel, Gate]:
+async def _gated(gw: EmbeddedGateway, name: str) -> tuple[LocalModel, Gate]:
     await gw.embed(["warm"], model=name)
     async with gw.pool.lease(name) as model:
         return model, Gate(model)

@@ -18,7 +18,7 @@ from ratatoskr_client.errors import (
 )
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, UsageEvent
 from ratatoskr_server.config import HttpSettings, ProviderSettings
-from ratatoskr_server.providers.base import Capability
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.huggingface import HuggingFaceProvider
 from tests.upstreams.harness import Upstream
 from tests.upstreams.huggingface_double import (
@@ -96,7 +96,7 @@ async def test_chat_validation_error_list_is_invalid_argument(provider: HuggingF
 
 async def test_embed_sentence_vectors(provider: HuggingFaceProvider, upstream: Upstream) -> None:
     inputs = ["first sentence here", "second one"]
-    vectors = await provider.embed("sentence-transformers/all-MiniLM-L6-v2", inputs)
+    vectors = await provider.embed_vectors("sentence-transformers/all-MiniLM-L6-v2", inputs)
     assert vectors == [sentence_vector(t) for t in inputs]
     (seen,) = upstream.requests
     assert seen.path == "/hf-inference/models/sentence-transformers/all-MiniLM-L6-v2/pipeline/feature-extraction"
@@ -107,7 +107,7 @@ async def test_embed_sentence_vectors(provider: HuggingFaceProvider, upstream: U
 @pytest.mark.parametrize("model", ["token-level", "token-level-3d"])
 async def test_embed_token_level_answers_are_mean_pooled(provider: HuggingFaceProvider, model: str) -> None:
     inputs = ["alpha beta gamma", "delta"]
-    vectors = await provider.embed(model, inputs)
+    vectors = await provider.embed_vectors(model, inputs)
     expected = [mean([token_vector(t) for t in text.split()]) for text in inputs]
     assert len(vectors) == 2
     for got, want in zip(vectors, expected, strict=True):
@@ -115,7 +115,7 @@ async def test_embed_token_level_answers_are_mean_pooled(provider: HuggingFacePr
 
 
 async def test_embed_nothing_makes_no_request(provider: HuggingFaceProvider, upstream: Upstream) -> None:
-    assert await provider.embed("any", []) == []
+    assert await provider.embed_vectors("any", []) == []
     assert upstream.requests == []
 
 
@@ -128,7 +128,7 @@ async def test_classify_both_answer_shapes_sorted(
     provider: HuggingFaceProvider, upstream: Upstream, model: str, unsorted: bool
 ) -> None:
     upstream.state["unsorted"] = unsorted
-    pairs = await provider.classify(model, TEXT, LABELS)
+    pairs = await provider.classify_scores(model, TEXT, LABELS)
     assert sorted(label for label, _ in pairs) == sorted(LABELS)
     scores = [score for _, score in pairs]
     assert scores == sorted(scores, reverse=True)
@@ -140,12 +140,14 @@ async def test_classify_both_answer_shapes_sorted(
 
 
 async def test_classify_shapes_agree(provider: HuggingFaceProvider) -> None:
-    assert await provider.classify("zs-new", TEXT, LABELS) == await provider.classify("zs-legacy", TEXT, LABELS)
+    assert await provider.classify_scores("zs-new", TEXT, LABELS) == await provider.classify_scores(
+        "zs-legacy", TEXT, LABELS
+    )
 
 
 async def test_classify_forwards_multi_label_and_template(provider: HuggingFaceProvider, upstream: Upstream) -> None:
     template = "This text is about {}."
-    pairs = await provider.classify("zs-new", TEXT, LABELS, multi_label=True, hypothesis_template=template)
+    pairs = await provider.classify_scores("zs-new", TEXT, LABELS, multi_label=True, hypothesis_template=template)
     parameters = upstream.requests[0].body["parameters"]
     assert parameters == {"candidate_labels": LABELS, "multi_label": True, "hypothesis_template": template}
     # Independent per-label scores, as the upstream computes them for multi_label: no longer a distribution.
@@ -154,13 +156,13 @@ async def test_classify_forwards_multi_label_and_template(provider: HuggingFaceP
 
 async def test_classify_without_labels_is_refused_locally(provider: HuggingFaceProvider, upstream: Upstream) -> None:
     with pytest.raises(InvalidArgument):
-        await provider.classify("zs-new", TEXT, [])
+        await provider.classify_scores("zs-new", TEXT, [])
     assert upstream.requests == []
 
 
 async def test_classify_unknown_model_is_not_found(provider: HuggingFaceProvider) -> None:
     with pytest.raises(NotFound, match="does not exist"):
-        await provider.classify("nobody/nothing", TEXT, LABELS)
+        await provider.classify_scores("nobody/nothing", TEXT, LABELS)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -172,8 +174,8 @@ async def _call(provider: HuggingFaceProvider, operation: str, model: str) -> ob
     if operation == "chat":
         return await provider.chat(model, HELLO, ChatOptions())
     if operation == "embed":
-        return await provider.embed(model, ["hello"])
-    return await provider.classify(model, TEXT, LABELS)
+        return await provider.embed_vectors(model, ["hello"])
+    return await provider.classify_scores(model, TEXT, LABELS)
 
 
 OPERATIONS = ["chat_stream", "chat", "embed", "classify"]
@@ -215,7 +217,7 @@ async def test_missing_key_is_unauthenticated(upstream: Upstream) -> None:
     p = HuggingFaceProvider(name="hf", settings=settings, http=HttpSettings())
     try:
         with pytest.raises(Unauthenticated):
-            await p.embed("sentence-transformers/all-MiniLM-L6-v2", ["x"])
+            await p.embed_vectors("sentence-transformers/all-MiniLM-L6-v2", ["x"])
         assert "Authorization" not in upstream.requests[0].headers
     finally:
         await p.aclose()
@@ -227,7 +229,7 @@ async def test_nothing_listening_is_unavailable() -> None:
     p = make_provider(base)
     try:
         with pytest.raises(Unavailable, match="cannot connect"):
-            await p.classify("zs-new", TEXT, LABELS)
+            await p.classify_scores("zs-new", TEXT, LABELS)
     finally:
         await p.aclose()
 

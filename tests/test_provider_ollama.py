@@ -35,7 +35,7 @@ from ratatoskr_client.types import (
     UsageEvent,
 )
 from ratatoskr_server.config import HttpSettings, ProviderSettings
-from ratatoskr_server.providers.base import Capability
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.ollama import OllamaProvider
 from tests.upstreams import ollama_double
 from tests.upstreams.harness import Upstream, serve
@@ -260,7 +260,7 @@ async def test_generate_unary_and_stream(provider: OllamaProvider, upstream: Ups
 
 
 async def test_embed(provider: OllamaProvider, upstream: Upstream) -> None:
-    vectors = await provider.embed("nomic-embed-text", ["alpha", "beta gamma"])
+    vectors = await provider.embed_vectors("nomic-embed-text", ["alpha", "beta gamma"])
     assert vectors == [ollama_double.vector("alpha"), ollama_double.vector("beta gamma")]
     assert last_body(upstream, "/api/embed") == {"model": "nomic-embed-text", "input": ["alpha", "beta gamma"]}
 
@@ -292,7 +292,7 @@ async def test_unknown_model_says_how_to_pull_it(provider: OllamaProvider, upstr
     for call in (
         lambda: provider.chat("missing", HELLO, ChatOptions()),
         lambda: collect(provider.chat_stream("missing", HELLO, ChatOptions())),
-        lambda: provider.embed("missing", ["x"]),
+        lambda: provider.embed_vectors("missing", ["x"]),
     ):
         with pytest.raises(NotFound) as caught:
             await call()

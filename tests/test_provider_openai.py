@@ -232,7 +232,7 @@ async def test_generate_embed_and_models(provider: OpenAICompatProvider) -> None
     events = await _collect(provider.generate_stream("gpt-test", "Tell me a story", ChatOptions()))
     assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == "Once upon a time"
     assert events[-1] == Done(finish_reason="length")
-    vectors = await provider.embed("emb", ["a", "bbb"])
+    vectors = await provider.embed_vectors("emb", ["a", "bbb"])
     assert vectors == [[1.0, 0.5, -0.25], [3.0, 0.5, -0.25]]  # by index, not by arrival
     assert await provider.list_models() == ["gpt-test", "tools"]
 

@@ -9,7 +9,7 @@ import pytest
 from ratatoskr_client import FailedPrecondition
 from ratatoskr_client.types import ChatOptions
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from tests.upstreams import huggingface_double, openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -29,7 +29,7 @@ def oa() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-async def gw(hf: Upstream, oa: Upstream) -> AsyncIterator[Gateway]:
+async def gw(hf: Upstream, oa: Upstream) -> AsyncIterator[EmbeddedGateway]:
     settings = load_settings(
         local={"preload": [], "auto_import_default": False},
         providers={
@@ -37,12 +37,12 @@ async def gw(hf: Upstream, oa: Upstream) -> AsyncIterator[Gateway]:
             "openai": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1"},
         },
     )
-    gateway = Gateway(settings)
+    gateway = EmbeddedGateway(settings)
     yield gateway
     await gateway.close()
 
 
-async def test_remote_zero_shot_and_embeddings(gw: Gateway, hf: Upstream) -> None:
+async def test_remote_zero_shot_and_embeddings(gw: EmbeddedGateway, hf: Upstream) -> None:
     labels = ["sports", "cooking", "finance"]
     result = await gw.classify("The striker scored twice", labels, model="hf/zs-new", multi_label=True)
     assert result.model == "hf/zs-new" and result.strategy == "nli"
@@ -57,7 +57,7 @@ async def test_remote_zero_shot_and_embeddings(gw: Gateway, hf: Upstream) -> Non
     assert openai_vectors.vectors == [[1.0, 0.5, -0.25], [3.0, 0.5, -0.25]]
 
 
-async def test_capabilities_are_checked_before_dispatch(gw: Gateway) -> None:
+async def test_capabilities_are_checked_before_dispatch(gw: EmbeddedGateway) -> None:
     with pytest.raises(FailedPrecondition, match="does not offer classify"):
         await gw.classify("text", ["a", "b"], model="openai/gpt-test")
     with pytest.raises(FailedPrecondition, match="does not offer generate"):

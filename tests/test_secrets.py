@@ -14,7 +14,7 @@ import pytest
 from ratatoskr_client import Unavailable
 from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.telemetry.logs import JsonFormatter, Redactor, TextFormatter
 from tests.conftest import REPO, clean_env, short_dir, toml_text
 
@@ -54,7 +54,7 @@ def test_config_check_masks_every_kind_of_secret(model_root: Path) -> None:
 
 
 async def test_errors_to_callers_carry_no_url_credentials() -> None:
-    gw = Gateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=PROVIDERS))
+    gw = EmbeddedGateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=PROVIDERS))
     try:
         with pytest.raises(Unavailable) as info:
             await gw.chat([Message("user", "hi")], ChatOptions(model="corp/m"))

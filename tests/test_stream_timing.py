@@ -9,7 +9,7 @@ import pytest
 from ratatoskr_client import DeadlineExceeded
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
 from ratatoskr_server.config import load_settings
-from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.embedded import EmbeddedGateway
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -23,14 +23,14 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-async def gw(upstream: Upstream) -> AsyncIterator[Gateway]:
+async def gw(upstream: Upstream) -> AsyncIterator[EmbeddedGateway]:
     providers = {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "local": True}}
-    gateway = Gateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=providers))
+    gateway = EmbeddedGateway(load_settings(local={"preload": [], "auto_import_default": False}, providers=providers))
     yield gateway
     await gateway.close()
 
 
-async def test_done_is_not_held_back_by_reading_past_the_end(gw: Gateway, upstream: Upstream) -> None:
+async def test_done_is_not_held_back_by_reading_past_the_end(gw: EmbeddedGateway, upstream: Upstream) -> None:
     upstream.state["paused"] = False
     paused_at_done: list[bool] = []
     async for event in gw.chat_stream(HELLO, ChatOptions(model="up/linger")):
@@ -39,7 +39,7 @@ async def test_done_is_not_held_back_by_reading_past_the_end(gw: Gateway, upstre
     assert paused_at_done == [True]  # Done reached us while the server still held the body open
 
 
-async def test_the_deadline_cuts_a_silent_upstream_mid_stream(gw: Gateway, upstream: Upstream) -> None:
+async def test_the_deadline_cuts_a_silent_upstream_mid_stream(gw: EmbeddedGateway, upstream: Upstream) -> None:
     upstream.state["paused"] = False
     received: list[str] = []
     with pytest.raises(DeadlineExceeded, match=r"the stream ran past 0\.5s"):

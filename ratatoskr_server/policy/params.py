@@ -17,14 +17,18 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import fields, replace
 from typing import Any
 
 from ratatoskr_client.errors import InvalidArgument
-from ratatoskr_client.types import ChatOptions, ParameterAvailability
+from ratatoskr_client.types import ChatEvent, ChatOptions, ParameterAvailability
 from ratatoskr_server.config import Settings
+from ratatoskr_server.context import RequestContext
+from ratatoskr_server.pipeline.call import Call, Result
+from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
+from ratatoskr_server.registry import ModelRegistry, ParameterSpec
 from ratatoskr_server.registry.models import KNOWN_PARAMETERS
 
 log = logging.getLogger(__name__)
@@ -38,9 +42,6 @@ MAX_REMEMBERED_REJECTIONS = 4096
 _RESERVED = frozenset({"model", "messages", "prompt", "system", "stream", "stream_options", "input"})
 #: Typed parameters a raw option may carry instead, moved into ChatOptions so they are checked alike.
 _LIFTABLE = _NUMERIC | {"stop", "max_completion_tokens"}
-
-#: Parameters the current request had dropped; the RPC edge reports them in trailing metadata.
-dropped_parameters: ContextVar[list[str] | None] = ContextVar("dropped_parameters", default=None)
 
 
 def parameters_set(options: ChatOptions) -> list[str]:
@@ -154,8 +155,9 @@ class ParameterGuard:
         model: str,
         supported: frozenset[str],
         known: Mapping[str, ParameterAvailability],
-    ) -> ChatOptions:
-        """``options`` fit for dispatch: unsupported parameters handled by the policy, ranges enforced."""
+    ) -> tuple[ChatOptions, list[str]]:
+        """``options`` fit for dispatch (unsupported parameters handled by the policy, ranges enforced),
+        and the parameters it dropped, for the caller's notes."""
         options = lift_raw_options(options)
         table = self.availability(provider, model, supported, known)
         policy = self.policy_for(provider)
@@ -176,7 +178,7 @@ class ParameterGuard:
                         f"allowed {allowed}"
                     )
         if not unsupported or policy == "ignore":
-            return options
+            return options, []
         if policy == "error":
             raise InvalidArgument(
                 f"parameter{'s' if len(unsupported) > 1 else ''} {', '.join(unsupported)} not supported by model "
@@ -186,10 +188,7 @@ class ParameterGuard:
             "dropped unsupported parameters",
             extra={"provider": provider, "model": model, "parameters": unsupported},
         )
-        dropped = dropped_parameters.get()
-        if dropped is not None:
-            dropped.extend(unsupported)
-        return _cleared(options, unsupported)
+        return _cleared(options, unsupported), unsupported
 
     def remember_rejection(self, provider: str, model: str, message: str, sent: ChatOptions) -> list[str]:
         """Parameters an upstream refused by name; they count as unsupported for a while."""
@@ -210,3 +209,53 @@ class ParameterGuard:
                 "remembering rejected parameters", extra={"provider": provider, "model": model, "parameters": named}
             )
         return named
+
+
+def availability_of(spec: ParameterSpec) -> ParameterAvailability:
+    return ParameterAvailability(spec.availability, spec.min, spec.max, spec.default, spec.value or "")
+
+
+class ParamsStage(Stage):
+    """The parameter check on the candidate a call goes to; upstream refusals are remembered.
+
+    It runs per target (after the plan), because what a parameter means depends on where it goes.
+    """
+
+    def __init__(self, guard: ParameterGuard, registry: ModelRegistry) -> None:
+        self.guard = guard
+        self.registry = registry
+
+    def checked(self, call: Call, ctx: RequestContext) -> Call:
+        if call.options is None or call.target is None:
+            return call
+        provider, model = call.target.provider, call.target.model
+        record = self.registry.lookup(provider.name, model)
+        known = {name: availability_of(spec) for name, spec in record.parameters.items()} if record else {}
+        options, dropped = self.guard.check(
+            call.options, provider=provider.name, model=model, supported=provider.supported_parameters, known=known
+        )
+        ctx.note_dropped(dropped)
+        return call.but(options=options)
+
+    def _learn(self, call: Call, err: InvalidArgument) -> None:
+        if call.options is not None and call.target is not None:
+            self.guard.remember_rejection(call.target.provider.name, call.target.model, err.message, call.options)
+
+    async def unary(self, call: Call, ctx: RequestContext, next: Next) -> Result:
+        call = self.checked(call, ctx)
+        try:
+            return await next(call, ctx)
+        except InvalidArgument as err:
+            self._learn(call, err)
+            raise
+
+    async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+        call = self.checked(call, ctx)
+        events = next(call, ctx)
+        try:
+            async with aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield event
+        except InvalidArgument as err:
+            self._learn(call, err)
+            raise

@@ -49,7 +49,8 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider, drained
+from ratatoskr_server.providers.base import HttpProvider, drained
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -268,7 +269,7 @@ class _StreamState:
         return out
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HttpProvider):
     kind = "anthropic"
     capabilities = frozenset({Capability.CHAT})
     supported_parameters = frozenset(

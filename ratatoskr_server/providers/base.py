@@ -1,4 +1,4 @@
-"""The interface every provider adapter implements.
+"""The base every HTTP provider adapter builds on.
 
 A provider turns domain calls into one upstream's wire format and back:
 requests, SSE/NDJSON streams, error bodies.  It declares what it can do and
@@ -16,15 +16,16 @@ import asyncio
 import contextlib
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Sequence
-from enum import StrEnum
 from typing import ClassVar, TypeVar
 
 import httpx
+import numpy as np
 
-from ratatoskr_client.errors import Unimplemented
-from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, GenerateResult, Message
+from ratatoskr_client.errors import Unavailable, Unimplemented
+from ratatoskr_client.types import EmbedResult, Timing
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.net.http import build_client
+from ratatoskr_server.providers.capabilities import Capability
 
 #: After a stream's end marker, how long to keep reading for the rest of the body. Reading it to
 #: its end returns the connection to the pool (no new TCP/TLS handshake for the next stream);
@@ -47,15 +48,13 @@ async def drained(items: AsyncIterator[T], done: Callable[[], bool]) -> AsyncIte
             return
 
 
-class Capability(StrEnum):
-    CHAT = "chat"
-    GENERATE = "generate"
-    EMBED = "embed"
-    NLI = "nli"
-    CLASSIFY = "classify"
+class HttpProvider(ABC):
+    """What every HTTP adapter shares: its settings, its client, its secrets, its model list.
 
+    Capabilities come from the protocols in ``providers/capabilities.py``: an adapter defines the
+    methods of each capability it declares and nothing else.
+    """
 
-class Provider(ABC):
     kind: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]]
     #: ChatOptions fields this wire format carries.
@@ -88,36 +87,33 @@ class Provider(ABC):
     def _unsupported(self, what: str) -> Unimplemented:
         return Unimplemented(f"provider '{self.name}' ({self.kind}) does not offer {what}")
 
-    async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
-        raise self._unsupported("chat")
-
-    def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        raise self._unsupported("streaming chat")
-
-    async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult:
-        raise self._unsupported("raw-prompt generation")
-
-    def generate_stream(self, model: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        raise self._unsupported("streaming raw-prompt generation")
-
-    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
-        raise self._unsupported("embeddings")
-
-    async def classify(
-        self,
-        model: str,
-        text: str,
-        labels: Sequence[str],
-        *,
-        multi_label: bool = False,
-        hypothesis_template: str = "",
-    ) -> list[tuple[str, float]]:
-        """Zero-shot scores per label, highest first."""
-        raise self._unsupported("zero-shot classification")
-
     async def list_models(self) -> list[str]:
         """Model names the upstream offers (configured ``models`` when it cannot say)."""
         return list(self.settings.models)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+async def embed_result(provider: str, model: str, inputs: Sequence[str], vectors: list[list[float]]) -> EmbedResult:
+    """An upstream's vectors as a result: one per input or a failure, with the norm checked off the loop.
+
+    Vectors are matched to inputs by position, so a short or long answer would pair the wrong ones.
+    """
+    if len(vectors) != len(inputs):
+        raise Unavailable(f"{provider}: answered {len(vectors)} embeddings for {len(inputs)} inputs")
+
+    def unit_norm() -> bool:  # numpy, off the loop: a 2048 x 1536 answer is 3 million floats
+        matrix = np.asarray(vectors, dtype=np.float64)
+        return bool(matrix.size == 0 or np.all(np.abs(np.linalg.norm(matrix, axis=1) - 1.0) < 1e-3))
+
+    normalized = await asyncio.to_thread(unit_norm)
+    return EmbedResult(
+        vectors=vectors,
+        tokens=[0] * len(vectors),  # the upstream does not say per input
+        truncated=[False] * len(vectors),
+        dimension=len(vectors[0]) if vectors else 0,
+        model=model,
+        normalized=normalized,
+        timing=Timing(),
+    )

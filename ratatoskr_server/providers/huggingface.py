@@ -36,9 +36,10 @@ from urllib.parse import quote
 import httpx
 
 from ratatoskr_client.errors import InvalidArgument, RatatoskrError, Unavailable
-from ratatoskr_client.types import ChatEvent, ChatOptions, GenerateResult
+from ratatoskr_client.types import ChatEvent, ChatOptions, ClassifyResult, EmbedResult, GenerateResult, LabelScore
 from ratatoskr_server.config import HttpSettings, ProviderSettings
-from ratatoskr_server.providers.base import Capability
+from ratatoskr_server.providers.base import embed_result
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
 from ratatoskr_server.redact import scrub
@@ -142,7 +143,13 @@ class HuggingFaceProvider(OpenAICompatProvider):
     def generate_stream(self, model: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
         raise self._unsupported("streaming raw-prompt generation")
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True, deadline: float | None = None
+    ) -> EmbedResult:
+        """The upstream truncates (or refuses) by its own rules; ``deadline`` is the caller's to enforce."""
+        return await embed_result(self.name, f"{self.name}/{model}", inputs, await self.embed_vectors(model, inputs))
+
+    async def embed_vectors(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
         """One vector per input from the feature-extraction pipeline.
 
         Sentence-embedding models answer one vector per input.  Models without a
@@ -167,6 +174,25 @@ class HuggingFaceProvider(OpenAICompatProvider):
         return [v for v in vectors if v is not None]
 
     async def classify(
+        self,
+        model: str,
+        text: str,
+        labels: Sequence[str],
+        *,
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        deadline: float | None = None,
+    ) -> ClassifyResult:
+        scores = await self.classify_scores(
+            model, text, labels, multi_label=multi_label, hypothesis_template=hypothesis_template
+        )
+        return ClassifyResult(
+            scores=[LabelScore(label, score) for label, score in scores],
+            model=f"{self.name}/{model}",
+            strategy="nli",  # the remote zero-shot pipelines are NLI-based
+        )
+
+    async def classify_scores(
         self,
         model: str,
         text: str,

@@ -34,6 +34,7 @@ from ratatoskr_client.types import (
     ChatResult,
     ContentDelta,
     Done,
+    EmbedResult,
     GenerateResult,
     Message,
     ReasoningDelta,
@@ -45,7 +46,8 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider, drained
+from ratatoskr_server.providers.base import HttpProvider, drained, embed_result
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import (
     error_from_exception,
     error_from_status,
@@ -203,7 +205,7 @@ def _finish_reason(final: dict[str, Any], called_tools: bool) -> str:
     return str(final.get("done_reason") or "stop")
 
 
-class OllamaProvider(Provider):
+class OllamaProvider(HttpProvider):
     kind = "ollama"
     capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
     supported_parameters = frozenset(
@@ -319,7 +321,13 @@ class OllamaProvider(Provider):
         body = self._body(model, options, tools=False, prompt=prompt, stream=True)
         return self._stream("/api/generate", model, body, bool(options.reasoning and options.reasoning.exclude))
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True, deadline: float | None = None
+    ) -> EmbedResult:
+        """The upstream truncates (or refuses) by its own rules; ``deadline`` is the caller's to enforce."""
+        return await embed_result(self.name, f"{self.name}/{model}", inputs, await self.embed_vectors(model, inputs))
+
+    async def embed_vectors(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
         data = await self._post("/api/embed", model, {"model": model, "input": list(inputs)})
         rows = data.get("embeddings") or []
         if len(rows) != len(inputs):

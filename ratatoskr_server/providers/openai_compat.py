@@ -31,6 +31,7 @@ from ratatoskr_client.types import (
     ChatResult,
     ContentDelta,
     Done,
+    EmbedResult,
     GenerateResult,
     Message,
     ReasoningDelta,
@@ -41,7 +42,8 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import Capability, Provider, drained
+from ratatoskr_server.providers.base import HttpProvider, drained, embed_result
+from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 
 
@@ -167,7 +169,7 @@ class _StreamState:
         return out
 
 
-class OpenAICompatProvider(Provider):
+class OpenAICompatProvider(HttpProvider):
     kind = "openai_compat"
     capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
     supported_parameters = frozenset(
@@ -296,7 +298,13 @@ class OpenAICompatProvider(Provider):
         body = self._body(model, options, prompt=prompt, stream=True, stream_options={"include_usage": True})
         return self._stream("/completions", model, body, True)
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True, deadline: float | None = None
+    ) -> EmbedResult:
+        """The upstream truncates (or refuses) by its own rules; ``deadline`` is the caller's to enforce."""
+        return await embed_result(self.name, f"{self.name}/{model}", inputs, await self.embed_vectors(model, inputs))
+
+    async def embed_vectors(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
         body: dict[str, Any] = {"input": list(inputs)}
         if "{model}" not in self.settings.base_url:
             body["model"] = model

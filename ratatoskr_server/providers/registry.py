@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.providers.anthropic import AnthropicProvider
-from ratatoskr_server.providers.base import Provider
+from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.huggingface import HuggingFaceProvider
 from ratatoskr_server.providers.ollama import OllamaProvider
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
 
-ADAPTERS: dict[str, type[Provider]] = {
+ADAPTERS: dict[str, type[HttpProvider]] = {
     "openai_compat": OpenAICompatProvider,
     "anthropic": AnthropicProvider,
     "ollama": OllamaProvider,
@@ -17,5 +17,5 @@ ADAPTERS: dict[str, type[Provider]] = {
 }
 
 
-def build_provider(name: str, settings: ProviderSettings, http: HttpSettings) -> Provider:
+def build_provider(name: str, settings: ProviderSettings, http: HttpSettings) -> HttpProvider:
     return ADAPTERS[settings.kind](name, settings, http)

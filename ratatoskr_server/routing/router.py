@@ -1,34 +1,71 @@
-"""Model names to providers: ``provider/model`` prefixes and configured aliases.
+"""Model names to a plan of candidates: ``provider/model`` prefixes, aliases, the local pool.
 
-``openrouter/anthropic/claude-3.5-sonnet`` goes to the provider entry named
-``openrouter`` with model ``anthropic/claude-3.5-sonnet``; an alias maps a
-short name to such a string.  ``local/NAME`` is the in-process ONNX pool,
-which serves embeddings, NLI and classification but not chat.
+``openrouter/anthropic/claude-3.5-sonnet`` goes to the provider entry named ``openrouter`` with
+model ``anthropic/claude-3.5-sonnet``; an alias maps a short name to such a string or to a local
+model.  Any other name (``local/NAME`` or a bare name) is the in-process ONNX pool, itself a
+provider, which serves embeddings, NLI and classification but not chat.  Aliases resolve the same
+way for every task.
+
+A router owns the HTTP providers built from one configuration.  A reload builds a new one and
+retires the old: calls that hold a lease finish on it, and the last one out closes its
+connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 from ratatoskr_client.errors import FailedPrecondition, InvalidArgument, NotFound, RatatoskrError
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.pool import LOCAL_PREFIX
-from ratatoskr_server.providers.base import Capability, Provider
+from ratatoskr_server.pipeline.call import Candidate
+from ratatoskr_server.providers.base import HttpProvider
+from ratatoskr_server.providers.capabilities import Capability, Provider
 from ratatoskr_server.providers.registry import build_provider
 
 log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, local: Provider | None = None) -> None:
         self.aliases: Mapping[str, str] = dict(settings.aliases)
-        self.providers: dict[str, Provider] = {
+        self.local = local
+        self.providers: dict[str, HttpProvider] = {
             name: build_provider(name, entry, settings.http)
             for name, entry in settings.providers.items()
             if entry.enabled
         }
+        self._leases = 0
+        self._retired = False
+        self._closed: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Router]:
+        """Hold this router's connections open for one call, even if a reload retires it meanwhile."""
+        self._leases += 1
+        try:
+            yield self
+        finally:
+            self._leases -= 1
+            if self._retired and self._leases == 0:
+                self._close_soon()
+
+    def retire(self) -> None:
+        """No new calls come here; close the connections once the last leased call ends."""
+        self._retired = True
+        if self._leases == 0:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_task(self.aclose())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None and self._closed.done()
 
     def target(self, model: str) -> str:
         """What ``model`` names once its alias (if it is one) is resolved: local and remote names alike."""
@@ -42,27 +79,31 @@ class Router:
             return prefix, rest
         return None
 
-    def resolve(self, model: str, capability: Capability) -> tuple[Provider, str]:
+    def plan(self, model: str, capability: Capability) -> tuple[Candidate, ...]:
+        """Where a call for ``model`` may go, in order of preference (one candidate until fallback
+        chains are configured)."""
         if not model:
             raise InvalidArgument(
                 f"no model given: name one as provider/model (providers: {self._names()}) or an alias"
             )
         found = self.split(model)
-        if found is None:
-            target = self.target(model)
-            if target.startswith(LOCAL_PREFIX):
-                raise FailedPrecondition(
-                    f"'{model}' is a local ONNX model; they serve embed, nli and classify, not {capability.value}"
-                )
-            raise NotFound(
-                f"model '{model}' names no configured provider; use provider/model with one of: {self._names()}"
-                + (f", or an alias: {', '.join(sorted(self.aliases))}" if self.aliases else "")
+        if found is not None:
+            name, upstream_model = found
+            provider = self.providers[name]
+            if capability not in provider.capabilities:
+                raise FailedPrecondition(f"provider '{name}' ({provider.kind}) does not offer {capability.value}")
+            return (Candidate(provider, upstream_model),)
+        target = self.target(model)
+        if self.local is not None and capability in self.local.capabilities:
+            return (Candidate(self.local, target),)
+        if target.startswith(LOCAL_PREFIX):
+            raise FailedPrecondition(
+                f"'{model}' is a local ONNX model; they serve embed, nli and classify, not {capability.value}"
             )
-        name, upstream_model = found
-        provider = self.providers[name]
-        if capability not in provider.capabilities:
-            raise FailedPrecondition(f"provider '{name}' ({provider.kind}) does not offer {capability.value}")
-        return provider, upstream_model
+        raise NotFound(
+            f"model '{model}' names no configured provider; use provider/model with one of: {self._names()}"
+            + (f", or an alias: {', '.join(sorted(self.aliases))}" if self.aliases else "")
+        )
 
     def _names(self) -> str:
         return ", ".join(sorted(self.providers)) or "none configured"
@@ -70,7 +111,7 @@ class Router:
     async def list_models(self, timeout: float = 5.0) -> dict[str, list[str] | RatatoskrError]:
         """Each provider's models, or the error that kept it from answering (one bad upstream hides nothing)."""
 
-        async def one(provider: Provider) -> list[str] | RatatoskrError:
+        async def one(provider: HttpProvider) -> list[str] | RatatoskrError:
             try:
                 async with asyncio.timeout(timeout):
                     return await provider.list_models()

@@ -1,0 +1,113 @@
+"""``RequestContext``: one request as every layer below the fronts sees it.
+
+Each way in (the gRPC front, the embedded gateway, later the HTTP front) makes one at arrival: the
+request id, an absolute deadline, who is calling, and the notes the stages leave on the way.  An
+absolute deadline instead of a ``timeout`` float per hop means a retry, a fallback or a queue wait
+spends the same budget rather than restarting it; notes travel with the request instead of through
+a context variable, so a stage and the front that reports them need not share a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ratatoskr_client.errors import DeadlineExceeded
+from ratatoskr_client.types import Notes
+
+Clock = Callable[[], float]
+
+#: Request ids: a random per-process prefix and a counter, unique without a syscall per call.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ids = itertools.count(1)
+#: Longest request id taken from a caller; longer ones are replaced by a fresh id.
+MAX_REQUEST_ID_CHARS = 128
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+def accepted_request_id(given: str | None) -> str:
+    """The caller's id when it is a sane one (non-empty, short, printable), else a fresh one."""
+    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isprintable():
+        return given
+    return new_request_id()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    #: When the caller stops waiting, on ``clock``; None means no deadline of its own.
+    deadline: float | None = None
+    #: Who is calling (a caller key's name once auth exists; "" for the local socket).
+    caller: str = ""
+    #: The strictest privacy tier this request may reach; "" until privacy tiers are configured.
+    privacy_tier: str = ""
+    #: The tracing span of this request, when tracing is on.
+    span: object | None = None
+    clock: Clock = time.monotonic
+    #: ``time.perf_counter()`` at arrival: every Timing's total is measured from here.
+    arrived: float = field(default_factory=time.perf_counter)
+    _dropped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        caller: str = "",
+        clock: Clock = time.monotonic,
+    ) -> RequestContext:
+        """A context for a request arriving now with ``timeout`` seconds to live (0 is already due)."""
+        deadline = None if timeout is None else clock() + max(timeout, 0.0)
+        return cls(request_id=accepted_request_id(request_id), deadline=deadline, caller=caller, clock=clock)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without one."""
+        return None if self.deadline is None else max(self.deadline - self.clock(), 0.0)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.arrived) * 1000
+
+    # -- notes -------------------------------------------------------------------------------------
+    def note_dropped(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self._dropped:
+                self._dropped.append(name)
+
+    @property
+    def notes(self) -> Notes:
+        return Notes(dropped_parameters=list(self._dropped))
+
+    # -- deadlines ---------------------------------------------------------------------------------
+    def budget(self, cap: float | None = None) -> float | None:
+        """Seconds this request may still spend on one step bounded by ``cap`` (e.g. an HTTP total)."""
+        left = self.remaining()
+        if cap is None:
+            return left
+        return cap if left is None else min(left, cap)
+
+    @asynccontextmanager
+    async def bounded(self, failure: str, cap: float | None = None) -> AsyncIterator[None]:
+        """Run the body until the deadline (or ``cap`` seconds, whichever is sooner).
+
+        ``failure`` is the sentence a caller reads when time runs out, e.g. "no answer within {s}s";
+        ``{s}`` becomes the budget that applied (a plain substitution: the sentence may quote a
+        caller's model name, braces and all).
+        """
+        budget = self.budget(cap)
+        if budget is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(budget):
+                yield
+        except TimeoutError:
+            raise DeadlineExceeded(failure.replace("{s}", f"{budget:.3g}")) from None

@@ -1,0 +1,109 @@
+"""What every request goes through, whichever way it came in: in-flight limit, metrics, one log line.
+
+The gRPC front and the embedded gateway both wrap each call in ``Edge.admit``, so a limit, a
+metric or a log field added here reaches every way in at once.  It speaks domain errors only:
+a known failure leaves as the ``RatatoskrError`` it is; anything unexpected is logged with its
+traceback and leaves as ``Internal`` naming the request id, so no caller ever sees a traceback.
+Each front maps the error's ``code`` to its wire (gRPC status, HTTP status) in its own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import TypeVar
+
+from ratatoskr_client.errors import Internal, RatatoskrError, ResourceExhausted
+from ratatoskr_server.context import RequestContext
+from ratatoskr_server.telemetry.metrics import Metrics
+
+log = logging.getLogger("ratatoskr.request")
+
+T = TypeVar("T")
+
+#: Longest status message sent: messages quote what the caller sent (a model name, a template), and a
+#: status detail beyond the client's metadata limit (8 KiB by default) reaches it as a different error.
+MAX_MESSAGE_CHARS = 2000
+#: Longest caller-chosen value written into a log line.
+MAX_LOGGED_CHARS = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+class Edge:
+    def __init__(self, metrics: Metrics, max_in_flight: int) -> None:
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    @asynccontextmanager
+    async def admit(
+        self, rpc: str, ctx: RequestContext, *, model: str = "", limited: bool = True
+    ) -> AsyncIterator[None]:
+        """Run one request's body under the limits; ``limited`` calls count against ``max_in_flight``.
+
+        The log line and metrics are written once the body ends, however it ends.
+        """
+        started = time.perf_counter()
+        code = "OK"
+        counted = False
+        try:
+            if limited:
+                if self.in_flight >= self.max_in_flight:
+                    raise ResourceExhausted(
+                        f"at the limit of {self.max_in_flight} requests in flight (server.max_in_flight); "
+                        "retry shortly",
+                        retry_after_s=1,
+                    )
+                self.in_flight += 1
+                counted = True
+                self.metrics.in_flight.inc()
+            yield
+        except RatatoskrError as err:
+            code = err.code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "DEADLINE_EXCEEDED" if ctx.remaining() == 0 else "CANCELLED"
+            raise
+        except Exception as err:
+            code = "INTERNAL"
+            log.exception("unhandled error", extra={"request_id": ctx.request_id, "rpc": rpc})
+            raise Internal(f"internal error (request id {ctx.request_id}); the gateway's log has details") from err
+        finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(rpc=rpc, code=code).inc()
+            self.metrics.latency.labels(rpc=rpc).observe(elapsed)
+            extra: dict[str, object] = {
+                "request_id": ctx.request_id,
+                "rpc": rpc,
+                "model": clip(model, MAX_LOGGED_CHARS),
+                "status": code,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            dropped = ctx.notes.dropped_parameters
+            if dropped:
+                extra["dropped_parameters"] = ",".join(dropped)
+            log.info("request", extra=extra)
+
+    async def stream(
+        self, rpc: str, ctx: RequestContext, events: AsyncIterator[T], *, model: str = ""
+    ) -> AsyncIterator[T]:
+        """Relay a stream under the limits; a failure after the first event still fails the request.
+
+        Nothing is buffered: each event is pulled only after the consumer took the previous one, so a
+        slow consumer slows the upstream read, and closing this generator closes the source at once.
+        """
+        async with self.admit(rpc, ctx, model=model), aclosing(events):  # type: ignore[type-var]
+            async for item in events:
+                yield item

@@ -1,0 +1,1 @@
+"""The ways into the gateway: each converts its wire format to domain calls and back."""

@@ -1,0 +1,1 @@
+"""The gRPC front: protobuf conversion, the status table, abort; no decisions."""

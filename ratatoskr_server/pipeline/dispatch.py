@@ -1,0 +1,179 @@
+"""The end of the chain: the call goes to its target provider, bounded by the request's deadline.
+
+Here and nowhere else a task meets a capability method, and the answer is stamped with who
+answered and where the time went.  HTTP providers are also bounded by ``http.total_timeout_s``;
+the local provider takes the deadline itself (its queue drops work nobody waits for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
+
+from ratatoskr_client.errors import DeadlineExceeded, FailedPrecondition
+from ratatoskr_client.types import ChatEvent, Done, Timing, Usage, UsageEvent
+from ratatoskr_server.context import RequestContext
+from ratatoskr_server.pipeline.call import (
+    Call,
+    Candidate,
+    ChatInput,
+    ClassifyInput,
+    EmbedInput,
+    GenerateInput,
+    NliInput,
+    Result,
+)
+from ratatoskr_server.providers.capabilities import (
+    ChatProvider,
+    ClassifyProvider,
+    EmbedProvider,
+    GenerateProvider,
+    NliProvider,
+)
+from ratatoskr_server.providers.local import LocalProvider
+
+_NO_ANSWER = "no answer within {s}s (the call's deadline or http.total_timeout_s)"
+
+
+def _target(call: Call) -> Candidate:
+    if call.target is None:
+        raise AssertionError("a call reached dispatch without a target: the plan stage is missing")
+    return call.target
+
+
+def _refused(candidate: Candidate, what: str) -> FailedPrecondition:
+    provider = candidate.provider
+    return FailedPrecondition(f"provider '{provider.name}' ({provider.kind}) does not offer {what}")
+
+
+class Dispatch:
+    def __init__(self, total_timeout_s: float) -> None:
+        self.total_timeout_s = total_timeout_s
+
+    def _cap(self, candidate: Candidate) -> float | None:
+        return None if isinstance(candidate.provider, LocalProvider) else self.total_timeout_s
+
+    async def unary(self, call: Call, ctx: RequestContext) -> Result:
+        target = _target(call)
+        provider, model, payload = target.provider, target.model, call.payload
+        started = time.perf_counter()
+        async with ctx.bounded(_NO_ANSWER, self._cap(target)):
+            if isinstance(payload, EmbedInput):
+                if not isinstance(provider, EmbedProvider):
+                    raise _refused(target, "embeddings")
+                embedded = await provider.embed(model, payload.inputs, truncate=payload.truncate, deadline=ctx.deadline)
+                if isinstance(provider, LocalProvider):
+                    return embedded
+                return replace(embedded, timing=_elapsed(started))
+            if isinstance(payload, NliInput):
+                if not isinstance(provider, NliProvider):
+                    raise _refused(target, "NLI")
+                return await provider.nli(model, payload.pairs, truncate=payload.truncate, deadline=ctx.deadline)
+            if isinstance(payload, ClassifyInput):
+                if not isinstance(provider, ClassifyProvider):
+                    raise _refused(target, "zero-shot classification")
+                classified = await provider.classify(
+                    model,
+                    payload.text,
+                    payload.labels,
+                    multi_label=payload.multi_label,
+                    hypothesis_template=payload.hypothesis_template,
+                    deadline=ctx.deadline,
+                )
+                if isinstance(provider, LocalProvider):
+                    return classified
+                return replace(classified, timing=_elapsed(started))
+            options = call.options
+            assert options is not None, "chat and generate calls carry options"
+            if isinstance(payload, ChatInput):
+                if not isinstance(provider, ChatProvider):
+                    raise _refused(target, "chat")
+                chat = await provider.chat(model, payload.messages, options)
+                return replace(
+                    chat, timing=_answer_timing(started, chat.usage), provider=provider.name, model=chat.model or model
+                )
+            if not isinstance(provider, GenerateProvider):
+                raise _refused(target, "raw-prompt generation")
+            assert isinstance(payload, GenerateInput)
+            text = await provider.generate(model, payload.prompt, options)
+            return replace(
+                text, timing=_answer_timing(started, text.usage), provider=provider.name, model=text.model or model
+            )
+
+    def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
+        target = _target(call)
+        provider, model, payload, options = target.provider, target.model, call.payload, call.options
+        assert options is not None, "streams are chat and generate calls, which carry options"
+        if isinstance(payload, ChatInput):
+            if not isinstance(provider, ChatProvider):
+                raise _refused(target, "chat")
+            source = provider.chat_stream(model, payload.messages, options)
+        else:
+            if not isinstance(provider, GenerateProvider):
+                raise _refused(target, "raw-prompt generation")
+            assert isinstance(payload, GenerateInput)
+            source = provider.generate_stream(model, payload.prompt, options)
+        return self._relay(target, source, ctx)
+
+    async def _relay(
+        self, target: Candidate, source: AsyncIterator[ChatEvent], ctx: RequestContext
+    ) -> AsyncIterator[ChatEvent]:
+        """Pass events through one by one (no buffering), stamping the last one with who answered and timing.
+
+        The deadline bounds each wait for the next event, not the time an event spends with the
+        consumer: a timer must never cancel a generator suspended in its consumer's hands.
+        """
+        arrived = time.perf_counter()
+        budget = ctx.budget(self._cap(target))
+        loop = asyncio.get_running_loop()
+        deadline = None if budget is None else loop.time() + budget
+        first: float | None = None
+        usage = Usage()
+        async with aclosing(source):  # type: ignore[type-var]
+            iterator = aiter(source)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"the stream ran past {budget:.3g}s (the call's deadline or http.total_timeout_s)"
+                    ) from None
+                now = time.perf_counter()
+                first = first or now
+                if isinstance(event, UsageEvent):
+                    usage = event.usage
+                if isinstance(event, Done):
+                    event = Done(
+                        finish_reason=event.finish_reason,
+                        timing=Timing(
+                            queue_ms=(first - arrived) * 1000,
+                            inference_ms=(now - first) * 1000,
+                            total_ms=(now - arrived) * 1000,
+                            input_tokens=usage.prompt_tokens,
+                            output_tokens=usage.completion_tokens,
+                        ),
+                        provider=target.provider.name,
+                        model=target.model,
+                    )
+                yield event
+
+
+def _elapsed(started: float) -> Timing:
+    elapsed = (time.perf_counter() - started) * 1000
+    return Timing(inference_ms=elapsed, total_ms=elapsed)
+
+
+def _answer_timing(started: float, usage: Usage) -> Timing:
+    elapsed = (time.perf_counter() - started) * 1000
+    return Timing(
+        inference_ms=elapsed,
+        total_ms=elapsed,
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+    )

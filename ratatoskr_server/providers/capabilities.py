@@ -1,0 +1,110 @@
+"""What a provider can be asked to do, as small protocols: one per capability.
+
+A provider is anything that answers model calls for the names routed to it: an HTTP adapter for
+one wire format, or the local ONNX pool (``providers/local.py``).  Each implements only the
+capabilities it declares, so the pipeline's last step calls a method that exists instead of one
+that raises; ``capabilities`` is the declaration the router plans with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from ratatoskr_client.types import (
+    ChatEvent,
+    ChatOptions,
+    ChatResult,
+    ClassifyResult,
+    EmbedResult,
+    GenerateResult,
+    Message,
+    NliResult,
+)
+
+
+class Capability(StrEnum):
+    CHAT = "chat"
+    GENERATE = "generate"
+    EMBED = "embed"
+    NLI = "nli"
+    CLASSIFY = "classify"
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What every provider is, whatever it can do."""
+
+    name: str
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    #: ChatOptions fields its wire format carries.
+    @property
+    def supported_parameters(self) -> frozenset[str]: ...
+
+    #: True when the model runs on this host or a private network (nothing to pay, nothing leaves).
+    @property
+    def local(self) -> bool: ...
+
+    #: Values that must never appear in anything it reports (keys, credentials).
+    @property
+    def secrets(self) -> list[str]: ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ChatProvider(Provider, Protocol):
+    async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult: ...
+
+    def chat_stream(
+        self, model: str, messages: Sequence[Message], options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]: ...
+
+
+@runtime_checkable
+class GenerateProvider(Provider, Protocol):
+    async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult: ...
+
+    def generate_stream(self, model: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]: ...
+
+
+@runtime_checkable
+class EmbedProvider(Provider, Protocol):
+    async def embed(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True, deadline: float | None = None
+    ) -> EmbedResult: ...
+
+
+@runtime_checkable
+class NliProvider(Provider, Protocol):
+    async def nli(
+        self,
+        model: str,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        truncate: bool = True,
+        deadline: float | None = None,
+    ) -> NliResult: ...
+
+
+@runtime_checkable
+class ClassifyProvider(Provider, Protocol):
+    async def classify(
+        self,
+        model: str,
+        text: str,
+        labels: Sequence[str],
+        *,
+        multi_label: bool = False,
+        hypothesis_template: str = "",
+        deadline: float | None = None,
+    ) -> ClassifyResult: ...
