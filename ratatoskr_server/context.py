@@ -52,6 +52,8 @@ class RequestContext:
     #: The tracing span of this request, when tracing is on.
     span: object | None = None
     clock: Clock = time.monotonic
+    #: The caller's timeout as given (seconds), for messages; ``deadline`` is what counts.
+    timeout: float | None = None
     #: ``time.perf_counter()`` at arrival: every Timing's total is measured from here.
     arrived: float = field(default_factory=time.perf_counter)
     _dropped: list[str] = field(default_factory=list)
@@ -67,7 +69,13 @@ class RequestContext:
     ) -> RequestContext:
         """A context for a request arriving now with ``timeout`` seconds to live (0 is already due)."""
         deadline = None if timeout is None else clock() + max(timeout, 0.0)
-        return cls(request_id=accepted_request_id(request_id), deadline=deadline, caller=caller, clock=clock)
+        return cls(
+            request_id=accepted_request_id(request_id),
+            deadline=deadline,
+            timeout=timeout,
+            caller=caller,
+            clock=clock,
+        )
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without one."""
@@ -94,20 +102,27 @@ class RequestContext:
             return left
         return cap if left is None else min(left, cap)
 
+    def limit(self, cap: float | None = None, cap_name: str = "") -> str:
+        """Which limit a step under ``budget(cap)`` runs into, as a caller reads it."""
+        left = self.remaining()
+        if cap is not None and (left is None or cap <= left):
+            return f"{cap_name or 'the limit'} = {cap:g}s"
+        assert self.timeout is not None
+        return f"the call's timeout of {self.timeout:g}s"
+
     @asynccontextmanager
-    async def bounded(self, failure: str, cap: float | None = None) -> AsyncIterator[None]:
+    async def bounded(self, failure: str, cap: float | None = None, cap_name: str = "") -> AsyncIterator[None]:
         """Run the body until the deadline (or ``cap`` seconds, whichever is sooner).
 
-        ``failure`` is the sentence a caller reads when time runs out, e.g. "no answer within {s}s";
-        ``{s}`` becomes the budget that applied (a plain substitution: the sentence may quote a
-        caller's model name, braces and all).
+        ``failure`` says what did not happen in time ("no answer"); the limit that ran out is added.
         """
         budget = self.budget(cap)
         if budget is None:
             yield
             return
+        limit = self.limit(cap, cap_name)
         try:
             async with asyncio.timeout(budget):
                 yield
         except TimeoutError:
-            raise DeadlineExceeded(failure.replace("{s}", f"{budget:.3g}")) from None
+            raise DeadlineExceeded(f"{failure} within {limit}") from None

@@ -10,7 +10,7 @@ from ratatoskr_client import DeadlineExceeded
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
-from tests.upstreams import openai_double
+from tests.upstreams import ollama_double, openai_double
 from tests.upstreams.harness import Upstream, serve
 
 HELLO = [Message("user", "hi")]
@@ -42,9 +42,34 @@ async def test_done_is_not_held_back_by_reading_past_the_end(gw: EmbeddedGateway
 async def test_the_deadline_cuts_a_silent_upstream_mid_stream(gw: EmbeddedGateway, upstream: Upstream) -> None:
     upstream.state["paused"] = False
     received: list[str] = []
-    with pytest.raises(DeadlineExceeded, match=r"the stream ran past 0\.5s"):
+    with pytest.raises(DeadlineExceeded, match=r"the stream did not finish within the call's timeout of 0\.5s"):
         async for event in gw.chat_stream(HELLO, ChatOptions(model="up/stall"), timeout=0.5):
             if isinstance(event, ContentDelta):
                 received.append(event.text)
     assert received == ["thinking about it"]
     assert upstream.state["paused"]  # cut during the silence, not when the next chunk finally came
+
+
+async def test_a_stream_cut_after_its_finish_reason_completes(gw: EmbeddedGateway) -> None:
+    """The finish reason arrived, then the body was cut before [DONE]: the answer is whole, not UNAVAILABLE."""
+    events = [e async for e in gw.chat_stream(HELLO, ChatOptions(model="up/finished-cut"))]
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta))
+
+
+async def test_ollama_done_is_not_held_back_either() -> None:
+    """The one stream skeleton hands out every adapter's end at once, NDJSON as well as SSE."""
+    with serve(ollama_double.routes()) as up:
+        providers = {"ol": {"kind": "ollama", "base_url": up.base_url}}
+        gateway = EmbeddedGateway(
+            load_settings(local={"preload": [], "auto_import_default": False}, providers=providers)
+        )
+        try:
+            up.state["paused"] = False
+            paused_at_done: list[bool] = []
+            async for event in gateway.chat_stream(HELLO, ChatOptions(model="ol/linger")):
+                if isinstance(event, Done):
+                    paused_at_done.append(bool(up.state["paused"]))
+            assert paused_at_done == [True]
+        finally:
+            await gateway.close()

@@ -35,7 +35,7 @@ from ratatoskr_server.providers.capabilities import (
 )
 from ratatoskr_server.providers.local import LocalProvider
 
-_NO_ANSWER = "no answer within {s}s (the call's deadline or http.total_timeout_s)"
+_TOTAL = "http.total_timeout_s"
 
 
 def _target(call: Call) -> Candidate:
@@ -60,7 +60,7 @@ class Dispatch:
         target = _target(call)
         provider, model, payload = target.provider, target.model, call.payload
         started = time.perf_counter()
-        async with ctx.bounded(_NO_ANSWER, self._cap(target)):
+        async with ctx.bounded("no answer", self._cap(target), _TOTAL):
             if isinstance(payload, EmbedInput):
                 if not isinstance(provider, EmbedProvider):
                     raise _refused(target, "embeddings")
@@ -127,7 +127,8 @@ class Dispatch:
         consumer: a timer must never cancel a generator suspended in its consumer's hands.
         """
         arrived = time.perf_counter()
-        budget = ctx.budget(self._cap(target))
+        cap = self._cap(target)
+        budget = ctx.budget(cap)
         loop = asyncio.get_running_loop()
         deadline = None if budget is None else loop.time() + budget
         first: float | None = None
@@ -141,9 +142,7 @@ class Dispatch:
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    raise DeadlineExceeded(
-                        f"the stream ran past {budget:.3g}s (the call's deadline or http.total_timeout_s)"
-                    ) from None
+                    raise DeadlineExceeded(f"the stream did not finish within {ctx.limit(cap, _TOTAL)}") from None
                 now = time.perf_counter()
                 first = first or now
                 if isinstance(event, UsageEvent):

@@ -25,14 +25,14 @@ case) may follow a 200, so only ``message_stop`` proves a complete answer.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
+from httpx_sse import EventSource, ServerSentEvent
 
-from ratatoskr_client.errors import InvalidArgument, RatatoskrError, Unavailable
+from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
     ChatEvent,
     ChatOptions,
@@ -49,9 +49,10 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import HttpProvider, drained
+from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
+from ratatoskr_server.providers.streaming import relay
 
 ANTHROPIC_VERSION = "2023-06-01"
 #: The API rejects smaller thinking budgets.
@@ -269,6 +270,42 @@ class _StreamState:
         return out
 
 
+class _AnthropicWire:
+    """Messages SSE: typed events (``content_block_delta`` …), ``error`` events, ``message_stop`` last."""
+
+    def __init__(self, provider: str, secrets: list[str], exclude: bool) -> None:
+        self.provider, self.secrets = provider, secrets
+        self.state = _StreamState(exclude)
+
+    def records(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        return EventSource(response).aiter_sse()
+
+    def events(self, sse: ServerSentEvent) -> Iterable[ChatEvent]:
+        if not sse.data.strip():
+            return ()
+        data: Any = json.loads(sse.data)
+        if not isinstance(data, dict):
+            return ()
+        kind = str(data.get("type") or sse.event)
+        if kind == "error":
+            error = data.get("error")
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            code = str(error.get("type") or "") if isinstance(error, dict) else ""
+            raise error_in_stream(self.provider, message, code, self.secrets)
+        return self.state.events(kind, data)
+
+    @property
+    def ended(self) -> bool:
+        return self.state.finished
+
+    @property
+    def complete(self) -> bool:
+        return self.state.finished
+
+    def closing(self) -> Iterable[ChatEvent]:
+        return self.state.closing()
+
+
 class AnthropicProvider(HttpProvider):
     kind = "anthropic"
     capabilities = frozenset({Capability.CHAT})
@@ -337,35 +374,19 @@ class AnthropicProvider(HttpProvider):
             reasoning="" if exclude else "".join(thinking),
         )
 
-    async def _stream(self, url: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
-        state = _StreamState(exclude)
-        try:
-            async with self.client.stream("POST", url, json=body, params=self.settings.query) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode("utf-8", "replace")
-                    raise error_from_status(self.name, response.status_code, text, response.headers, self.secrets)
-                async for sse in drained(EventSource(response).aiter_sse(), lambda: state.finished):
-                    if not sse.data.strip():
-                        continue
-                    data: Any = json.loads(sse.data)
-                    if not isinstance(data, dict):
-                        continue
-                    kind = str(data.get("type") or sse.event)
-                    if kind == "error":
-                        error = data.get("error")
-                        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-                        code = str(error.get("type") or "") if isinstance(error, dict) else ""
-                        raise error_in_stream(self.name, message, code, self.secrets)
-                    for event in state.events(kind, data):
-                        yield event
-                if not state.finished:
-                    raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
-        except RatatoskrError:
-            raise
-        except (httpx.HTTPError, SSEError, json.JSONDecodeError) as err:
-            raise error_from_exception(self.name, url, err, self.secrets) from None
-        for event in state.closing():
-            yield event
+    def _stream(self, url: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
+        return relay(
+            self.client,
+            url,
+            body,
+            self.settings.query,
+            _AnthropicWire(self.name, self.secrets, exclude),
+            status_error=lambda status, text, headers: error_from_status(
+                self.name, status, text, headers, self.secrets
+            ),
+            transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
+            provider=self.name,
+        )
 
     def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
         # The body is built here, not in the generator, so a request that cannot be sent fails at the call.

@@ -21,11 +21,12 @@ from typing import ClassVar, TypeVar
 import httpx
 import numpy as np
 
-from ratatoskr_client.errors import Unavailable, Unimplemented
+from ratatoskr_client.errors import RatatoskrError, Unavailable, Unimplemented
 from ratatoskr_client.types import EmbedResult, Timing
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.providers.capabilities import Capability
+from ratatoskr_server.providers.errors import error_from_status
 
 #: After a stream's end marker, how long to keep reading for the rest of the body. Reading it to
 #: its end returns the connection to the pool (no new TCP/TLS handshake for the next stream);
@@ -83,6 +84,10 @@ class HttpProvider(ABC):
             header = self.settings.api_key_header
             headers[header] = f"Bearer {key}" if header.lower() == "authorization" else key
         return headers
+
+    def status_error(self, status: int, text: str, headers: httpx.Headers) -> RatatoskrError:
+        """A non-2xx answer as the domain error it means (an adapter may refine it)."""
+        return error_from_status(self.name, status, text, headers, self.secrets)
 
     def _unsupported(self, what: str) -> Unimplemented:
         return Unimplemented(f"provider '{self.name}' ({self.kind}) does not offer {what}")

@@ -22,7 +22,7 @@ since a pull can be many gigabytes).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -46,7 +46,7 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import HttpProvider, drained, embed_result
+from ratatoskr_server.providers.base import HttpProvider, embed_result
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import (
     error_from_exception,
@@ -55,6 +55,7 @@ from ratatoskr_server.providers.errors import (
     json_object,
     upstream_message,
 )
+from ratatoskr_server.providers.streaming import relay
 from ratatoskr_server.redact import scrub
 
 _NS_PER_MS = 1_000_000
@@ -205,6 +206,39 @@ def _finish_reason(final: dict[str, Any], called_tools: bool) -> str:
     return str(final.get("done_reason") or "stop")
 
 
+class _OllamaWire:
+    """Ollama's NDJSON: one object per line, ``{"error": …}`` inside the stream, ``done: true`` last."""
+
+    def __init__(self, provider: str, secrets: list[str], exclude: bool) -> None:
+        self.provider, self.secrets, self.exclude = provider, secrets, exclude
+        self.state = _StreamState()
+
+    def records(self, response: httpx.Response) -> AsyncIterator[str]:
+        return response.aiter_lines()
+
+    def events(self, raw: str) -> Iterable[ChatEvent]:
+        if not raw.strip():
+            return ()
+        line = json.loads(raw)
+        if not isinstance(line, dict):
+            return ()
+        error = line.get("error")
+        if error:
+            raise error_in_stream(self.provider, str(error), "", self.secrets)
+        return self.state.events(line, self.exclude)
+
+    @property
+    def ended(self) -> bool:
+        return self.state.final is not None
+
+    @property
+    def complete(self) -> bool:
+        return self.state.final is not None
+
+    def closing(self) -> Iterable[ChatEvent]:
+        return self.state.closing()
+
+
 class OllamaProvider(HttpProvider):
     kind = "ollama"
     capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
@@ -249,35 +283,24 @@ class OllamaProvider(HttpProvider):
         data = await json_object(self.name, response, self.secrets)
         return data
 
-    async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
+    def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
         url = self.url(path)
-        state = _StreamState()
-        try:
-            async with self.client.stream("POST", url, json=body, params=self.settings.query) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode("utf-8", "replace")
-                    raise self._status_error(response.status_code, text, response.headers, model)
-                async for raw in drained(response.aiter_lines(), lambda: state.final is not None):
-                    if not raw.strip():
-                        continue
-                    line = json.loads(raw)
-                    if not isinstance(line, dict):
-                        continue
-                    error = line.get("error")
-                    if error:
-                        raise error_in_stream(self.name, str(error), "", self.secrets)
-                    for event in state.events(line, exclude):
-                        yield event
-                if state.final is None:
-                    raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
-        except RatatoskrError:
-            raise
-        except httpx.HTTPError as err:
-            raise self._transport_error(url, err) from None
-        except json.JSONDecodeError as err:
-            raise error_from_exception(self.name, url, err, self.secrets) from None
-        for event in state.closing():
-            yield event
+
+        def transport_error(err: Exception) -> RatatoskrError:
+            if isinstance(err, httpx.HTTPError):
+                return self._transport_error(url, err)
+            return error_from_exception(self.name, url, err, self.secrets)
+
+        return relay(
+            self.client,
+            url,
+            body,
+            self.settings.query,
+            _OllamaWire(self.name, self.secrets, exclude),
+            status_error=lambda status, text, headers: self._status_error(status, text, headers, model),
+            transport_error=transport_error,
+            provider=self.name,
+        )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
         body = self._body(model, options, tools=True, messages=messages_to_ollama(self.name, messages), stream=False)

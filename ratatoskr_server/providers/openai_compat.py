@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
+from httpx_sse import EventSource, ServerSentEvent
 
-from ratatoskr_client.errors import RatatoskrError, Unavailable
+from ratatoskr_client.errors import Unavailable
 from ratatoskr_client.types import (
     ChatEvent,
     ChatOptions,
@@ -42,9 +42,10 @@ from ratatoskr_client.types import (
     Usage,
     UsageEvent,
 )
-from ratatoskr_server.providers.base import HttpProvider, drained, embed_result
+from ratatoskr_server.providers.base import HttpProvider, embed_result
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
+from ratatoskr_server.providers.streaming import relay
 
 
 def usage_from_openai(data: dict[str, Any] | None) -> Usage | None:
@@ -169,6 +170,43 @@ class _StreamState:
         return out
 
 
+class _OpenAIWire:
+    """Chat Completions SSE: ``data:`` chunks, ``{"error": …}`` inside the stream, ``[DONE]`` at the end."""
+
+    def __init__(self, provider: str, secrets: list[str], exclude: bool) -> None:
+        self.provider, self.secrets, self.exclude = provider, secrets, exclude
+        self.state = _StreamState()
+
+    def records(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        return EventSource(response).aiter_sse()
+
+    def events(self, sse: ServerSentEvent) -> Iterable[ChatEvent]:
+        data = sse.data.strip()
+        if data == "[DONE]":
+            self.state.ended = True
+            return ()
+        if not data:
+            return ()
+        chunk = json.loads(sse.data)
+        error = chunk.get("error") if isinstance(chunk, dict) else None
+        if error:
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
+            raise error_in_stream(self.provider, message, code, self.secrets)
+        return self.state.events(chunk, self.exclude)
+
+    @property
+    def ended(self) -> bool:
+        return self.state.ended
+
+    @property
+    def complete(self) -> bool:
+        return self.state.ended or bool(self.state.finish_reason)
+
+    def closing(self) -> Iterable[ChatEvent]:
+        return self.state.closing()
+
+
 class OpenAICompatProvider(HttpProvider):
     kind = "openai_compat"
     capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
@@ -210,45 +248,20 @@ class OpenAICompatProvider(HttpProvider):
         data = await json_object(self.name, response, self.secrets)
         return data
 
-    async def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
+    def _stream(self, path: str, model: str, body: dict[str, Any], exclude: bool) -> AsyncIterator[ChatEvent]:
         url = self.url(path, model)
-        state = _StreamState()
-        closed = False
-        try:
-            async with self.client.stream("POST", url, json=body, params=self.settings.query) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode("utf-8", "replace")
-                    raise error_from_status(self.name, response.status_code, text, response.headers, self.secrets)
-                async for sse in drained(EventSource(response).aiter_sse(), lambda: state.ended):
-                    if sse.data.strip() == "[DONE]":
-                        state.ended = True
-                        # The answer is complete: hand out its end now; the rest of the body is read
-                        # afterwards (to reuse the connection) without holding Done back.
-                        for event in state.closing():
-                            yield event
-                        closed = True
-                        continue
-                    if not sse.data.strip():
-                        continue
-                    chunk = json.loads(sse.data)
-                    error = chunk.get("error") if isinstance(chunk, dict) else None
-                    if error:
-                        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-                        code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
-                        raise error_in_stream(self.name, message, code, self.secrets)
-                    for event in state.events(chunk, exclude):
-                        yield event
-                if not state.ended and not state.finish_reason:
-                    raise Unavailable(f"{self.name}: the stream ended before the answer was complete")
-        except RatatoskrError:
-            raise
-        except (httpx.HTTPError, SSEError, json.JSONDecodeError) as err:
-            if closed:
-                return  # the answer was complete; only the read past its end failed
-            raise error_from_exception(self.name, url, err, self.secrets) from None
-        if not closed:
-            for event in state.closing():
-                yield event
+        return relay(
+            self.client,
+            url,
+            body,
+            self.settings.query,
+            _OpenAIWire(self.name, self.secrets, exclude),
+            status_error=lambda status, text, headers: error_from_status(
+                self.name, status, text, headers, self.secrets
+            ),
+            transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
+            provider=self.name,
+        )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
         data = await self._post(

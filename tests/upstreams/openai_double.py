@@ -175,6 +175,8 @@ def _events(model: str, include_usage: bool) -> list[Any]:
         events.append(chunk(model, {}, "stop"))
     elif model == "cut":
         events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]] + ["CUT"]
+    elif model == "finished-cut":  # the finish reason arrived, then the body was cut before [DONE]
+        events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]] + [chunk(model, {}, "stop"), "CUT"]
     elif model == "stall":
         events += [chunk(model, {"content": "thinking about it"}), ("PAUSE", 30.0)]
         events.append(chunk(model, {}, "stop"))
@@ -188,9 +190,9 @@ def _events(model: str, include_usage: bool) -> list[Any]:
             events.append(chunk(model, {"content": ""}))  # llama.cpp: a partial UTF-8 sequence
         events.append(chunk(model, {"reasoning_content": "thinking..."}))
         events.append(chunk(model, {}, "stop"))
-    if include_usage and model not in ("cut", "midstream-error"):
+    if include_usage and model not in ("cut", "midstream-error", "finished-cut"):
         events.append({**chunk(model, None), "usage": USAGE})
-    if model not in ("cut", "midstream-error"):
+    if model not in ("cut", "midstream-error", "finished-cut"):
         events.append("[DONE]")
     if model == "linger":
         events.append(("PAUSE", 0.8))  # shorter than the drain bound: an early Done can only be ours
