@@ -15,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, gateway_pb2, types_pb2
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
+    NUMERIC_PARAMETERS,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -412,7 +413,7 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
         ],
         raw_provider_options_json=json.dumps(o.raw_provider_options) if o.raw_provider_options else "",
     )
-    for name in ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"):
+    for name in NUMERIC_PARAMETERS:
         value = getattr(o, name)
         if value is not None:
             setattr(pb, name, value)

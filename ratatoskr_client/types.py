@@ -6,7 +6,7 @@ above it speaks these plain, immutable dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -238,6 +238,17 @@ class ChatOptions:
     parallel_tool_calls: bool | None = None
     #: Merged into the provider's request body as is: the escape hatch for provider-only fields.
     raw_provider_options: dict[str, Any] = field(default_factory=dict)
+
+
+#: Generation parameters: every ChatOptions field but the model and the raw escape hatch. Policy,
+#: registry, presets and adapters derive their lists from this, so a new option is added once.
+GENERATION_PARAMETERS: tuple[str, ...] = tuple(
+    f.name for f in fields(ChatOptions) if f.name not in ("model", "raw_provider_options")
+)
+#: The numeric ones: they travel as plain numbers on every wire format that carries them.
+NUMERIC_PARAMETERS: tuple[str, ...] = tuple(
+    f.name for f in fields(ChatOptions) if str(f.type).replace(" ", "") in ("float|None", "int|None")
+)
 
 
 @dataclass(frozen=True, slots=True)

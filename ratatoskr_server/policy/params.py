@@ -23,7 +23,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from ratatoskr_client.errors import InvalidArgument
-from ratatoskr_client.types import ChatEvent, ChatOptions, ParameterAvailability
+from ratatoskr_client.types import NUMERIC_PARAMETERS, ChatEvent, ChatOptions, ParameterAvailability
 from ratatoskr_server.config import Settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, Result
@@ -33,7 +33,7 @@ from ratatoskr_server.registry.models import KNOWN_PARAMETERS
 
 log = logging.getLogger(__name__)
 
-_NUMERIC = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"}
+_NUMERIC = frozenset(NUMERIC_PARAMETERS)
 _REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
 
 #: Remembered rejections kept at most; model names come from callers, so the table must be bounded.

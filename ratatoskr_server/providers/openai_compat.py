@@ -26,6 +26,8 @@ from httpx_sse import EventSource, ServerSentEvent
 
 from ratatoskr_client.errors import Unavailable
 from ratatoskr_client.types import (
+    GENERATION_PARAMETERS,
+    NUMERIC_PARAMETERS,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -86,7 +88,7 @@ def messages_to_openai(messages: Sequence[Message]) -> list[dict[str, Any]]:
 def options_to_openai(o: ChatOptions) -> dict[str, Any]:
     """The request fields for ``o``; unset options are left out so the upstream's defaults apply."""
     body: dict[str, Any] = {}
-    for name in ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed"):
+    for name in NUMERIC_PARAMETERS:
         value = getattr(o, name)
         if value is not None:
             body[name] = value
@@ -210,23 +212,8 @@ class _OpenAIWire:
 class OpenAICompatProvider(HttpProvider):
     kind = "openai_compat"
     capabilities = frozenset({Capability.CHAT, Capability.GENERATE, Capability.EMBED})
-    supported_parameters = frozenset(
-        {
-            "temperature",
-            "max_tokens",
-            "top_p",
-            "top_k",
-            "stop",
-            "frequency_penalty",
-            "presence_penalty",
-            "seed",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "response_format",
-            "reasoning",
-        }
-    )
+    #: Chat Completions carries every generation parameter.
+    supported_parameters = frozenset(GENERATION_PARAMETERS)
 
     def url(self, path: str, model: str) -> str:
         return self.settings.base_url.rstrip("/").replace("{model}", model) + path

@@ -20,25 +20,13 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ratatoskr_client.types import GENERATION_PARAMETERS
+
 Availability = Literal["mutable", "read_only", "opaque", "unsupported"]
 Source = Literal["embedded", "live", "local"]
 
 #: The request parameters the registry describes; policy checks a request's parameters against these.
-KNOWN_PARAMETERS: Final[tuple[str, ...]] = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "stop",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "reasoning",
-    "parallel_tool_calls",
-)
+KNOWN_PARAMETERS: Final[tuple[str, ...]] = GENERATION_PARAMETERS
 
 
 class CatalogueError(ValueError):
