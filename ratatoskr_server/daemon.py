@@ -213,7 +213,7 @@ class Daemon:
         self.settings = new
         configure_logging(new.logging.level, new.logging.format, new.secret_values())
         self.edge.max_in_flight = new.server.max_in_flight
-        self.gateway.apply_settings(new)
+        await self.gateway.apply_settings(new)
         log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
         return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message="reloaded")
 

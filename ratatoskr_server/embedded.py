@@ -58,9 +58,9 @@ class EmbeddedGateway:
     def metrics(self) -> Metrics:
         return self.edge.metrics
 
-    def apply_settings(self, settings: Settings) -> None:
+    async def apply_settings(self, settings: Settings) -> None:
         self.edge.max_in_flight = settings.server.max_in_flight
-        self.gateway.apply_settings(settings)
+        await self.gateway.apply_settings(settings)
 
     async def start(self) -> None:
         await self.gateway.start()

@@ -166,7 +166,7 @@ class Gateway:
         """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
         return await update_registry(self.registry, self.settings)
 
-    def apply_settings(self, settings: Settings) -> None:
+    async def apply_settings(self, settings: Settings) -> None:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.
 
         A new router and chain serve new calls at once; the old router closes its connections when
@@ -175,7 +175,8 @@ class Gateway:
         self.settings = settings
         self.pool.update_settings(settings)
         self.params.settings = settings
-        load_live(self.registry, settings.registry.cache_file.expanduser())
+        # File IO and validating a few thousand records: off the event loop.
+        await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
         old = self._routing
         self._routing = self._build(settings)
         old.router.retire()

@@ -240,7 +240,7 @@ async def test_unservable_models_are_refused_clearly(gw: EmbeddedGateway, tmp_pa
     missing.mkdir()
     (missing / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     declared["missing-file"] = {"path": missing}
-    gw.apply_settings(load_settings(local=gw.settings.local.model_dump(), models=declared))
+    await gw.apply_settings(load_settings(local=gw.settings.local.model_dump(), models=declared))
     for name, (_, message) in cases.items():
         with pytest.raises(FailedPrecondition, match=message):
             await gw.nli(PAIRS[:1], model=name)

@@ -185,7 +185,7 @@ async def test_a_retired_router_closes_when_its_last_call_ends(model_root: Path)
             old = gw.gateway.router
             stream = gw.chat_stream(HELLO, ChatOptions(model="openai/slow"))
             assert isinstance(await anext(aiter(stream)), ContentDelta)
-            gw.apply_settings(load_settings(local={"model_dir": model_root, "preload": []}, providers=providers))
+            await gw.apply_settings(load_settings(local={"model_dir": model_root, "preload": []}, providers=providers))
             assert gw.gateway.router is not old
             await asyncio.sleep(0.05)
             assert not old.closed  # the stream still holds it

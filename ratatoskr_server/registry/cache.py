@@ -7,6 +7,7 @@ one.  A damaged file is reported and ignored: the embedded catalogue answers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -60,5 +61,5 @@ async def update(registry: ModelRegistry, settings: Settings) -> RefreshReport:
         if entry.enabled and entry.kind == "ollama" and reg.refresh_ollama
     }
     report = await registry.refresh(openrouter_url=reg.openrouter_url or None, ollama=ollama, http=settings.http)
-    save_live(registry, reg.cache_file.expanduser())
+    await asyncio.to_thread(save_live, registry, reg.cache_file.expanduser())  # file IO: off the loop
     return report
