@@ -28,16 +28,22 @@ from ratatoskr_client.types import (
     ContentDelta,
     Done,
     Message,
+    ReasoningDelta,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
     UsageEvent,
 )
+from ratatoskr_server.providers.scrub import REDACTED
+from ratatoskr_server.redact import MASK
 from tests.conftest import DaemonProcess, run_ratatoskr
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
 KEY = "sk-live-chat-test-0123456789abcdefghij"
+#: The "echo" provider's key, echoed back by its upstream; not key-shaped, so only configuration masks it.
+ECHO_KEY = "echo-passphrase-for-the-daemon-0042"
+ECHO = openai_double.ECHO_HEADER
 HELLO = [Message("user", "Say hello")]
 
 
@@ -53,7 +59,20 @@ def chat_daemon(model_root: Path, upstream: Upstream) -> Iterator[DaemonProcess]
         model_root,
         local={"preload": []},
         providers={
-            "openai": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "api_key": KEY},
+            # Its upstream quotes the whole key in 401 bodies, so "KEY not in the message" can fail.
+            "openai": {
+                "kind": "openai_compat",
+                "base_url": f"{upstream.base_url}/v1",
+                "api_key": KEY,
+                "headers": {ECHO: "error"},
+            },
+            # Its upstream echoes the key everywhere: errors, answers, model ids.
+            "echo": {
+                "kind": "openai_compat",
+                "base_url": f"{upstream.base_url}/v1",
+                "api_key": ECHO_KEY,
+                "headers": {ECHO: "error,answer,models"},
+            },
             "down": {"kind": "openai_compat", "base_url": "http://127.0.0.1:9/v1", "local": True},
         },
         aliases={"fast": "openai/gpt-test"},
@@ -119,6 +138,59 @@ def test_errors_become_statuses_with_retry_after(chat_daemon: DaemonProcess) -> 
         with pytest.raises(InvalidArgument, match="role 'robot'"):
             client.chat([Message("robot", "hi")], _options("openai/gpt-test"))
     assert KEY not in chat_daemon.log()
+
+
+def test_a_key_echoed_in_an_error_is_masked(chat_daemon: DaemonProcess) -> None:
+    """The provider error mapping masks configured secrets, also ones no key-shape rule would catch."""
+    with chat_daemon.client(timeout=30) as client:
+        with pytest.raises(Unauthenticated) as unary:
+            client.chat(HELLO, _options("echo/auth"))
+        with pytest.raises(Unauthenticated) as streamed:
+            list(client.chat_stream(HELLO, _options("echo/auth")))
+    for err in (unary.value, streamed.value):
+        assert err.message == f"echo: Incorrect API key provided: {MASK}."  # echoed whole, masked whole
+    assert ECHO_KEY not in chat_daemon.log()
+
+
+@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
+def test_a_key_echoed_in_a_chat_answer_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        result = client.chat(HELLO, _options("echo/gpt-test"))
+    assert ECHO_KEY not in repr(result)  # content, reasoning, model: every field
+    assert result.message.content == f"{openai_double.assembled_text()} Your key is {REDACTED}."
+    assert result.reasoning == f"thinking... Your key is {REDACTED}."
+
+
+@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
+def test_a_key_echoed_across_stream_chunks_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
+    """The upstream cuts the key between two chunks: no single delta holds it, the joined text would."""
+    with chat_daemon.client(timeout=30) as client:
+        events = list(client.chat_stream(HELLO, _options("echo/gpt-test")))
+    content = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert ECHO_KEY not in content and ECHO_KEY not in reasoning
+    assert not any(ECHO_KEY in repr(e) for e in events)
+    assert content == f"{openai_double.assembled_text()} Your key is {REDACTED}."
+    assert reasoning == f"thinking... Your key is {REDACTED}."
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
+
+
+@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
+def test_a_key_echoed_in_a_generated_text_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        result = client.generate("Tell me", _options("echo/gpt-test"))
+        events = list(client.generate_stream("Tell me", _options("echo/gpt-test")))
+    assert ECHO_KEY not in repr(result) and not any(ECHO_KEY in repr(e) for e in events)
+    assert result.text == f"Once upon a time Your key is {REDACTED}."
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == result.text
+
+
+@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
+def test_a_key_echoed_as_a_model_id_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
+    with chat_daemon.client(timeout=30) as client:
+        models = client.list_models()
+    assert not any(ECHO_KEY in repr(m) for m in models)
+    assert "echo/gpt-test" in {m.info.id for m in models}  # the provider was listed, only the key is gone
 
 
 def test_midstream_failure_is_a_failed_status_not_a_clean_end(chat_daemon: DaemonProcess) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import stat
 import urllib.request
+from typing import Any
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from ratatoskr_client import AsyncServiceClient, InvalidArgument, NotFound, ServiceClient, Task
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
@@ -85,18 +87,43 @@ def test_admin_models(daemon: DaemonProcess) -> None:
         assert client.unload_model(TINY_NLI) is False  # not loaded any more: nothing to do
 
 
+def _metric_values(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample the metrics endpoint shows now, by name and labels."""
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def _embed_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return [r for r in daemon.records() if r.get("msg") == "request" and r.get("rpc") == "Embed"]
+
+
 def test_metrics_and_one_log_line_per_request(daemon: DaemonProcess) -> None:
+    """Counted from before to after this test's own calls: the shared daemon has served others already."""
+    before, lines_before = _metric_values(daemon.metrics_url()), len(_embed_lines(daemon))
     with daemon.client(timeout=10) as client:
-        client.embed(["count me"])
-    body = urllib.request.urlopen(daemon.metrics_url(), timeout=5).read().decode()
-    assert 'ratatoskr_requests_total{code="OK",rpc="Embed"}' in body
-    assert 'ratatoskr_request_duration_seconds_bucket{le="0.1",rpc="Embed"}' in body
-    assert f'ratatoskr_embedded_inputs_total{{model="{MODEL}"}}' in body
-    requests = [r for r in daemon.records() if r.get("msg") == "request" and r.get("rpc") == "Embed"]
-    assert requests, daemon.log()
-    line = requests[-1]
-    assert {"request_id", "rpc", "model", "status", "duration_ms"} <= set(line)
-    assert line["status"] == "OK" and line["model"] == MODEL and len(line["request_id"]) >= 16
+        first = client.embed(["count me"])
+        second = client.embed(["and me", "and me too"])
+    after = _metric_values(daemon.metrics_url())
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("ratatoskr_requests_total", code="OK", rpc="Embed") == 2
+    assert grew("ratatoskr_request_duration_seconds_count", rpc="Embed") == 2
+    assert grew("ratatoskr_request_duration_seconds_bucket", le="+Inf", rpc="Embed") == 2
+    assert grew("ratatoskr_embedded_inputs_total", model=MODEL) == 3
+    assert grew("ratatoskr_input_tokens_total", model=MODEL) == sum(first.tokens) + sum(second.tokens) > 0
+    lines = _embed_lines(daemon)[lines_before:]
+    assert len(lines) == 2, daemon.log()
+    for line in lines:
+        assert {"request_id", "rpc", "model", "status", "duration_ms"} <= set(line)
+        assert line["status"] == "OK" and line["model"] == MODEL and len(line["request_id"]) >= 16
+    assert lines[0]["request_id"] != lines[1]["request_id"]
 
 
 def test_local_model_calls_over_the_wire(daemon: DaemonProcess) -> None:

@@ -37,10 +37,15 @@ from ratatoskr_client.types import (
 )
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
+from ratatoskr_server.providers.scrub import REDACTED, Scrubber, scrub_events
+from ratatoskr_server.redact import MASK
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
+ECHO = openai_double.ECHO_HEADER
+#: Not shaped like any key: only being configured can get it masked.
+ECHO_KEY = "echo-passphrase-not-key-shaped-0042"
 HELLO = [Message("system", "Be brief."), Message("user", "Say hello")]
 
 
@@ -56,9 +61,24 @@ async def provider(upstream: Upstream) -> AsyncIterator[OpenAICompatProvider]:
         kind="openai_compat",
         base_url=f"{upstream.base_url}/v1",
         api_key=SecretStr(KEY),
-        headers={"HTTP-Referer": "https://example.test", "X-Title": "ratatoskr-tests"},
+        # The double quotes the whole key in its 401 body, so "the key is not in the message" can fail.
+        headers={"HTTP-Referer": "https://example.test", "X-Title": "ratatoskr-tests", ECHO: "error"},
     )
     p = OpenAICompatProvider("openai", settings, HttpSettings())
+    yield p
+    await p.aclose()
+
+
+@pytest.fixture
+async def echoing(upstream: Upstream) -> AsyncIterator[OpenAICompatProvider]:
+    """A provider whose upstream echoes the key in answers and model ids, not only in errors."""
+    settings = ProviderSettings(
+        kind="openai_compat",
+        base_url=f"{upstream.base_url}/v1",
+        api_key=SecretStr(ECHO_KEY),
+        headers={ECHO: "error,answer,models"},
+    )
+    p = OpenAICompatProvider("echo", settings, HttpSettings())
     yield p
     await p.aclose()
 
@@ -178,6 +198,8 @@ async def test_every_error_class_is_mapped(
             await call()
         assert info.value.message.startswith("openai: ") and fragment in info.value.message
         assert KEY not in info.value.message
+        if model == "auth":  # the double echoed the key whole: the mapping masked it
+            assert info.value.message == f"openai: Incorrect API key provided: {MASK}."
         if model == "rate-limited":
             assert info.value.retry_after_s == 3.0
 
@@ -255,3 +277,44 @@ async def test_azure_style_deployment_urls(upstream: Upstream) -> None:
     assert result.message.content == openai_double.assembled_text()
     assert sent.headers["api-key"] == "azure-key-0123456789" and "Authorization" not in sent.headers
     assert sent.query == {"api-version": "2024-10-21"} and "model" not in sent.body
+
+
+async def test_an_echoed_key_reaches_the_provider_and_the_scrubber_removes_it(
+    echoing: OpenAICompatProvider, upstream: Upstream
+) -> None:
+    """The adapter passes upstream text through as is; ``Scrubber`` is what keeps the key from a client.
+
+    The raw assertions prove the double really echoes (so the scrubbed ones can fail); the gateway
+    applies the same scrubber (see test_chat.py for the daemon end to end).
+    """
+    scrubber = Scrubber(echoing.secrets)
+
+    raw = await echoing.chat("gpt-test", HELLO, ChatOptions())
+    assert ECHO_KEY in raw.message.content and ECHO_KEY in raw.reasoning and ECHO_KEY in raw.model
+    clean = scrubber.chat_result(raw)
+    assert clean.message.content == f"{openai_double.assembled_text()} Your key is {REDACTED}."
+    assert clean.reasoning == f"thinking... Your key is {REDACTED}." and clean.model == f"gpt-test:{REDACTED}"
+
+    raw_events = await _collect(echoing.chat_stream("gpt-test", HELLO, ChatOptions()))
+    assert not any(ECHO_KEY in repr(e) for e in raw_events)  # never whole in one delta: split across chunks
+    assert ECHO_KEY in "".join(e.text for e in raw_events if isinstance(e, ContentDelta))
+    events = await _collect(scrub_events(echoing.chat_stream("gpt-test", HELLO, ChatOptions()), scrubber))
+    content = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert content == f"{openai_double.assembled_text()} Your key is {REDACTED}."
+    assert reasoning == f"thinking... Your key is {REDACTED}."
+    assert [e for e in events if not isinstance(e, (ContentDelta, ReasoningDelta))] == [
+        e for e in raw_events if not isinstance(e, (ContentDelta, ReasoningDelta))
+    ]
+
+    generated = await echoing.generate("gpt-test", "Tell me", ChatOptions())
+    assert ECHO_KEY in generated.text
+    assert scrubber.generate_result(generated).text == f"Once upon a time Your key is {REDACTED}."
+
+    listed = await echoing.list_models()
+    assert f"ft:{ECHO_KEY}" in listed
+    assert scrubber.model_ids(listed) == ["ft:" + REDACTED, "gpt-test", "tools"]
+
+    with pytest.raises(Unauthenticated) as info:
+        await echoing.chat("auth", HELLO, ChatOptions())
+    assert info.value.message == f"echo: Incorrect API key provided: {MASK}."  # errors: masked at the source

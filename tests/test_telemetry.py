@@ -7,11 +7,18 @@ import json
 import logging
 from pathlib import Path
 
-from ratatoskr_server.redact import MASK
+import pytest
+
+from ratatoskr_client import NotFound
+from ratatoskr_server.redact import MASK, scrub
 from ratatoskr_server.telemetry.logs import JsonFormatter, Redactor
 from tests.conftest import DaemonProcess
 
 KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"
+#: Shaped like no key (no sk-, hf_ or Bearer): only being configured can get it masked.
+PASSPHRASE = "correct-horse-battery-staple-42"
+#: The same shape; configured only by a reload, so before that it is the control.
+ROTATED = "correct-horse-battery-staple-43"
 
 
 def _capture(secrets: list[str]) -> tuple[logging.Logger, io.StringIO]:
@@ -54,3 +61,33 @@ def test_daemon_log_never_contains_a_configured_key(model_root: Path) -> None:
     log = d.log()
     assert "configuration reloaded" in log
     assert KEY not in log and "abcdefghijklmnopqrstuvwxyz" not in log
+
+
+def test_a_configured_secret_is_masked_in_the_daemon_log_because_it_is_configured(model_root: Path) -> None:
+    """The request line logs the model name a client sent, verbatim: any caller can put text there.
+
+    Sent the configured passphrase, it comes out masked. Sent a look-alike that is not configured, it
+    comes out as sent, which proves that this path logs the text and that no shape rule masks it;
+    once a reload configures the look-alike, it is masked too.
+    """
+    assert scrub(PASSPHRASE) == PASSPHRASE and scrub(ROTATED) == ROTATED  # no key-shape rule catches them
+    d = DaemonProcess(
+        model_root,
+        local={"preload": []},
+        providers={"vault": {"kind": "openai_compat", "base_url": "https://api.example/v1", "api_key": PASSPHRASE}},
+    ).start()
+    try:
+        with d.client(timeout=10) as client:
+            for name in (PASSPHRASE, ROTATED):
+                with pytest.raises(NotFound):
+                    client.embed(["hello"], model=name)
+            d.config["providers"]["vault"]["api_key"] = ROTATED
+            d.write_config()
+            assert client.reload().applied
+            with pytest.raises(NotFound):
+                client.embed(["hello"], model=ROTATED)
+    finally:
+        assert d.stop() == 0
+    logged = [r["model"] for r in d.records() if r.get("msg") == "request" and r.get("rpc") == "Embed"]
+    assert logged == [MASK, ROTATED, MASK], d.log()
+    assert PASSPHRASE not in d.log()

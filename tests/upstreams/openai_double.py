@@ -1,7 +1,12 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
 Behaviour is chosen by the requested model name, so one server covers every
-case a test needs.  Chunks have the exact shapes OpenAI sends (id, object,
+case a test needs.  A client that sends ``X-Double-Echo`` (a provider configured
+with that header) gets the key it authenticated with echoed back, as a careless
+or hostile upstream might: in the 401 body ("error"), in answers ("answer": the
+content split across stream chunks, the reasoning, the model field) and as a
+model id of /v1/models ("models"), so tests can prove that configured secrets
+never reach a client.  Chunks have the exact shapes OpenAI sends (id, object,
 created, model, choices[index, delta, logprobs, finish_reason], usage null
 except on the last chunk when stream_options.include_usage is set).
 """
@@ -64,6 +69,29 @@ ERRORS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
 }
 
 
+#: Comma-separated places to echo the received key: "error", "answer", "models".
+ECHO_HEADER = "X-Double-Echo"
+
+
+def received_key(request: web.Request) -> str:
+    """The key the client sent: the bearer token of Authorization, or the bare api-key header (Azure)."""
+    authorization = request.headers.get("Authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[len("bearer ") :]
+    return request.headers.get("api-key", "")
+
+
+def echoes(request: web.Request, place: str) -> str:
+    """The received key if the client asked for it to be echoed at ``place``, else ""."""
+    places = {p.strip() for p in request.headers.get(ECHO_HEADER, "").split(",")}
+    return received_key(request) if place in places else ""
+
+
+def echo_pieces(key: str) -> list[str]:
+    """The key inside a sentence, cut in the middle of the key so no single chunk holds it whole."""
+    return [" Your key is ", key[:7], key[7:], "."]
+
+
 def chunk(model: str, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
     choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
     return {
@@ -82,6 +110,9 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
     model = body.get("model", "")
     if model in ERRORS:
         status, payload, headers = ERRORS[model]
+        key = echoes(request, "error")
+        if model == "auth" and key:  # an upstream that quotes the rejected key whole
+            payload = {"error": {**payload["error"], "message": f"Incorrect API key provided: {key}."}}
         return web.json_response(payload, status=status, headers=headers)
     if model == "no-seed" and "seed" in body:
         error = {
@@ -91,14 +122,15 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
             "code": "unsupported_parameter",
         }
         return web.json_response({"error": error}, status=400)
+    echo = echoes(request, "answer")
     if not body.get("stream"):
-        return web.json_response(_unary(model, body))
+        return web.json_response(_unary(model, body, echo))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     response = await start_stream(request, "text/event-stream")
     upstream.streaming.set()
     if model == "flood":
         return await _flood(response, model, upstream)
-    for event in _events(model, include_usage):
+    for event in _events(model, include_usage, echo):
         if event == "SLEEP":
             await asyncio.sleep(0.05)
             continue
@@ -139,7 +171,7 @@ async def _flood(response: web.StreamResponse, model: str, upstream: Upstream) -
     return response
 
 
-def _events(model: str, include_usage: bool) -> list[Any]:
+def _events(model: str, include_usage: bool, echo: str = "") -> list[Any]:
     events: list[Any] = [chunk(model, {"role": "assistant", "content": ""})]
     if model == "tools":
         events.append(
@@ -185,10 +217,12 @@ def _events(model: str, include_usage: bool) -> list[Any]:
         events.append({"error": {"message": "upstream worker crashed", "type": "server_error", "code": "internal"}})
     else:
         events.append({**chunk(model, None), "choices": None})  # vLLM sends choices: null
-        for piece in TEXT_PIECES:
+        for piece in TEXT_PIECES + (echo_pieces(echo) if echo else []):
             events.append(chunk(model, {"content": piece}))
             events.append(chunk(model, {"content": ""}))  # llama.cpp: a partial UTF-8 sequence
         events.append(chunk(model, {"reasoning_content": "thinking..."}))
+        if echo:
+            events += [chunk(model, {"reasoning_content": p}) for p in echo_pieces(echo)]
         events.append(chunk(model, {}, "stop"))
     if include_usage and model not in ("cut", "midstream-error", "finished-cut"):
         events.append({**chunk(model, None), "usage": USAGE})
@@ -199,8 +233,11 @@ def _events(model: str, include_usage: bool) -> list[Any]:
     return events
 
 
-def _unary(model: str, body: dict[str, Any]) -> dict[str, Any]:
+def _unary(model: str, body: dict[str, Any], echo: str = "") -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(TEXT_PIECES)}
+    if echo:
+        message["content"] += "".join(echo_pieces(echo))
+        message["reasoning_content"] = "thinking..." + "".join(echo_pieces(echo))
     finish = "stop"
     if model == "tools":
         message = {
@@ -215,7 +252,7 @@ def _unary(model: str, body: dict[str, Any]) -> dict[str, Any]:
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 1700000000,
-        "model": model,
+        "model": f"{model}:{echo}" if echo else model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": USAGE,
     }
@@ -225,6 +262,10 @@ async def completions(request: web.Request, upstream: Upstream) -> web.StreamRes
     body = await request.json()
     model = body.get("model", "")
     pieces = ["Once", " upon", " a", " time"]
+    echo = echoes(request, "answer")
+    if echo:
+        pieces += echo_pieces(echo)
+        model = f"{model}:{echo}"
     if not body.get("stream"):
         choice = {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": "length"}
         return web.json_response(
@@ -249,7 +290,11 @@ async def embeddings(request: web.Request, upstream: Upstream) -> web.StreamResp
 
 
 async def models(request: web.Request, upstream: Upstream) -> web.StreamResponse:
-    listed = [{"id": name, "object": "model", "owned_by": "test"} for name in ("gpt-test", "tools")]
+    names = ["gpt-test", "tools"]
+    key = echoes(request, "models")
+    if key:
+        names.append(f"ft:{key}")  # a fine-tune or deployment named after the key it was made with
+    listed = [{"id": name, "object": "model", "owned_by": "test"} for name in names]
     return web.json_response({"object": "list", "data": listed})
 
 
