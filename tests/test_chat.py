@@ -152,7 +152,6 @@ def test_a_key_echoed_in_an_error_is_masked(chat_daemon: DaemonProcess) -> None:
     assert ECHO_KEY not in chat_daemon.log()
 
 
-@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
 def test_a_key_echoed_in_a_chat_answer_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
     with chat_daemon.client(timeout=30) as client:
         result = client.chat(HELLO, _options("echo/gpt-test"))
@@ -161,7 +160,6 @@ def test_a_key_echoed_in_a_chat_answer_never_reaches_the_client(chat_daemon: Dae
     assert result.reasoning == f"thinking... Your key is {REDACTED}."
 
 
-@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
 def test_a_key_echoed_across_stream_chunks_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
     """The upstream cuts the key between two chunks: no single delta holds it, the joined text would."""
     with chat_daemon.client(timeout=30) as client:
@@ -175,7 +173,6 @@ def test_a_key_echoed_across_stream_chunks_never_reaches_the_client(chat_daemon:
     assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
 
 
-@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
 def test_a_key_echoed_in_a_generated_text_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
     with chat_daemon.client(timeout=30) as client:
         result = client.generate("Tell me", _options("echo/gpt-test"))
@@ -185,7 +182,6 @@ def test_a_key_echoed_in_a_generated_text_never_reaches_the_client(chat_daemon: 
     assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == result.text
 
 
-@pytest.mark.xfail(strict=True, reason="scrubber not wired yet")
 def test_a_key_echoed_as_a_model_id_never_reaches_the_client(chat_daemon: DaemonProcess) -> None:
     with chat_daemon.client(timeout=30) as client:
         models = client.list_models()

@@ -34,6 +34,7 @@ from ratatoskr_server.providers.capabilities import (
     NliProvider,
 )
 from ratatoskr_server.providers.local import LocalProvider
+from ratatoskr_server.providers.scrub import scrub_events
 
 _TOTAL = "http.total_timeout_s"
 
@@ -91,14 +92,15 @@ class Dispatch:
             if isinstance(payload, ChatInput):
                 if not isinstance(provider, ChatProvider):
                     raise _refused(target, "chat")
-                chat = await provider.chat(model, payload.messages, options)
+                # What the upstream wrote is scrubbed of what it was sent (keys it may echo).
+                chat = provider.scrubber.chat_result(await provider.chat(model, payload.messages, options))
                 return replace(
                     chat, timing=_answer_timing(started, chat.usage), provider=provider.name, model=chat.model or model
                 )
             if not isinstance(provider, GenerateProvider):
                 raise _refused(target, "raw-prompt generation")
             assert isinstance(payload, GenerateInput)
-            text = await provider.generate(model, payload.prompt, options)
+            text = provider.scrubber.generate_result(await provider.generate(model, payload.prompt, options))
             return replace(
                 text, timing=_answer_timing(started, text.usage), provider=provider.name, model=text.model or model
             )
@@ -116,6 +118,8 @@ class Dispatch:
                 raise _refused(target, "raw-prompt generation")
             assert isinstance(payload, GenerateInput)
             source = provider.generate_stream(model, payload.prompt, options)
+        if provider.scrubber:
+            source = scrub_events(source, provider.scrubber)
         return self._relay(target, source, ctx)
 
     async def _relay(

@@ -27,6 +27,7 @@ from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_status
+from ratatoskr_server.providers.scrub import Scrubber
 
 #: After a stream's end marker, how long to keep reading for the rest of the body. Reading it to
 #: its end returns the connection to the pool (no new TCP/TLS handshake for the next stream);
@@ -67,6 +68,7 @@ class HttpProvider(ABC):
         self.http_settings = http
         # Adapters build absolute URLs (Azure puts the deployment, {model}, inside the base URL).
         self.client: httpx.AsyncClient = build_client(http, base_url="", headers=self.default_headers())
+        self.scrubber = Scrubber(self.secrets)
 
     @property
     def local(self) -> bool:

@@ -22,6 +22,7 @@ from ratatoskr_client.types import (
     Message,
     NliResult,
 )
+from ratatoskr_server.providers.scrub import Scrubber
 
 
 class Capability(StrEnum):
@@ -55,6 +56,10 @@ class Provider(Protocol):
     #: Values that must never appear in anything it reports (keys, credentials).
     @property
     def secrets(self) -> list[str]: ...
+
+    #: Removes those values from the text it answers with (an upstream may echo what it was sent).
+    @property
+    def scrubber(self) -> Scrubber: ...
 
     async def list_models(self) -> list[str]: ...
 

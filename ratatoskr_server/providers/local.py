@@ -18,8 +18,10 @@ from ratatoskr_server.local import tasks
 from ratatoskr_server.local.model import LocalModel
 from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
 from ratatoskr_server.providers.capabilities import Capability
+from ratatoskr_server.providers.scrub import Scrubber
 
 LOCAL_PROVIDER = "local"
+_NOTHING_TO_SCRUB = Scrubber(())
 
 
 class LocalProvider:
@@ -36,6 +38,10 @@ class LocalProvider:
     def secrets(self) -> list[str]:
         """Nothing configured here is secret: the pool holds no credentials."""
         return []
+
+    @property
+    def scrubber(self) -> Scrubber:
+        return _NOTHING_TO_SCRUB
 
     @asynccontextmanager
     async def _model(

@@ -114,7 +114,7 @@ class Router:
         async def one(provider: HttpProvider) -> list[str] | RatatoskrError:
             try:
                 async with asyncio.timeout(timeout):
-                    return await provider.list_models()
+                    return provider.scrubber.model_ids(await provider.list_models())
             except RatatoskrError as err:
                 return err
             except TimeoutError:
