@@ -27,6 +27,7 @@ re-implementing them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -168,7 +169,7 @@ class HuggingFaceProvider(OpenAICompatProvider):
         if not isinstance(data, list) or len(data) != len(inputs):
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise self._malformed(f"{got} embeddings for {len(inputs)} inputs")
-        vectors = [_pool(item) for item in data]
+        vectors = await asyncio.to_thread(lambda: [_pool(item) for item in data])  # pure Python: off the loop
         if any(v is None for v in vectors):
             raise self._malformed("feature-extraction output that is not a vector or a token matrix")
         return [v for v in vectors if v is not None]

@@ -21,6 +21,7 @@ since a pull can be many gigabytes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -356,7 +357,8 @@ class OllamaProvider(HttpProvider):
         if len(rows) != len(inputs):
             # Vectors are matched to inputs by position: a short answer would pair the wrong ones.
             raise Unavailable(f"{self.name}: asked for {len(inputs)} embeddings, got {len(rows)}")
-        return [[float(x) for x in row] for row in rows]
+        # Millions of floats for a big batch: converted off the event loop.
+        return await asyncio.to_thread(lambda: [[float(x) for x in row] for row in rows])
 
     async def list_models(self) -> list[str]:
         url = self.url("/api/tags")
