@@ -13,6 +13,8 @@ The gateway cancels upstream calls routinely (a client hangs up, a deadline pass
 no more requests than slots every request finds a connection the moment it enters (a free slot,
 or an idle connection to replace), so httpcore never queues one and the cancelled-waiter path
 never runs; callers wait on an asyncio semaphore instead, which forgets a cancelled waiter cleanly.
+The price: ``max_connections`` now bounds a provider's requests in flight, also over HTTP/2,
+where httpcore would have multiplexed more than one request on a connection.
 """
 
 from __future__ import annotations
