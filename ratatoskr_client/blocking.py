@@ -11,7 +11,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ratatoskr_client.protocol import ModelGateway
 from ratatoskr_client.types import (
@@ -30,6 +30,39 @@ from ratatoskr_client.types import (
 )
 
 T = TypeVar("T")
+
+#: How long an interrupted call waits for its cancelled coroutine to finish before re-raising.
+CANCEL_GRACE_S = 2.0
+
+
+class _LoopCall(Generic[T]):
+    """One coroutine run as a task on the bridge's loop, which the waiting thread can abandon.
+
+    ``start`` and ``abandon`` run on the loop (``call_soon_threadsafe`` keeps them in order), so
+    ``abandon`` either cancels the task ``start`` made or, if the wait ended before ``start`` was
+    queued, drops the coroutine unstarted. ``finished`` is set once the task is over either way.
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> None:
+        self._coro = coro
+        self._loop = loop
+        self._task: asyncio.Task[T] | None = None
+        self.finished = threading.Event()
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._coro)
+        self._task.add_done_callback(lambda _: self.finished.set())
+
+    def abandon(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # ``finished`` is set when the coroutine has handled it
+            return
+        self._coro.close()
+        self.finished.set()
+
+    def result(self) -> T:
+        assert self._task is not None
+        return self._task.result()
 
 
 class BlockingGateway:
@@ -51,7 +84,21 @@ class BlockingGateway:
         return await factory()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Run ``coro`` on the bridge's loop and wait for it; an interrupted wait cancels it there.
+
+        Whatever ends the wait early (Ctrl-C's KeyboardInterrupt, any BaseException) also cancels
+        the coroutine and waits up to ``CANCEL_GRACE_S`` for it to finish, so the interrupt reaches
+        the caller after the work it started has stopped, not while it still runs for nobody.
+        """
+        call = _LoopCall(coro, self._loop)
+        try:
+            self._loop.call_soon_threadsafe(call.start)
+            call.finished.wait()
+        except BaseException:
+            self._loop.call_soon_threadsafe(call.abandon)
+            call.finished.wait(CANCEL_GRACE_S)
+            raise
+        return call.result()
 
     @property
     def inner(self) -> ModelGateway:

@@ -2,14 +2,20 @@
 
 Both return domain types and raise the typed errors of ``errors.py``; the
 status-code mapping is the shared table there, read in reverse.
+
+Each RPC is described once, in the table below (``RPCS``): which client method
+calls it, where the stubs find it, how its request is built and its answer
+converted. The two clients differ only in how they wait (await or block), so a
+new RPC or a changed conversion is one entry, not two methods kept in step.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -82,12 +88,165 @@ def raise_for_rpc_error(err: grpc.RpcError, target: str = "") -> NoReturn:
     raise error_for_code(code.name, details, retry_after_s=retry_after) from None
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Out = TypeVar("Out")
+P = ParamSpec("P")
+
+GATEWAY = "ratatoskr.v1.Gateway"
+ADMIN = "ratatoskr.v1.Admin"
+HEALTH = "grpc.health.v1.Health"
+
+
+@dataclass(frozen=True, slots=True)
+class Unary(Generic[P, Req, Resp, Out]):
+    """One request-response RPC, described once for both clients.
+
+    ``name`` is the client method that calls it, ``service``/``method`` where the stubs find it,
+    ``request`` builds the message from that method's arguments and ``response`` turns the answer
+    into domain types. The clients only add their way of waiting (await or block).
+    """
+
+    name: str
+    service: str
+    method: str
+    request: Callable[P, Req]
+    response: Callable[[Resp], Out]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStream(Generic[P, Req, Resp]):
+    """One server-streaming RPC of chat events; ``response`` converts each message, and None (a
+    kind of event newer than this client) is skipped rather than taken for the end."""
+
+    name: str
+    service: str
+    method: str
+    request: Callable[P, Req]
+    response: Callable[[Resp], ChatEvent | None]
+
+
+def _tokenize_request(text: str, model: str, add_special_tokens: bool) -> gateway_pb2.TokenizeRequest:
+    return gateway_pb2.TokenizeRequest(model=model, text=text, add_special_tokens=add_special_tokens)
+
+
+def _count_tokens_request(texts: Sequence[str], model: str) -> gateway_pb2.CountTokensRequest:
+    return gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
+
+
+def _chat_request(messages: Sequence[Message], options: ChatOptions | None) -> gateway_pb2.ChatRequest:
+    return gateway_pb2.ChatRequest(
+        messages=[convert.message_to_pb(m) for m in messages],
+        options=convert.chat_options_to_pb(options or ChatOptions()),
+    )
+
+
+def _generate_request(prompt: str, options: ChatOptions | None) -> gateway_pb2.GenerateRequest:
+    return gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
+
+
+def _list_models_request(task: Task | None, local_only: bool) -> gateway_pb2.ListModelsRequest:
+    return gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
+
+
+def _models_from_pb(resp: gateway_pb2.ListModelsResponse) -> list[ModelMetadata]:
+    return [convert.model_metadata_from_pb(m) for m in resp.models]
+
+
+def _model_metadata_request(model: str) -> gateway_pb2.GetModelMetadataRequest:
+    return gateway_pb2.GetModelMetadataRequest(model=model)
+
+
+def _health_request(service: str) -> health_pb2.HealthCheckRequest:
+    return health_pb2.HealthCheckRequest(service=service)
+
+
 def _health_status_name(resp: health_pb2.HealthCheckResponse) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+def _status_request() -> admin_pb2.StatusRequest:
+    return admin_pb2.StatusRequest()
+
+
+def _reload_request() -> admin_pb2.ReloadRequest:
+    return admin_pb2.ReloadRequest()
+
+
+def _load_model_request(name: str) -> admin_pb2.LoadModelRequest:
+    return admin_pb2.LoadModelRequest(model=name)
+
+
+def _unload_model_request(name: str) -> admin_pb2.UnloadModelRequest:
+    return admin_pb2.UnloadModelRequest(model=name)
+
+
+def _unloaded(resp: admin_pb2.UnloadModelResponse) -> bool:
+    return resp.unloaded
+
+
+def _list_loaded_models_request() -> admin_pb2.ListLoadedModelsRequest:
+    return admin_pb2.ListLoadedModelsRequest()
+
+
+def _loaded_models_from_pb(resp: admin_pb2.ListLoadedModelsResponse) -> list[LoadedModel]:
+    return [convert.loaded_model_from_pb(m) for m in resp.models]
+
+
+# The table: every RPC the clients offer, each once. tests/test_client_table.py holds it against
+# the services' descriptors and both clients' methods.
+EMBED = Unary("embed", GATEWAY, "Embed", convert.embed_request_to_pb, convert.embed_result_from_pb)
+NLI = Unary("nli", GATEWAY, "Nli", convert.nli_request_to_pb, convert.nli_result_from_pb)
+CLASSIFY = Unary("classify", GATEWAY, "Classify", convert.classify_request_to_pb, convert.classify_result_from_pb)
+TOKENIZE = Unary("tokenize", GATEWAY, "Tokenize", _tokenize_request, convert.tokenize_result_from_pb)
+COUNT_TOKENS = Unary("count_tokens", GATEWAY, "CountTokens", _count_tokens_request, convert.count_tokens_result_from_pb)
+CHAT = Unary("chat", GATEWAY, "Chat", _chat_request, convert.chat_result_from_pb)
+CHAT_STREAM = ServerStream("chat_stream", GATEWAY, "ChatStream", _chat_request, convert.chat_event_from_pb)
+GENERATE = Unary("generate", GATEWAY, "Generate", _generate_request, convert.generate_result_from_pb)
+GENERATE_STREAM = ServerStream(
+    "generate_stream", GATEWAY, "GenerateStream", _generate_request, convert.chat_event_from_pb
+)
+LIST_MODELS = Unary("list_models", GATEWAY, "ListModels", _list_models_request, _models_from_pb)
+MODEL_METADATA = Unary(
+    "model_metadata", GATEWAY, "GetModelMetadata", _model_metadata_request, convert.model_metadata_from_pb
+)
+HEALTH_CHECK = Unary("health", HEALTH, "Check", _health_request, _health_status_name)
+STATUS = Unary("status", ADMIN, "Status", _status_request, convert.status_from_pb)
+RELOAD = Unary("reload", ADMIN, "Reload", _reload_request, convert.reload_from_pb)
+LOAD_MODEL = Unary("load_model", ADMIN, "LoadModel", _load_model_request, convert.loaded_model_from_pb)
+UNLOAD_MODEL = Unary("unload_model", ADMIN, "UnloadModel", _unload_model_request, _unloaded)
+LIST_LOADED_MODELS = Unary(
+    "list_loaded_models", ADMIN, "ListLoadedModels", _list_loaded_models_request, _loaded_models_from_pb
+)
+
+RPCS: tuple[Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any], ...] = (
+    EMBED,
+    NLI,
+    CLASSIFY,
+    TOKENIZE,
+    COUNT_TOKENS,
+    CHAT,
+    CHAT_STREAM,
+    GENERATE,
+    GENERATE_STREAM,
+    LIST_MODELS,
+    MODEL_METADATA,
+    HEALTH_CHECK,
+    STATUS,
+    RELOAD,
+    LOAD_MODEL,
+    UNLOAD_MODEL,
+    LIST_LOADED_MODELS,
+)
+
+
+def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, object]:
+    """The generated stub of each service the table names, on one channel."""
+    return {
+        GATEWAY: gateway_pb2_grpc.GatewayStub(channel),
+        ADMIN: admin_pb2_grpc.AdminStub(channel),
+        HEALTH: health_pb2_grpc.HealthStub(channel),
+    }
 
 
 class AsyncServiceClient:
@@ -97,17 +256,32 @@ class AsyncServiceClient:
         self.target = grpc_target(address)
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        self._gateway = gateway_pb2_grpc.GatewayStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._stubs = _stubs(self._channel)
 
-    async def _call(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
-    ) -> Resp:
+    async def _unary(
+        self, rpc: Unary[P, Req, Resp, Out], timeout: float | None, *args: P.args, **kwargs: P.kwargs
+    ) -> Out:
+        method = cast("grpc.aio.UnaryUnaryMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
+            answer = await method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
+        return rpc.response(answer)
+
+    async def _stream(
+        self, rpc: ServerStream[P, Req, Resp], timeout: float | None, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncIterator[ChatEvent]:
+        method = cast("grpc.aio.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
+        call = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+        try:
+            async for message in call:
+                known = rpc.response(message)
+                if known is not None:
+                    yield known
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err, self.target)
+        finally:
+            call.cancel()  # a consumer that stops early closes the stream, and so the upstream
 
     async def embed(
         self,
@@ -117,8 +291,7 @@ class AsyncServiceClient:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> EmbedResult:
-        req = convert.embed_request_to_pb(inputs, model, truncate)
-        return convert.embed_result_from_pb(await self._call(self._gateway.Embed, req, timeout))
+        return await self._unary(EMBED, timeout, inputs, model, truncate)
 
     async def nli(
         self,
@@ -128,8 +301,7 @@ class AsyncServiceClient:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> NliResult:
-        req = convert.nli_request_to_pb(pairs, model, truncate)
-        return convert.nli_result_from_pb(await self._call(self._gateway.Nli, req, timeout))
+        return await self._unary(NLI, timeout, pairs, model, truncate)
 
     async def classify(
         self,
@@ -141,99 +313,62 @@ class AsyncServiceClient:
         hypothesis_template: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
-        req = convert.classify_request_to_pb(text, labels, model, multi_label, hypothesis_template)
-        return convert.classify_result_from_pb(await self._call(self._gateway.Classify, req, timeout))
+        return await self._unary(CLASSIFY, timeout, text, labels, model, multi_label, hypothesis_template)
 
     async def tokenize(
         self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
     ) -> TokenizeResult:
-        req = gateway_pb2.TokenizeRequest(model=model, text=text, add_special_tokens=add_special_tokens)
-        return convert.tokenize_result_from_pb(await self._call(self._gateway.Tokenize, req, timeout))
+        return await self._unary(TOKENIZE, timeout, text, model, add_special_tokens)
 
     async def count_tokens(
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult:
-        req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
-        return convert.count_tokens_result_from_pb(await self._call(self._gateway.CountTokens, req, timeout))
+        return await self._unary(COUNT_TOKENS, timeout, texts, model)
 
     async def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> ChatResult:
-        req = gateway_pb2.ChatRequest(
-            messages=[convert.message_to_pb(m) for m in messages],
-            options=convert.chat_options_to_pb(options or ChatOptions()),
-        )
-        return convert.chat_result_from_pb(await self._call(self._gateway.Chat, req, timeout))
+        return await self._unary(CHAT, timeout, messages, options)
 
-    async def chat_stream(
+    def chat_stream(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]:
-        req = gateway_pb2.ChatRequest(
-            messages=[convert.message_to_pb(m) for m in messages],
-            options=convert.chat_options_to_pb(options or ChatOptions()),
-        )
-        call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
-        try:
-            async for event in call:
-                known = convert.chat_event_from_pb(event)
-                if known is not None:
-                    yield known
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err, self.target)
-        finally:
-            call.cancel()  # a consumer that stops early closes the stream, and so the upstream
+        return self._stream(CHAT_STREAM, timeout, messages, options)
 
     async def generate(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> GenerateResult:
-        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        return convert.generate_result_from_pb(await self._call(self._gateway.Generate, req, timeout))
+        return await self._unary(GENERATE, timeout, prompt, options)
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[ChatEvent]:
-        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
-        try:
-            async for event in call:
-                known = convert.chat_event_from_pb(event)
-                if known is not None:
-                    yield known
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err, self.target)
-        finally:
-            call.cancel()
+        return self._stream(GENERATE_STREAM, timeout, prompt, options)
 
     async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
-        resp = await self._call(self._gateway.ListModels, req)
-        return [convert.model_metadata_from_pb(m) for m in resp.models]
+        return await self._unary(LIST_MODELS, None, task, local_only)
 
     async def model_metadata(self, model: str) -> ModelMetadata:
-        req = gateway_pb2.GetModelMetadataRequest(model=model)
-        return convert.model_metadata_from_pb(await self._call(self._gateway.GetModelMetadata, req))
+        return await self._unary(MODEL_METADATA, None, model)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
-        req = health_pb2.HealthCheckRequest(service=service)
-        return _health_status_name(await self._call(self._health.Check, req, timeout))
+        return await self._unary(HEALTH_CHECK, timeout, service)
 
     async def status(self) -> ServerStatus:
-        return convert.status_from_pb(await self._call(self._admin.Status, admin_pb2.StatusRequest()))
+        return await self._unary(STATUS, None)
 
     async def reload(self) -> ReloadResult:
-        return convert.reload_from_pb(await self._call(self._admin.Reload, admin_pb2.ReloadRequest()))
+        return await self._unary(RELOAD, None)
 
     async def load_model(self, name: str) -> LoadedModel:
-        resp = await self._call(self._admin.LoadModel, admin_pb2.LoadModelRequest(model=name))
-        return convert.loaded_model_from_pb(resp)
+        return await self._unary(LOAD_MODEL, None, name)
 
     async def unload_model(self, name: str) -> bool:
-        return (await self._call(self._admin.UnloadModel, admin_pb2.UnloadModelRequest(model=name))).unloaded
+        return await self._unary(UNLOAD_MODEL, None, name)
 
     async def list_loaded_models(self) -> list[LoadedModel]:
-        resp = await self._call(self._admin.ListLoadedModels, admin_pb2.ListLoadedModelsRequest())
-        return [convert.loaded_model_from_pb(m) for m in resp.models]
+        return await self._unary(LIST_LOADED_MODELS, None)
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -254,17 +389,30 @@ class ServiceClient:
         self.target = grpc_target(address)
         self.timeout = timeout
         self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        self._gateway = gateway_pb2_grpc.GatewayStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._stubs = _stubs(self._channel)
 
-    def _call(
-        self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None
-    ) -> Resp:
+    def _unary(self, rpc: Unary[P, Req, Resp, Out], timeout: float | None, *args: P.args, **kwargs: P.kwargs) -> Out:
+        method = cast("grpc.UnaryUnaryMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            answer = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
+        return rpc.response(answer)
+
+    def _stream(
+        self, rpc: ServerStream[P, Req, Resp], timeout: float | None, *args: P.args, **kwargs: P.kwargs
+    ) -> Iterator[ChatEvent]:
+        method = cast("grpc.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
+        call = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+        try:
+            for message in call:
+                known = rpc.response(message)
+                if known is not None:
+                    yield known
+        except grpc.RpcError as err:
+            raise_for_rpc_error(err, self.target)
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]  # a consumer that stops early closes the stream, and so the upstream
 
     def embed(
         self,
@@ -274,8 +422,7 @@ class ServiceClient:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> EmbedResult:
-        req = convert.embed_request_to_pb(inputs, model, truncate)
-        return convert.embed_result_from_pb(self._call(self._gateway.Embed, req, timeout))
+        return self._unary(EMBED, timeout, inputs, model, truncate)
 
     def nli(
         self,
@@ -285,8 +432,7 @@ class ServiceClient:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> NliResult:
-        req = convert.nli_request_to_pb(pairs, model, truncate)
-        return convert.nli_result_from_pb(self._call(self._gateway.Nli, req, timeout))
+        return self._unary(NLI, timeout, pairs, model, truncate)
 
     def classify(
         self,
@@ -298,96 +444,60 @@ class ServiceClient:
         hypothesis_template: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
-        req = convert.classify_request_to_pb(text, labels, model, multi_label, hypothesis_template)
-        return convert.classify_result_from_pb(self._call(self._gateway.Classify, req, timeout))
+        return self._unary(CLASSIFY, timeout, text, labels, model, multi_label, hypothesis_template)
 
     def tokenize(
         self, text: str, *, model: str = "", add_special_tokens: bool = True, timeout: float | None = None
     ) -> TokenizeResult:
-        req = gateway_pb2.TokenizeRequest(model=model, text=text, add_special_tokens=add_special_tokens)
-        return convert.tokenize_result_from_pb(self._call(self._gateway.Tokenize, req, timeout))
+        return self._unary(TOKENIZE, timeout, text, model, add_special_tokens)
 
     def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
-        req = gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
-        return convert.count_tokens_result_from_pb(self._call(self._gateway.CountTokens, req, timeout))
+        return self._unary(COUNT_TOKENS, timeout, texts, model)
 
     def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> ChatResult:
-        req = gateway_pb2.ChatRequest(
-            messages=[convert.message_to_pb(m) for m in messages],
-            options=convert.chat_options_to_pb(options or ChatOptions()),
-        )
-        return convert.chat_result_from_pb(self._call(self._gateway.Chat, req, timeout))
+        return self._unary(CHAT, timeout, messages, options)
 
     def chat_stream(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> Iterator[ChatEvent]:
-        req = gateway_pb2.ChatRequest(
-            messages=[convert.message_to_pb(m) for m in messages],
-            options=convert.chat_options_to_pb(options or ChatOptions()),
-        )
-        call = self._gateway.ChatStream(req, timeout=self.timeout if timeout is None else timeout)
-        try:
-            for event in call:
-                known = convert.chat_event_from_pb(event)
-                if known is not None:
-                    yield known
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err, self.target)
-        finally:
-            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped  # a consumer that stops early closes the stream, and so the upstream
+        return self._stream(CHAT_STREAM, timeout, messages, options)
 
     def generate(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> GenerateResult:
-        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        return convert.generate_result_from_pb(self._call(self._gateway.Generate, req, timeout))
+        return self._unary(GENERATE, timeout, prompt, options)
 
     def generate_stream(
         self, prompt: str, options: ChatOptions | None = None, *, timeout: float | None = None
     ) -> Iterator[ChatEvent]:
-        req = gateway_pb2.GenerateRequest(prompt=prompt, options=convert.chat_options_to_pb(options or ChatOptions()))
-        call = self._gateway.GenerateStream(req, timeout=self.timeout if timeout is None else timeout)
-        try:
-            for event in call:
-                known = convert.chat_event_from_pb(event)
-                if known is not None:
-                    yield known
-        except grpc.RpcError as err:
-            raise_for_rpc_error(err, self.target)
-        finally:
-            call.cancel()  # type: ignore[no-untyped-call]
+        return self._stream(GENERATE_STREAM, timeout, prompt, options)
 
     def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        req = gateway_pb2.ListModelsRequest(task=convert.task_to_pb(task), local_only=local_only)
-        resp = self._call(self._gateway.ListModels, req)
-        return [convert.model_metadata_from_pb(m) for m in resp.models]
+        return self._unary(LIST_MODELS, None, task, local_only)
 
     def model_metadata(self, model: str) -> ModelMetadata:
-        req = gateway_pb2.GetModelMetadataRequest(model=model)
-        return convert.model_metadata_from_pb(self._call(self._gateway.GetModelMetadata, req))
+        return self._unary(MODEL_METADATA, None, model)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN."""
-        req = health_pb2.HealthCheckRequest(service=service)
-        return _health_status_name(self._call(self._health.Check, req, timeout))
+        return self._unary(HEALTH_CHECK, timeout, service)
 
     def status(self) -> ServerStatus:
-        return convert.status_from_pb(self._call(self._admin.Status, admin_pb2.StatusRequest()))
+        return self._unary(STATUS, None)
 
     def reload(self) -> ReloadResult:
-        return convert.reload_from_pb(self._call(self._admin.Reload, admin_pb2.ReloadRequest()))
+        return self._unary(RELOAD, None)
 
     def load_model(self, name: str) -> LoadedModel:
-        return convert.loaded_model_from_pb(self._call(self._admin.LoadModel, admin_pb2.LoadModelRequest(model=name)))
+        return self._unary(LOAD_MODEL, None, name)
 
     def unload_model(self, name: str) -> bool:
-        return self._call(self._admin.UnloadModel, admin_pb2.UnloadModelRequest(model=name)).unloaded
+        return self._unary(UNLOAD_MODEL, None, name)
 
     def list_loaded_models(self) -> list[LoadedModel]:
-        resp = self._call(self._admin.ListLoadedModels, admin_pb2.ListLoadedModelsRequest())
-        return [convert.loaded_model_from_pb(m) for m in resp.models]
+        return self._unary(LIST_LOADED_MODELS, None)
 
     def close(self) -> None:
         self._channel.close()
