@@ -259,7 +259,9 @@ class HttpSettings(_Section):
     write_timeout_s: float = Field(default=30.0, gt=0)
     pool_timeout_s: float = Field(default=10.0, gt=0, description="Wait for a free pooled connection.")
     total_timeout_s: float = Field(default=600.0, gt=0, description="Longest whole upstream call, streams included.")
-    max_connections: int = Field(default=100, ge=1)
+    max_connections: int = Field(
+        default=100, ge=1, description="Requests in flight per provider, HTTP/2 streams included."
+    )
     max_keepalive_connections: int = Field(default=20, ge=0)
     http2: bool = True
 
