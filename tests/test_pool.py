@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
@@ -343,6 +343,47 @@ async def test_a_slow_load_leaves_inference_its_thread(
     finally:
         release.set()
     assert len((await loading).vectors) == 1
+
+
+async def test_close_discards_a_load_in_progress(
+    tiny_root: Path, make_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that finishes after close() must not start a batcher or leave its model resident."""
+    import ratatoskr_server.local.pool as pool_module
+
+    gw = make_gateway(tiny_root)
+    entered, release, built = threading.Event(), threading.Event(), threading.Event()
+    models: list[LocalModel] = []
+    real = pool_module.open_local_model
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(timeout=60)
+        model = real(*args, **kwargs)
+        models.append(model)
+        built.set()
+        return model
+
+    monkeypatch.setattr(pool_module, "open_local_model", slow_open)
+    waiting = asyncio.create_task(gw.embed(["x"], model="m1"))
+    await asyncio.to_thread(entered.wait, 10)  # the session is being built now
+    try:
+        await gw.pool.close()
+        assert gw.loaded_models() == []
+        # close() has settled the load: no task of the pool is left to act on the session later.
+        assert [t for t in asyncio.all_tasks() if t.get_name() == "load:m1"] == []
+        with pytest.raises(Unavailable, match="pool is closed"):
+            await asyncio.wait_for(waiting, 10)  # its waiter is told why, not left hanging
+        with pytest.raises(Unavailable, match="the gateway is shutting down"):
+            async with gw.pool.lease("m0"):
+                pass
+    finally:
+        release.set()
+        await asyncio.wait([waiting], timeout=30)  # should an assertion fail, end it rather than hang teardown
+    assert await asyncio.to_thread(built.wait, 30)
+    (model,) = models
+    assert model.batcher._worker is None  # its batcher never started
+    assert gw.loaded_models() == [] and gw.pool.load_counts["m1"] == 0
 
 
 async def test_a_slow_first_use_import_does_not_hold_back_other_models(

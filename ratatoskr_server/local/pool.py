@@ -49,6 +49,8 @@ from ratatoskr_server.local.tokenization import TextTokenizer
 log = logging.getLogger(__name__)
 
 LOCAL_PREFIX = "local/"
+#: What a lease hears once the pool is closed: the daemon is draining and will not load anything.
+CLOSED_MESSAGE = "the model pool is closed (the gateway is shutting down)"
 
 
 class ModelState(StrEnum):
@@ -128,6 +130,8 @@ class LocalModelPool:
         self._import_lock = asyncio.Lock()
         self._tokenizers: dict[str, TextTokenizer] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: Set by close(): no lease is granted and no load is started or finished after it.
+        self._closed = False
         #: Loads performed per model name, for the operators' status and the tests.
         self.load_counts: Counter[str] = Counter()
 
@@ -217,10 +221,15 @@ class LocalModelPool:
             if slot.in_flight == 0:
                 slot.drained.set()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable(CLOSED_MESSAGE)
+
     async def _acquire(self, name: str) -> _Slot:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._settings.local.load_wait_s
         while True:
+            self._check_open()  # again after every wait: close() may have come meanwhile
             slot = self._slots.get(name) or await self._admit(name)
             if slot.state is ModelState.READY:
                 slot.in_flight += 1
@@ -248,6 +257,7 @@ class LocalModelPool:
         give_up = loop.time() + self._settings.local.load_wait_s
         while True:
             async with self._admission:
+                self._check_open()  # the import above, or the wait for a drain below, may outlast close()
                 existing = self._slots.get(name)
                 if existing is not None:
                     return existing
@@ -329,6 +339,13 @@ class LocalModelPool:
                     limits=limits,
                 ),
             )
+            if self._slots.get(slot.name) is not slot:
+                # The slot left the pool while the session was being built (close() discards loads
+                # in progress, and cancels this task too, so this is a backstop): a model nobody can
+                # lease must not start a batcher.
+                _settled(slot.ready, Unavailable(f"model '{slot.name}' was discarded while it loaded"))
+                _settled(slot.gone)
+                return
             if decl and decl.task and decl.task != model.manifest.task:
                 raise FailedPrecondition(
                     f"model '{slot.name}' is declared as task {decl.task!r} but its manifest says "
@@ -413,7 +430,7 @@ class LocalModelPool:
             self._reaper.cancel()
             self._reaper = None
         idle = self._settings.local.idle_unload_s
-        if idle > 0:
+        if idle > 0 and not self._closed:
             with contextlib.suppress(RuntimeError):  # no running loop: started later by start()
                 self._reaper = asyncio.get_running_loop().create_task(self._reap(idle), name="idle-reaper")
 
@@ -435,12 +452,32 @@ class LocalModelPool:
                             await self._remove(slot)
 
     async def close(self) -> None:
+        """Unload every model and refuse new leases; a load still under way is discarded.
+
+        A load is not waited for (it may take minutes, and shutdown has a grace period): its slot
+        leaves the pool now, whoever waits for it hears Unavailable, and its task is cancelled, so
+        the session it was building is dropped when its thread finishes instead of starting a
+        batcher and staying resident in a pool nobody serves from.
+        """
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        loaders: list[asyncio.Task[None]] = []
         for slot in list(self._slots.values()):
             if slot.state is not ModelState.LOADING:
-                await self._remove(slot)
+                continue
+            del self._slots[slot.name]
+            slot.state = ModelState.UNLOADING
+            _settled(slot.ready, Unavailable(CLOSED_MESSAGE))
+            _settled(slot.gone)
+            if slot.loader is not None:
+                slot.loader.cancel()
+                loaders.append(slot.loader)
+        if loaders:
+            await asyncio.wait(loaders)  # each ends at its await; the executor thread is not waited for
+        for slot in list(self._slots.values()):
+            await self._remove(slot)
 
 
 __all__ = ["LOCAL_PREFIX", "LocalModelPool", "ModelState", "dir_mb", "rss_mb"]
