@@ -279,6 +279,30 @@ async def test_the_queue_is_bounded_in_tokens(tiny_root: Path, make_gateway: Any
     assert model.batcher.queued_tokens == 0
 
 
+async def test_a_stop_cancelled_midway_fails_the_queue_and_stays_cancelled(tiny_root: Path, make_gateway: Any) -> None:
+    """The idle reaper unloads through stop(); close() cancels the reaper and must not be ignored."""
+    gw = make_gateway(tiny_root, batching={"concurrency": 1})
+    model, gate = await _gated(gw, "m0")
+    try:
+        running = asyncio.create_task(gw.embed(["running"], model="m0"))
+        await _until(lambda: gate.entered == 1)
+        queued = asyncio.create_task(gw.embed(["queued"], model="m0"))
+        await _until(lambda: model.batcher.queued_requests == 1)
+        worker = model.batcher._worker
+        assert worker is not None
+        stopper = asyncio.create_task(model.batcher.stop())
+        await asyncio.sleep(0)  # one step: the stopper was scheduled first, so it runs to its wait
+        assert worker.cancelling() and not stopper.done()  # it is inside stop(), waiting for its tasks
+        stopper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopper
+        for request in (queued, running):
+            with pytest.raises(Unavailable, match="was unloaded"):
+                await asyncio.wait_for(request, 10)
+    finally:
+        gate.open.set()
+
+
 async def test_an_empty_submit_resolves_and_holds_no_slot(tiny_root: Path, make_gateway: Any) -> None:
     gw = make_gateway(tiny_root)
     await gw.embed(["warm"], model="m3")
@@ -384,6 +408,24 @@ async def test_close_discards_a_load_in_progress(
     (model,) = models
     assert model.batcher._worker is None  # its batcher never started
     assert gw.loaded_models() == [] and gw.pool.load_counts["m1"] == 0
+
+
+async def test_close_ends_a_reaper_caught_mid_unload(tiny_root: Path, make_gateway: Any) -> None:
+    gw = make_gateway(tiny_root, idle_unload_s=0.2)
+    async with gw.pool.lease("m0") as model:
+        pass
+    stopping, resume = asyncio.Event(), asyncio.Event()
+    real_stop = model.batcher.stop
+
+    async def slow_stop() -> None:
+        await real_stop()
+        stopping.set()
+        await resume.wait()  # the reaper is inside the unload when close() comes
+
+    model.batcher.stop = slow_stop  # type: ignore[method-assign]
+    await asyncio.wait_for(stopping.wait(), 10)
+    await gw.pool.close()
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "idle-reaper"] == []
 
 
 async def test_a_slow_first_use_import_does_not_hold_back_other_models(

@@ -134,17 +134,22 @@ class MicroBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
+        """Cancel the worker and the running batches, fail every queued request, wait for the tasks.
+
+        Queued requests are failed before the wait, and the wait is asyncio.wait (which never
+        raises for the tasks it waits on), so a caller cancelled while stopping, such as the idle
+        reaper when the pool closes, leaves no request waiting and keeps its own cancellation.
+        """
         tasks = [t for t in (self._worker, *self._running) if t is not None]
+        self._worker = None
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._worker = None
         while self._waiting:
             request = self._waiting.popleft()
             self._forget(request)
             self._fail(request, Unavailable(f"model '{self.name}' was unloaded"))
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def submit(self, encodings: Sequence[Encoding], deadline: float | None = None) -> BatchedOutput:
         """Rows for ``encodings`` in their order, computed in whatever batches the queue forms."""

@@ -394,10 +394,12 @@ class LocalModelPool:
         slot.state = ModelState.UNLOADING
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
-        if slot.model is not None:
-            await slot.model.batcher.stop()
-        slot.model = None
-        _settled(slot.gone)
+        try:
+            if slot.model is not None:
+                await slot.model.batcher.stop()
+        finally:  # also when the remover (the reaper, at close) is cancelled: nobody waits on `gone` forever
+            slot.model = None
+            _settled(slot.gone)
         log.info("model unloaded", extra={"model": slot.name})
 
     async def unload(self, name: str) -> bool:
@@ -461,8 +463,9 @@ class LocalModelPool:
         """
         self._closed = True
         if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
+            reaper, self._reaper = self._reaper, None
+            reaper.cancel()
+            await asyncio.wait([reaper])  # it may be mid-unload; nothing of the pool outlives close()
         loaders: list[asyncio.Task[None]] = []
         for slot in list(self._slots.values()):
             if slot.state is not ModelState.LOADING:
