@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.model import LocalModel
-from ratatoskr_server.local.pool import dir_mb
+from ratatoskr_server.local.pool import LocalModelPool, dir_mb
 from tests.tiny_bert import make_tiny_bert_checkpoint
 
 NAMES = ["m0", "m1", "m2", "m3"]
@@ -110,6 +111,54 @@ async def test_idle_models_unload(tiny_root: Path, make_gateway: Any) -> None:
     assert _resident(gw) == ["m0", "m1"]
     await asyncio.sleep(1.2)
     assert _resident(gw) == ["m1"]  # pinned stays
+
+
+class FakeClock:
+    """The pool's idle clock, moved by the test: idle time without sleeping for it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WatchedLock(asyncio.Lock):
+    """An asyncio.Lock that counts the acquires that found it held (and so had to wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contended = 0
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.contended += 1
+        return await super().acquire()
+
+
+async def test_the_reaper_spares_a_model_used_between_its_scan_and_its_unload(tiny_root: Path) -> None:
+    clock = FakeClock()
+    settings = load_settings(
+        local={"model_dir": tiny_root, "preload": [], "auto_import_default": False, "idle_unload_s": 0.2}
+    )
+    with ThreadPoolExecutor(2) as executor:
+        pool = LocalModelPool(settings, executor, clock=clock)
+        lock = pool._admission = WatchedLock()
+        try:
+            async with pool.lease("m0"):
+                pass
+            pool.start()  # the reaper scans every 0.05 s of real time, judging idleness on the fake clock
+            async with lock:
+                clock.now += 1.0  # its next scan finds m0 idle...
+                await _until(lambda: lock.contended == 1)  # ...and waits for the lock to unload it
+                async with pool.lease("m0"):  # used meanwhile (leasing a ready model takes no lock)
+                    pass
+            async with lock:  # granted after the reaper's turn: asyncio.Lock serves waiters in order
+                assert [m.name for m in pool.loaded()] == ["m0"]
+            clock.now += 1.0  # now idle for real
+            await _until(lambda: not pool.loaded())
+        finally:
+            await pool.close()
 
 
 async def test_concurrent_first_use_loads_once(tiny_root: Path, make_gateway: Any) -> None:

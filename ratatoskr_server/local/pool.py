@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,14 +72,15 @@ class _Slot:
     memory_mb: float = 0.0
     in_flight: int = 0
     requests: int = 0
-    last_used: float = field(default_factory=time.monotonic)
+    #: On the pool's clock: when the last lease ended (or the load finished).
+    last_used: float = 0.0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     loader: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.drained.set()
 
-    def describe(self) -> LoadedModel:
+    def describe(self, now: float) -> LoadedModel:
         model = self.model
         return LoadedModel(
             name=self.name,
@@ -90,7 +91,7 @@ class _Slot:
             file_mb=round(self.footprint_mb, 1),
             pinned=self.pinned,
             requests=self.requests,
-            idle_s=0.0 if self.in_flight else round(time.monotonic() - self.last_used, 3),
+            idle_s=0.0 if self.in_flight else round(now - self.last_used, 3),
             in_flight=self.in_flight,
         )
 
@@ -119,8 +120,16 @@ def _settled(future: asyncio.Future[None], error: BaseException | None = None) -
 
 
 class LocalModelPool:
-    def __init__(self, settings: Settings, executor: Executor, loader: Executor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        loader: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        #: Idle time is measured on this clock (seconds); the tests drive it by hand.
+        self._clock = clock
         #: Inference (batches, big tokenizations) and loading (imports, sessions, tokenizer files) run
         #: on separate threads, so a slow import or load never leaves a ready model without a thread.
         self._executor = executor
@@ -217,7 +226,7 @@ class LocalModelPool:
             yield slot.model
         finally:
             slot.in_flight -= 1
-            slot.last_used = time.monotonic()
+            slot.last_used = self._clock()
             if slot.in_flight == 0:
                 slot.drained.set()
 
@@ -271,6 +280,7 @@ class LocalModelPool:
                         pinned=bool(decl and decl.pinned),
                         ready=loop.create_future(),
                         gone=loop.create_future(),
+                        last_used=self._clock(),
                     )
                     self._slots[name] = slot
                     slot.loader = loop.create_task(self._load(slot), name=f"load:{name}")
@@ -363,7 +373,7 @@ class LocalModelPool:
         slot.model = model
         model.batcher.start()
         slot.state = ModelState.READY
-        slot.last_used = time.monotonic()
+        slot.last_used = self._clock()
         self.load_counts[slot.name] += 1
         _settled(slot.ready)
         log.info(
@@ -421,7 +431,8 @@ class LocalModelPool:
         return True
 
     def loaded(self) -> list[LoadedModel]:
-        return [s.describe() for s in self._slots.values()]
+        now = self._clock()
+        return [s.describe(now) for s in self._slots.values()]
 
     # -- idle reaper -------------------------------------------------------------------------
     def start(self) -> None:
@@ -436,22 +447,28 @@ class LocalModelPool:
             with contextlib.suppress(RuntimeError):  # no running loop: started later by start()
                 self._reaper = asyncio.get_running_loop().create_task(self._reap(idle), name="idle-reaper")
 
+    def _idle(self, slot: _Slot, idle_s: float) -> bool:
+        """Whether the reaper may unload ``slot`` now: in the pool, ready, unpinned, unused for ``idle_s``."""
+        return (
+            self._slots.get(slot.name) is slot
+            and slot.state is ModelState.READY
+            and not slot.pinned
+            and slot.in_flight == 0
+            and self._clock() - slot.last_used >= idle_s
+        )
+
     async def _reap(self, idle_s: float) -> None:
         period = max(0.05, min(idle_s / 4, 5.0))
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            for slot in list(self._slots.values()):
-                if (
-                    slot.state is ModelState.READY
-                    and not slot.pinned
-                    and slot.in_flight == 0
-                    and now - slot.last_used >= idle_s
-                ):
-                    async with self._admission:
-                        if slot.in_flight == 0 and slot.state is ModelState.READY:
-                            log.info("unloading idle model", extra={"model": slot.name, "idle_s": idle_s})
-                            await self._remove(slot)
+            for slot in [s for s in self._slots.values() if self._idle(s, idle_s)]:
+                async with self._admission:
+                    # Judged again under the lock: while the reaper waited for it, a lease may have
+                    # used the model and let it go (in_flight back to 0, last_used fresh), or an
+                    # eviction or a reload may have changed it.
+                    if self._idle(slot, idle_s):
+                        log.info("unloading idle model", extra={"model": slot.name, "idle_s": idle_s})
+                        await self._remove(slot)
 
     async def close(self) -> None:
         """Unload every model and refuse new leases; a load still under way is discarded.
