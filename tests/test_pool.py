@@ -191,18 +191,21 @@ async def test_no_unload_under_an_in_flight_request(tiny_root: Path, footprint: 
 
 
 class Gate:
-    """Holds the model's ONNX runs until released, counting every run and its rows."""
+    """Holds the model's ONNX runs until released, counting every run, its rows and padded tokens."""
 
     def __init__(self, model: LocalModel) -> None:
         self.open = threading.Event()
         self.entered = 0
         self.runs: list[int] = []
+        #: Rows times the longest input of each run: what max_batch_tokens bounds.
+        self.padded_tokens: list[int] = []
         real = model.batcher.run_batch
 
         def gated(encodings: list[Any]) -> Any:
             self.entered += 1
             self.open.wait(timeout=30)
             self.runs.append(len(encodings))
+            self.padded_tokens.append(len(encodings) * max(len(e.ids) for e in encodings))
             return real(encodings)
 
         model.batcher.run_batch = gated
@@ -241,10 +244,13 @@ async def test_oversized_request_is_split_not_refused(tiny_root: Path, make_gate
     gw = make_gateway(tiny_root, batching={"max_batch_size": 8, "max_batch_tokens": 64, "concurrency": 1})
     _, gate = await _gated(gw, "m1")
     gate.open.set()
-    texts = [("word " * (i % 9)).strip() for i in range(50)]
+    texts = [("word " * (i % 9)).strip() for i in range(50)]  # 2 to 10 tokens with [CLS] and [SEP]
     result = await gw.embed(texts, model="m1")
     assert len(result.vectors) == 50
     assert sum(gate.runs) == 50 and max(gate.runs) <= 8
+    # Eight of the longest inputs would be 80 padded tokens: the token budget cuts those slices shorter.
+    assert max(gate.padded_tokens) <= 64
+    assert min(gate.runs[:-1]) < 8  # the budget, not the row limit, ended some full slice
     # Rows are sorted by length before slicing, so the token budget limits long slices only.
     single = await gw.embed([texts[7]], model="m1")
     np.testing.assert_allclose(result.vectors[7], single.vectors[0], atol=1e-6)
@@ -313,18 +319,34 @@ async def test_a_single_text_rides_in_the_next_batch_beside_a_big_request(tiny_r
     assert gate.runs[1] == 8 and sum(gate.runs) == 42
 
 
-async def test_the_queue_is_bounded_in_tokens(tiny_root: Path, make_gateway: Any) -> None:
-    gw = make_gateway(tiny_root, batching={"concurrency": 1, "max_queue_tokens": 40})
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"batching": {"concurrency": 1, "max_queue_tokens": 40}},
+        {"batching": {"concurrency": 1}, "models": {"m2": {"max_queue_tokens": 40}}},  # a model's own limit
+    ],
+    ids=["local.batching", "models.NAME"],
+)
+async def test_the_queue_is_bounded_in_tokens(tiny_root: Path, make_gateway: Any, where: dict[str, Any]) -> None:
+    gw = make_gateway(tiny_root, **where)
     model, gate = await _gated(gw, "m2")
-    running = asyncio.create_task(gw.embed(["running"], model="m2"))
-    await _until(lambda: gate.entered == 1)
-    queued = asyncio.create_task(gw.embed(["word " * 20], model="m2"))  # 22 tokens with [CLS] and [SEP]
-    await _until(lambda: model.batcher.queued_tokens > 0)
-    with pytest.raises(ResourceExhausted, match="max_queue_tokens") as info:
-        await gw.embed(["word " * 20], model="m2")
-    assert info.value.retry_after_s == 1.0
-    gate.open.set()
-    await asyncio.gather(running, queued)
+    try:
+        running = asyncio.create_task(gw.embed(["running"], model="m2"))
+        await _until(lambda: gate.entered == 1)
+        queued = asyncio.create_task(gw.embed(["word " * 20], model="m2"))  # 22 tokens with [CLS] and [SEP]
+        await _until(lambda: model.batcher.queued_tokens == 22)
+        # 44 tokens would wait: refused at once. (Were the limit ignored, this would queue behind
+        # the gate: the timeout turns that into a failure instead of a hang.)
+        with pytest.raises(ResourceExhausted, match=r"22 more would pass its limit \(max_queue_tokens = 40\)") as info:
+            await asyncio.wait_for(gw.embed(["word " * 20], model="m2"), 5)
+        assert info.value.retry_after_s == 1.0
+        assert model.batcher.queued_tokens == 22  # the refused request left nothing behind
+        # Within the budget is still taken: 22 + 7 tokens.
+        fits = asyncio.create_task(gw.embed(["word " * 5], model="m2"))
+        await _until(lambda: model.batcher.queued_tokens == 29)
+    finally:
+        gate.open.set()
+    await asyncio.gather(running, queued, fits)
     assert model.batcher.queued_tokens == 0
 
 
