@@ -215,7 +215,9 @@ class Daemon:
         self.edge.max_in_flight = new.server.max_in_flight
         await self.gateway.apply_settings(new)
         log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
-        return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message="reloaded")
+        # Settings loaded models follow only once loaded again (pinning and the budget apply now), in words.
+        message = "; ".join(["reloaded", *self.gateway.pool.settings_awaiting_reload()])
+        return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message=message)
 
     def _reload_on_signal(self) -> None:
         # The loop keeps only weak references to tasks; hold this one until it ends.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
-from ratatoskr_server.config import load_settings
+from ratatoskr_server.config import Settings, load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.model import LocalModel
@@ -38,12 +38,13 @@ def footprint(tiny_root: Path) -> float:
     return dir_mb(tiny_root / "m0")
 
 
-def _gateway(root: Path, **local: Any) -> EmbeddedGateway:
+def _settings(root: Path, **local: Any) -> Settings:
     models = local.pop("models", {})
-    settings = load_settings(
-        local={"model_dir": root, "preload": [], "auto_import_default": False, **local}, models=models
-    )
-    return EmbeddedGateway(settings)
+    return load_settings(local={"model_dir": root, "preload": [], "auto_import_default": False, **local}, models=models)
+
+
+def _gateway(root: Path, **local: Any) -> EmbeddedGateway:
+    return EmbeddedGateway(_settings(root, **local))
 
 
 @pytest.fixture
@@ -159,6 +160,75 @@ async def test_the_reaper_spares_a_model_used_between_its_scan_and_its_unload(ti
             await _until(lambda: not pool.loaded())
         finally:
             await pool.close()
+
+
+async def test_a_reload_applies_pinning_now_and_names_what_waits_for_the_next_load(
+    tiny_root: Path, make_gateway: Any
+) -> None:
+    gw = make_gateway(tiny_root, models={"m1": {"pinned": True}})
+    for name in ("m0", "m1"):
+        await gw.embed(["x"], model=name)
+    new = _settings(tiny_root, batching={"max_batch_size": 8}, models={"m0": {"pinned": True, "max_queue": 5}})
+    notes = gw.pool.update_settings(new)
+    assert {m.name: m.pinned for m in gw.loaded_models()} == {"m0": True, "m1": False}  # applied now
+    assert notes == [
+        "local.batching.max_batch_size = 8 applies to 'm0' when it is next loaded (it runs with 32 until then)",
+        "models.m0.max_queue = 5 applies to 'm0' when it is next loaded (it runs with 1024 until then)",
+        "local.batching.max_batch_size = 8 applies to 'm1' when it is next loaded (it runs with 32 until then)",
+    ]
+    async with gw.pool.lease("m0") as model:
+        assert model.batcher.limits.max_batch_size == 32  # what the note says: not applied yet
+    assert await gw.unload_model("m0")
+    async with gw.pool.lease("m0") as model:
+        assert (model.batcher.limits.max_batch_size, model.batcher.limits.max_queue) == (8, 5)
+    assert gw.pool.settings_awaiting_reload() == [notes[2]]  # only m1 is left behind
+
+
+async def test_the_daemons_reload_result_names_what_waits_for_the_next_load(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ratatoskr_server.daemon as daemon_module
+    from tests.conftest import toml_text
+
+    monkeypatch.setattr(daemon_module, "configure_logging", lambda *args: None)  # leave pytest's log capture be
+    local = {"model_dir": tiny_root, "preload": [], "auto_import_default": False}
+    config = tmp_path / "ratatoskr.toml"
+    config.write_text(toml_text({"local": local}), encoding="utf-8")
+    daemon = daemon_module.Daemon(load_settings(config), config)
+    try:
+        await daemon.gateway.admin.load_model("m0")
+        config.write_text(toml_text({"local": {**local, "batching": {"max_batch_size": 8}}}), encoding="utf-8")
+        result = await daemon.reload()
+        assert result.applied and result.changed == ["local.batching.max_batch_size"] and not result.needs_restart
+        assert result.message == (
+            "reloaded; local.batching.max_batch_size = 8 applies to 'm0' when it is next loaded "
+            "(it runs with 32 until then)"
+        )
+    finally:
+        await daemon.gateway.close()
+
+
+async def test_a_lowered_budget_evicts_idle_unpinned_models_now(
+    tiny_root: Path, footprint: float, make_gateway: Any
+) -> None:
+    gw = make_gateway(tiny_root, memory_budget_mb=footprint * 4.5)
+    for name in ("m3", "m0", "m2", "m1"):  # m3 least recently used
+        await gw.embed(["x"], model=name)
+    async with gw.pool.lease("m0") as m0:
+        pass
+    async with gw.pool.lease("m1"):  # busy through the reloads
+        # m3 is pinned by the same reload, so m2 (idle) and then m0 go, not m3.
+        lowered = _settings(tiny_root, memory_budget_mb=footprint * 2.5, models={"m3": {"pinned": True}})
+        assert gw.pool.update_settings(lowered) == []
+        assert _resident(gw) == ["m1", "m3"] and gw.pool.used_mb() <= footprint * 2.5
+        await _until(lambda: m0.batcher._worker is None)  # the evicted model's batcher is stopped
+        # Below what the pinned and the busy model hold: nothing else to evict, and it says so.
+        (note,) = gw.pool.update_settings(
+            _settings(tiny_root, memory_budget_mb=footprint * 1.5, models={"m3": {"pinned": True}})
+        )
+        assert note.startswith(f"local.memory_budget_mb = {footprint * 1.5:g} is below the ")
+        assert f"('m3' {footprint:.1f} MB pinned, 'm1' {footprint:.1f} MB 1 in flight)" in note
+        assert _resident(gw) == ["m1", "m3"]
 
 
 async def test_concurrent_first_use_loads_once(tiny_root: Path, make_gateway: Any) -> None:

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -59,6 +59,21 @@ class ModelState(StrEnum):
     UNLOADING = "unloading"
 
 
+@dataclass(frozen=True, slots=True)
+class _LoadPlan:
+    """What a model is built with; a loaded model keeps it until it is loaded again.
+
+    Taken when the model is admitted, so a reload can say which of its settings the loaded
+    model does not follow yet, rather than let the new values look applied.
+    """
+
+    limits: BatchLimits
+    device: str
+    require_device: bool
+    intra_op_threads: int
+    spin_wait: bool
+
+
 @dataclass(eq=False)
 class _Slot:
     name: str
@@ -67,6 +82,7 @@ class _Slot:
     pinned: bool
     ready: asyncio.Future[None]
     gone: asyncio.Future[None]
+    plan: _LoadPlan
     state: ModelState = ModelState.LOADING
     model: LocalModel | None = None
     memory_mb: float = 0.0
@@ -139,16 +155,101 @@ class LocalModelPool:
         self._import_lock = asyncio.Lock()
         self._tokenizers: dict[str, TextTokenizer] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: Unloads a reload started (update_settings cannot wait for them); close() waits for them.
+        self._retiring: set[asyncio.Task[None]] = set()
         #: Set by close(): no lease is granted and no load is started or finished after it.
         self._closed = False
         #: Loads performed per model name, for the operators' status and the tests.
         self.load_counts: Counter[str] = Counter()
 
     # -- configuration and names -----------------------------------------------------------
-    def update_settings(self, settings: Settings) -> None:
+    def update_settings(self, settings: Settings) -> list[str]:
+        """Take a reloaded configuration; what loaded models will follow only when loaded again.
+
+        Pinning applies to loaded models now, and a lowered ``local.memory_budget_mb`` evicts idle
+        unpinned models (least recently used first) until the pool fits it. What a model is built
+        with (batching limits, device, threads, its folder) cannot change under a running session:
+        the returned notes (``settings_awaiting_reload``) say so, so the reload reports it instead
+        of appearing to have applied it.
+        """
         self._settings = settings
         self._tokenizers.clear()
         self._restart_reaper()
+        for slot in self._slots.values():
+            decl = self._decl(slot.name)
+            slot.pinned = bool(decl and decl.pinned)
+        self._fit_budget()
+        notes = self.settings_awaiting_reload()
+        if notes:
+            log.warning("loaded models follow some settings only when loaded again", extra={"notes": notes})
+        return notes
+
+    def settings_awaiting_reload(self) -> list[str]:
+        """Configured values the loaded (or loading) models do not follow yet, in words; [] when they do."""
+        available = self.available() if self._slots else {}
+        notes = [n for s in self._slots.values() for n in self._changes_at_next_load(s, available.get(s.name))]
+        return notes + self._over_budget()
+
+    def _changes_at_next_load(self, slot: _Slot, path: Path | None) -> list[str]:
+        """How the settings for ``slot``'s model differ from what it was loaded with."""
+        name = slot.name
+        decl = self._decl(name)
+
+        def key(setting: str, section: str) -> str:
+            """Where the value now comes from: the model's declaration, else the section."""
+            overridden = decl is not None and getattr(decl, setting, None) is not None
+            return f"models.{name}.{setting}" if overridden else f"{section}.{setting}"
+
+        was, now = slot.plan, self._plan(name)
+        changed: list[tuple[str, object, object]] = [
+            (key(f.name, "local.batching"), getattr(was.limits, f.name), getattr(now.limits, f.name))
+            for f in fields(BatchLimits)
+        ]
+        changed += [
+            (key("device", "local"), was.device, now.device),
+            ("local.require_device", was.require_device, now.require_device),
+            ("local.intra_op_threads", was.intra_op_threads, now.intra_op_threads),
+            ("local.spin_wait", was.spin_wait, now.spin_wait),
+        ]
+        if path is not None:
+            changed.append((key("path", "local.model_dir"), str(slot.path), str(path)))
+        notes = [
+            f"{setting} = {new!r} applies to '{name}' when it is next loaded (it runs with {old!r} until then)"
+            for setting, old, new in changed
+            if old != new
+        ]
+        if path is None:
+            notes.append(
+                f"'{name}' is no longer declared or found in local.model_dir; it stays loaded until it is unloaded"
+            )
+        return notes
+
+    def _fit_budget(self) -> None:
+        """Evict idle unpinned models, least recently used first, until the pool fits the budget."""
+        budget = self._settings.local.memory_budget_mb
+        while budget and self.used_mb() > budget and (idle := self._evictable()):
+            victim = min(idle, key=lambda s: s.last_used)
+            log.info("evicting least recently used model", extra={"model": victim.name, "for": "a lowered budget"})
+            self._retire(victim)
+
+    def _over_budget(self) -> list[str]:
+        """The models holding the pool over its budget when none of them can be evicted now."""
+        budget = self._settings.local.memory_budget_mb
+        if not budget or self.used_mb() <= budget:
+            return []
+
+        def why(s: _Slot) -> str:
+            if s.pinned:
+                return "pinned"
+            if s.state is not ModelState.READY:
+                return s.state.value
+            return f"{s.in_flight} in flight" if s.in_flight else "idle"
+
+        held = ", ".join(f"'{s.name}' {s.footprint_mb:.1f} MB {why(s)}" for s in self._slots.values())
+        return [
+            f"local.memory_budget_mb = {budget:g} is below the {self.used_mb():.1f} MB the loaded models hold "
+            f"({held}); pinned and busy models stay loaded, and other models load only as room frees up"
+        ]
 
     @staticmethod
     def canonical(name: str) -> str:
@@ -280,6 +381,7 @@ class LocalModelPool:
                         pinned=bool(decl and decl.pinned),
                         ready=loop.create_future(),
                         gone=loop.create_future(),
+                        plan=self._plan(name),
                         last_used=self._clock(),
                     )
                     self._slots[name] = slot
@@ -296,6 +398,9 @@ class LocalModelPool:
     def used_mb(self) -> float:
         return sum(s.footprint_mb for s in self._slots.values())
 
+    def _evictable(self) -> list[_Slot]:
+        return [s for s in self._slots.values() if s.state is ModelState.READY and not s.pinned and s.in_flight == 0]
+
     async def _make_room(self, name: str, need: float, remaining: float) -> list[_Slot]:
         """Evict idle models until ``need`` fits; the busy models to wait for when that is not enough."""
         budget = self._settings.local.memory_budget_mb
@@ -307,9 +412,7 @@ class LocalModelPool:
                 "(local.memory_budget_mb)"
             )
         while self.used_mb() + need > budget:
-            idle = [
-                s for s in self._slots.values() if s.state is ModelState.READY and not s.pinned and s.in_flight == 0
-            ]
+            idle = self._evictable()
             if idle:
                 victim = min(idle, key=lambda s: s.last_used)
                 log.info("evicting least recently used model", extra={"model": victim.name, "for": name})
@@ -327,11 +430,19 @@ class LocalModelPool:
             return busy
         return []
 
-    async def _load(self, slot: _Slot) -> None:
+    def _plan(self, name: str) -> _LoadPlan:
         local = self._settings.local
-        decl = self._decl(slot.name)
-        limits = self.batch_limits(decl)
-        device = (decl.device if decl and decl.device else None) or local.device
+        decl = self._decl(name)
+        return _LoadPlan(
+            limits=self.batch_limits(decl),
+            device=(decl.device if decl and decl.device else None) or local.device,
+            require_device=local.require_device,
+            intra_op_threads=local.resolved_intra_op_threads(),
+            spin_wait=local.spin_wait,
+        )
+
+    async def _load(self, slot: _Slot) -> None:
+        plan = slot.plan
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         before = rss_mb()
@@ -341,12 +452,12 @@ class LocalModelPool:
                 lambda: open_local_model(
                     slot.name,
                     slot.path,
-                    device=device,
-                    require_device=local.require_device,
-                    intra_op_threads=local.resolved_intra_op_threads(),
-                    spin_wait=local.spin_wait,
+                    device=plan.device,
+                    require_device=plan.require_device,
+                    intra_op_threads=plan.intra_op_threads,
+                    spin_wait=plan.spin_wait,
                     executor=self._executor,
-                    limits=limits,
+                    limits=plan.limits,
                 ),
             )
             if self._slots.get(slot.name) is not slot:
@@ -356,6 +467,7 @@ class LocalModelPool:
                 _settled(slot.ready, Unavailable(f"model '{slot.name}' was discarded while it loaded"))
                 _settled(slot.gone)
                 return
+            decl = self._decl(slot.name)
             if decl and decl.task and decl.task != model.manifest.task:
                 raise FailedPrecondition(
                     f"model '{slot.name}' is declared as task {decl.task!r} but its manifest says "
@@ -401,9 +513,22 @@ class LocalModelPool:
     # -- unloading ---------------------------------------------------------------------------
     async def _remove(self, slot: _Slot) -> None:
         """Drop a slot whose requests have drained; its session goes with the last reference."""
+        self._detach(slot)
+        await self._release(slot)
+
+    def _detach(self, slot: _Slot) -> None:
         slot.state = ModelState.UNLOADING
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
+
+    def _retire(self, slot: _Slot) -> None:
+        """_remove for synchronous callers: out of the pool (and the budget) now, stopped in the background."""
+        self._detach(slot)
+        task = asyncio.get_running_loop().create_task(self._release(slot), name=f"unload:{slot.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _release(self, slot: _Slot) -> None:
         try:
             if slot.model is not None:
                 await slot.model.batcher.stop()
@@ -498,6 +623,8 @@ class LocalModelPool:
             await asyncio.wait(loaders)  # each ends at its await; the executor thread is not waited for
         for slot in list(self._slots.values()):
             await self._remove(slot)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
 
 
 __all__ = ["LOCAL_PREFIX", "LocalModelPool", "ModelState", "dir_mb", "rss_mb"]
