@@ -213,10 +213,10 @@ class Daemon:
         self.settings = new
         configure_logging(new.logging.level, new.logging.format, new.secret_values())
         self.edge.max_in_flight = new.server.max_in_flight
-        await self.gateway.apply_settings(new)
+        awaiting = await self.gateway.apply_settings(new)
         log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
         # Settings loaded models follow only once loaded again (pinning and the budget apply now), in words.
-        message = "; ".join(["reloaded", *self.gateway.pool.settings_awaiting_reload()])
+        message = "; ".join(["reloaded", *awaiting])
         return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message=message)
 
     def _reload_on_signal(self) -> None:

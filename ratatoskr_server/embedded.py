@@ -58,9 +58,9 @@ class EmbeddedGateway:
     def metrics(self) -> Metrics:
         return self.edge.metrics
 
-    async def apply_settings(self, settings: Settings) -> None:
+    async def apply_settings(self, settings: Settings) -> list[str]:
         self.edge.max_in_flight = settings.server.max_in_flight
-        await self.gateway.apply_settings(settings)
+        return await self.gateway.apply_settings(settings)
 
     async def start(self) -> None:
         await self.gateway.start()

@@ -166,20 +166,21 @@ class Gateway:
         """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
         return await update_registry(self.registry, self.settings)
 
-    async def apply_settings(self, settings: Settings) -> None:
+    async def apply_settings(self, settings: Settings) -> list[str]:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.
 
         A new router and chain serve new calls at once; the old router closes its connections when
-        the last call that leased it ends.
+        the last call that leased it ends.  Returns what loaded models take only when next loaded.
         """
         self.settings = settings
-        self.pool.update_settings(settings)
+        awaiting = self.pool.update_settings(settings)
         self.params.settings = settings
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
         old = self._routing
         self._routing = self._build(settings)
         old.router.retire()
+        return awaiting
 
     async def close(self) -> None:
         for task in list(self._background):

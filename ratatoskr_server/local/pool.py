@@ -348,7 +348,10 @@ class LocalModelPool:
                 return slot
             waiter = slot.ready if slot.state is ModelState.LOADING else slot.gone
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), max(give_up - loop.time(), 0))
+                # timeout_at, not wait_for: on 3.11 wait_for can swallow a cancel that lands just as
+                # the waiter completes, leaving the caller running after it was cancelled.
+                async with asyncio.timeout_at(give_up):
+                    await asyncio.shield(waiter)
             except TimeoutError:
                 raise Unavailable(
                     f"model '{name}' is still {slot.state.value} after {self._settings.local.load_wait_s:g}s "
