@@ -26,13 +26,7 @@ from ratatoskr_server.pipeline.call import (
     NliInput,
     Result,
 )
-from ratatoskr_server.providers.capabilities import (
-    ChatProvider,
-    ClassifyProvider,
-    EmbedProvider,
-    GenerateProvider,
-    NliProvider,
-)
+from ratatoskr_server.providers.capabilities import as_chat, as_classify, as_embed, as_generate, as_nli
 from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.providers.scrub import scrub_events
 
@@ -63,20 +57,23 @@ class Dispatch:
         started = time.perf_counter()
         async with ctx.bounded("no answer", self._cap(target), _TOTAL):
             if isinstance(payload, EmbedInput):
-                if not isinstance(provider, EmbedProvider):
+                embedder = as_embed(provider)
+                if embedder is None:
                     raise _refused(target, "embeddings")
-                embedded = await provider.embed(model, payload.inputs, truncate=payload.truncate, deadline=ctx.deadline)
+                embedded = await embedder.embed(model, payload.inputs, truncate=payload.truncate, deadline=ctx.deadline)
                 if isinstance(provider, LocalProvider):
                     return embedded
                 return replace(embedded, timing=_elapsed(started))
             if isinstance(payload, NliInput):
-                if not isinstance(provider, NliProvider):
+                judge = as_nli(provider)
+                if judge is None:
                     raise _refused(target, "NLI")
-                return await provider.nli(model, payload.pairs, truncate=payload.truncate, deadline=ctx.deadline)
+                return await judge.nli(model, payload.pairs, truncate=payload.truncate, deadline=ctx.deadline)
             if isinstance(payload, ClassifyInput):
-                if not isinstance(provider, ClassifyProvider):
+                classifier = as_classify(provider)
+                if classifier is None:
                     raise _refused(target, "zero-shot classification")
-                classified = await provider.classify(
+                classified = await classifier.classify(
                     model,
                     payload.text,
                     payload.labels,
@@ -90,17 +87,19 @@ class Dispatch:
             options = call.options
             assert options is not None, "chat and generate calls carry options"
             if isinstance(payload, ChatInput):
-                if not isinstance(provider, ChatProvider):
+                chatter = as_chat(provider)
+                if chatter is None:
                     raise _refused(target, "chat")
                 # What the upstream wrote is scrubbed of what it was sent (keys it may echo).
-                chat = provider.scrubber.chat_result(await provider.chat(model, payload.messages, options))
+                chat = provider.scrubber.chat_result(await chatter.chat(model, payload.messages, options))
                 return replace(
                     chat, timing=_answer_timing(started, chat.usage), provider=provider.name, model=chat.model or model
                 )
-            if not isinstance(provider, GenerateProvider):
+            generator = as_generate(provider)
+            if generator is None:
                 raise _refused(target, "raw-prompt generation")
             assert isinstance(payload, GenerateInput)
-            text = provider.scrubber.generate_result(await provider.generate(model, payload.prompt, options))
+            text = provider.scrubber.generate_result(await generator.generate(model, payload.prompt, options))
             return replace(
                 text, timing=_answer_timing(started, text.usage), provider=provider.name, model=text.model or model
             )
@@ -110,14 +109,16 @@ class Dispatch:
         provider, model, payload, options = target.provider, target.model, call.payload, call.options
         assert options is not None, "streams are chat and generate calls, which carry options"
         if isinstance(payload, ChatInput):
-            if not isinstance(provider, ChatProvider):
+            chatter = as_chat(provider)
+            if chatter is None:
                 raise _refused(target, "chat")
-            source = provider.chat_stream(model, payload.messages, options)
+            source = chatter.chat_stream(model, payload.messages, options)
         else:
-            if not isinstance(provider, GenerateProvider):
+            generator = as_generate(provider)
+            if generator is None:
                 raise _refused(target, "raw-prompt generation")
             assert isinstance(payload, GenerateInput)
-            source = provider.generate_stream(model, payload.prompt, options)
+            source = generator.generate_stream(model, payload.prompt, options)
         if provider.scrubber:
             source = scrub_events(source, provider.scrubber)
         return self._relay(target, source, ctx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from ratatoskr_client.types import (
     ChatEvent,
@@ -113,3 +113,28 @@ class ClassifyProvider(Provider, Protocol):
         hypothesis_template: str = "",
         deadline: float | None = None,
     ) -> ClassifyResult: ...
+
+
+# The declaration is the truth the router plans with, and a test holds every adapter's methods to it;
+# checking it is a set lookup, where ``isinstance`` against a protocol walks every member (tens of
+# microseconds, on every call).
+
+
+def as_chat(provider: Provider) -> ChatProvider | None:
+    return cast(ChatProvider, provider) if Capability.CHAT in provider.capabilities else None
+
+
+def as_generate(provider: Provider) -> GenerateProvider | None:
+    return cast(GenerateProvider, provider) if Capability.GENERATE in provider.capabilities else None
+
+
+def as_embed(provider: Provider) -> EmbedProvider | None:
+    return cast(EmbedProvider, provider) if Capability.EMBED in provider.capabilities else None
+
+
+def as_nli(provider: Provider) -> NliProvider | None:
+    return cast(NliProvider, provider) if Capability.NLI in provider.capabilities else None
+
+
+def as_classify(provider: Provider) -> ClassifyProvider | None:
+    return cast(ClassifyProvider, provider) if Capability.CLASSIFY in provider.capabilities else None
