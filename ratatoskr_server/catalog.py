@@ -170,7 +170,7 @@ class Catalog:
             local = self._local_metadata(name, path, aliases)
             if local is not None:
                 out.append(local)
-        async with router.lease():
+        with router.lease():
             listed = await router.list_models()
         for provider_name, answer in listed.items():
             provider = router.providers[provider_name]

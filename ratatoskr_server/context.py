@@ -21,6 +21,7 @@ from ratatoskr_client.errors import DeadlineExceeded
 from ratatoskr_client.types import Notes
 
 Clock = Callable[[], float]
+_NO_NOTES = Notes()
 
 #: Request ids: a random per-process prefix and a counter, unique without a syscall per call.
 _ID_PREFIX = uuid.uuid4().hex[:12]
@@ -92,7 +93,7 @@ class RequestContext:
 
     @property
     def notes(self) -> Notes:
-        return Notes(dropped_parameters=list(self._dropped))
+        return Notes(dropped_parameters=list(self._dropped)) if self._dropped else _NO_NOTES
 
     # -- deadlines ---------------------------------------------------------------------------------
     def budget(self, cap: float | None = None) -> float | None:

@@ -82,8 +82,7 @@ class Edge:
                 self.in_flight -= 1
                 self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(rpc=rpc, code=code).inc()
-            self.metrics.latency.labels(rpc=rpc).observe(elapsed)
+            self.metrics.count(rpc, code, elapsed)
             extra: dict[str, object] = {
                 "request_id": ctx.request_id,
                 "rpc": rpc,

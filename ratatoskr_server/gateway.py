@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from ratatoskr_client.errors import InvalidArgument, Unimplemented
 from ratatoskr_client.types import (
@@ -66,6 +67,15 @@ log = logging.getLogger(__name__)
 
 #: Texts counted in one request above which tokenizing moves off the event loop.
 _INLINE_COUNT_MAX = 16
+
+
+R = TypeVar("R", EmbedResult, NliResult, ClassifyResult, ChatResult, GenerateResult)
+
+
+def _noted(result: R, ctx: RequestContext) -> R:
+    """``result`` carrying the request's notes (a copy only when there are any)."""
+    notes = ctx.notes
+    return replace(result, notes=notes) if notes else result
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +203,13 @@ class Gateway:
     # -- model calls -------------------------------------------------------------------------------
     async def _run(self, call: Call, ctx: RequestContext) -> Result:
         routing = self._routing
-        async with routing.router.lease():
+        with routing.router.lease():
             return await routing.chain.run(call, ctx)
 
     async def _stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         """The chain's events, the router leased until the stream ends and notes on the final Done."""
         routing = self._routing
-        async with routing.router.lease():
+        with routing.router.lease():
             events = routing.chain.stream(call, ctx)
             async with aclosing(events):  # type: ignore[type-var]
                 async for event in events:
@@ -213,7 +223,7 @@ class Gateway:
         label = self.metrics.model_label(result.model)
         self.metrics.embedded_inputs.labels(model=label).inc(len(inputs))
         self.metrics.input_tokens.labels(model=label).inc(result.timing.input_tokens)
-        return replace(result, notes=ctx.notes)
+        return _noted(result, ctx)
 
     async def nli(
         self, ctx: RequestContext, pairs: Sequence[tuple[str, str]], *, model: str = "", truncate: bool = True
@@ -221,7 +231,7 @@ class Gateway:
         call = Call(Capability.NLI, model or self.settings.local.default_nli_model, NliInput(pairs, truncate))
         if not call.model:
             raise InvalidArgument("no model given and no default NLI model is configured (local.default_nli_model)")
-        return replace(expect(await self._run(call, ctx), NliResult), notes=ctx.notes)
+        return _noted(expect(await self._run(call, ctx), NliResult), ctx)
 
     async def classify(
         self,
@@ -236,14 +246,14 @@ class Gateway:
         """Zero-shot: NLI strategy for cross-encoders, embedding strategy for embedding models."""
         payload = ClassifyInput(text, labels, multi_label, hypothesis_template)
         call = Call(Capability.CLASSIFY, model or self.settings.local.default_classify_model, payload)
-        return replace(expect(await self._run(call, ctx), ClassifyResult), notes=ctx.notes)
+        return _noted(expect(await self._run(call, ctx), ClassifyResult), ctx)
 
     async def chat(
         self, ctx: RequestContext, messages: Sequence[Message], options: ChatOptions | None = None
     ) -> ChatResult:
         options = options or ChatOptions()
         call = Call(Capability.CHAT, options.model, ChatInput(messages), options)
-        return replace(expect(await self._run(call, ctx), ChatResult), notes=ctx.notes)
+        return _noted(expect(await self._run(call, ctx), ChatResult), ctx)
 
     def chat_stream(
         self, ctx: RequestContext, messages: Sequence[Message], options: ChatOptions | None = None
@@ -254,7 +264,7 @@ class Gateway:
     async def generate(self, ctx: RequestContext, prompt: str, options: ChatOptions | None = None) -> GenerateResult:
         options = options or ChatOptions()
         call = Call(Capability.GENERATE, options.model, GenerateInput(prompt), options)
-        return replace(expect(await self._run(call, ctx), GenerateResult), notes=ctx.notes)
+        return _noted(expect(await self._run(call, ctx), GenerateResult), ctx)
 
     def generate_stream(
         self, ctx: RequestContext, prompt: str, options: ChatOptions | None = None

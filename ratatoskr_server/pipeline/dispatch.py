@@ -53,56 +53,61 @@ class Dispatch:
 
     async def unary(self, call: Call, ctx: RequestContext) -> Result:
         target = _target(call)
+        if isinstance(target.provider, LocalProvider):
+            return await self._answer(call, target, ctx)  # the pool keeps the deadline itself
+        async with ctx.bounded("no answer", self.total_timeout_s, _TOTAL):
+            return await self._answer(call, target, ctx)
+
+    async def _answer(self, call: Call, target: Candidate, ctx: RequestContext) -> Result:
         provider, model, payload = target.provider, target.model, call.payload
         started = time.perf_counter()
-        async with ctx.bounded("no answer", self._cap(target), _TOTAL):
-            if isinstance(payload, EmbedInput):
-                embedder = as_embed(provider)
-                if embedder is None:
-                    raise _refused(target, "embeddings")
-                embedded = await embedder.embed(model, payload.inputs, truncate=payload.truncate, deadline=ctx.deadline)
-                if isinstance(provider, LocalProvider):
-                    return embedded
-                return replace(embedded, timing=_elapsed(started))
-            if isinstance(payload, NliInput):
-                judge = as_nli(provider)
-                if judge is None:
-                    raise _refused(target, "NLI")
-                return await judge.nli(model, payload.pairs, truncate=payload.truncate, deadline=ctx.deadline)
-            if isinstance(payload, ClassifyInput):
-                classifier = as_classify(provider)
-                if classifier is None:
-                    raise _refused(target, "zero-shot classification")
-                classified = await classifier.classify(
-                    model,
-                    payload.text,
-                    payload.labels,
-                    multi_label=payload.multi_label,
-                    hypothesis_template=payload.hypothesis_template,
-                    deadline=ctx.deadline,
-                )
-                if isinstance(provider, LocalProvider):
-                    return classified
-                return replace(classified, timing=_elapsed(started))
-            options = call.options
-            assert options is not None, "chat and generate calls carry options"
-            if isinstance(payload, ChatInput):
-                chatter = as_chat(provider)
-                if chatter is None:
-                    raise _refused(target, "chat")
-                # What the upstream wrote is scrubbed of what it was sent (keys it may echo).
-                chat = provider.scrubber.chat_result(await chatter.chat(model, payload.messages, options))
-                return replace(
-                    chat, timing=_answer_timing(started, chat.usage), provider=provider.name, model=chat.model or model
-                )
-            generator = as_generate(provider)
-            if generator is None:
-                raise _refused(target, "raw-prompt generation")
-            assert isinstance(payload, GenerateInput)
-            text = provider.scrubber.generate_result(await generator.generate(model, payload.prompt, options))
-            return replace(
-                text, timing=_answer_timing(started, text.usage), provider=provider.name, model=text.model or model
+        if isinstance(payload, EmbedInput):
+            embedder = as_embed(provider)
+            if embedder is None:
+                raise _refused(target, "embeddings")
+            embedded = await embedder.embed(model, payload.inputs, truncate=payload.truncate, deadline=ctx.deadline)
+            if isinstance(provider, LocalProvider):
+                return embedded
+            return replace(embedded, timing=_elapsed(started))
+        if isinstance(payload, NliInput):
+            judge = as_nli(provider)
+            if judge is None:
+                raise _refused(target, "NLI")
+            return await judge.nli(model, payload.pairs, truncate=payload.truncate, deadline=ctx.deadline)
+        if isinstance(payload, ClassifyInput):
+            classifier = as_classify(provider)
+            if classifier is None:
+                raise _refused(target, "zero-shot classification")
+            classified = await classifier.classify(
+                model,
+                payload.text,
+                payload.labels,
+                multi_label=payload.multi_label,
+                hypothesis_template=payload.hypothesis_template,
+                deadline=ctx.deadline,
             )
+            if isinstance(provider, LocalProvider):
+                return classified
+            return replace(classified, timing=_elapsed(started))
+        options = call.options
+        assert options is not None, "chat and generate calls carry options"
+        if isinstance(payload, ChatInput):
+            chatter = as_chat(provider)
+            if chatter is None:
+                raise _refused(target, "chat")
+            # What the upstream wrote is scrubbed of what it was sent (keys it may echo).
+            chat = provider.scrubber.chat_result(await chatter.chat(model, payload.messages, options))
+            return replace(
+                chat, timing=_answer_timing(started, chat.usage), provider=provider.name, model=chat.model or model
+            )
+        generator = as_generate(provider)
+        if generator is None:
+            raise _refused(target, "raw-prompt generation")
+        assert isinstance(payload, GenerateInput)
+        text = provider.scrubber.generate_result(await generator.generate(model, payload.prompt, options))
+        return replace(
+            text, timing=_answer_timing(started, text.usage), provider=provider.name, model=text.model or model
+        )
 
     def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         target = _target(call)

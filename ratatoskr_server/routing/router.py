@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from ratatoskr_client.errors import FailedPrecondition, InvalidArgument, NotFound, RatatoskrError
 from ratatoskr_server.config import Settings
@@ -42,9 +42,12 @@ class Router:
         self._retired = False
         self._closed: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Router]:
-        """Hold this router's connections open for one call, even if a reload retires it meanwhile."""
+    @contextmanager
+    def lease(self) -> Iterator[Router]:
+        """Hold this router's connections open for one call, even if a reload retires it meanwhile.
+
+        A plain counter (no await): it is taken on every call, so it costs as little as possible.
+        """
         self._leases += 1
         try:
             yield self

@@ -40,8 +40,22 @@ class Metrics:
         self.input_tokens = Counter(
             "ratatoskr_input_tokens", "Tokens read by models, by model.", ["model"], registry=self.registry
         )
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None
         self._models: set[str] = set()
+
+    def count(self, rpc: str, code: str, seconds: float) -> None:
+        """One answered RPC; the labelled children are kept, as ``labels()`` costs a lock and a lookup."""
+        key = (rpc, code)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(rpc=rpc, code=code)
+        latency = self._latency.get(rpc)
+        if latency is None:
+            latency = self._latency[rpc] = self.latency.labels(rpc=rpc)
+        child.inc()
+        latency.observe(seconds)
 
     def model_label(self, model: str) -> str:
         """``model`` as a label value, or "other" once MAX_MODEL_LABELS names are in use."""
