@@ -25,6 +25,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    RenderedPrompt,
     Task,
     TokenizeResult,
 )
@@ -154,6 +155,20 @@ class BlockingGateway:
 
     def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
         return self._run(self._inner.count_tokens(texts, model=model, timeout=timeout))
+
+    def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt:
+        return self._run(
+            self._inner.render_chat_template(
+                messages, model=model, add_generation_prompt=add_generation_prompt, timeout=timeout
+            )
+        )
 
     def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None

@@ -38,6 +38,7 @@ from ratatoskr_client.types import (
     ModelMetadata,
     NliResult,
     ReloadResult,
+    RenderedPrompt,
     ServerStatus,
     Task,
     TokenizeResult,
@@ -134,6 +135,14 @@ def _count_tokens_request(texts: Sequence[str], model: str) -> gateway_pb2.Count
     return gateway_pb2.CountTokensRequest(model=model, texts=list(texts))
 
 
+def _render_request(
+    messages: Sequence[Message], model: str, add_generation_prompt: bool
+) -> gateway_pb2.RenderChatTemplateRequest:
+    return gateway_pb2.RenderChatTemplateRequest(
+        model=model, messages=[convert.message_to_pb(m) for m in messages], add_generation_prompt=add_generation_prompt
+    )
+
+
 def _chat_request(messages: Sequence[Message], options: ChatOptions | None) -> gateway_pb2.ChatRequest:
     return gateway_pb2.ChatRequest(
         messages=[convert.message_to_pb(m) for m in messages],
@@ -200,6 +209,9 @@ NLI = Unary("nli", GATEWAY, "Nli", convert.nli_request_to_pb, convert.nli_result
 CLASSIFY = Unary("classify", GATEWAY, "Classify", convert.classify_request_to_pb, convert.classify_result_from_pb)
 TOKENIZE = Unary("tokenize", GATEWAY, "Tokenize", _tokenize_request, convert.tokenize_result_from_pb)
 COUNT_TOKENS = Unary("count_tokens", GATEWAY, "CountTokens", _count_tokens_request, convert.count_tokens_result_from_pb)
+RENDER_CHAT_TEMPLATE = Unary(
+    "render_chat_template", GATEWAY, "RenderChatTemplate", _render_request, convert.rendered_prompt_from_pb
+)
 CHAT = Unary("chat", GATEWAY, "Chat", _chat_request, convert.chat_result_from_pb)
 CHAT_STREAM = ServerStream("chat_stream", GATEWAY, "ChatStream", _chat_request, convert.chat_event_from_pb)
 GENERATE = Unary("generate", GATEWAY, "Generate", _generate_request, convert.generate_result_from_pb)
@@ -225,6 +237,7 @@ RPCS: tuple[Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any], ...] = (
     CLASSIFY,
     TOKENIZE,
     COUNT_TOKENS,
+    RENDER_CHAT_TEMPLATE,
     CHAT,
     CHAT_STREAM,
     GENERATE,
@@ -324,6 +337,16 @@ class AsyncServiceClient:
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult:
         return await self._unary(COUNT_TOKENS, timeout, texts, model)
+
+    async def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt:
+        return await self._unary(RENDER_CHAT_TEMPLATE, timeout, messages, model, add_generation_prompt)
 
     async def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
@@ -453,6 +476,16 @@ class ServiceClient:
 
     def count_tokens(self, texts: Sequence[str], *, model: str = "", timeout: float | None = None) -> CountTokensResult:
         return self._unary(COUNT_TOKENS, timeout, texts, model)
+
+    def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt:
+        return self._unary(RENDER_CHAT_TEMPLATE, timeout, messages, model, add_generation_prompt)
 
     def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None

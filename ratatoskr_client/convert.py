@@ -38,6 +38,7 @@ from ratatoskr_client.types import (
     ReasoningDelta,
     ReasoningOptions,
     ReloadResult,
+    RenderedPrompt,
     ResponseFormat,
     ServerStatus,
     Task,
@@ -690,3 +691,23 @@ def _availability_from_pb(pb: types_pb2.ParameterAvailability) -> ParameterAvail
     if which == "opaque":
         return ParameterAvailability("opaque")
     return ParameterAvailability("unsupported")
+
+
+def rendered_prompt_to_pb(r: RenderedPrompt) -> gateway_pb2.RenderChatTemplateResponse:
+    return gateway_pb2.RenderChatTemplateResponse(
+        text=r.text,
+        tokens=r.tokens,
+        template=r.template,
+        timing=timing_to_pb(r.timing),
+        tokens_estimated=r.tokens_estimated,
+    )
+
+
+def rendered_prompt_from_pb(pb: gateway_pb2.RenderChatTemplateResponse) -> RenderedPrompt:
+    return RenderedPrompt(
+        text=pb.text,
+        tokens=pb.tokens,
+        template=pb.template,
+        tokens_estimated=pb.tokens_estimated,
+        timing=timing_from_pb(pb.timing),
+    )

@@ -20,6 +20,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    RenderedPrompt,
     Task,
     TokenizeResult,
 )
@@ -65,6 +66,15 @@ class ModelGateway(Protocol):
     async def count_tokens(
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult: ...
+
+    async def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt: ...
 
     async def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None
@@ -129,6 +139,15 @@ class SyncModelGateway(Protocol):
     def count_tokens(
         self, texts: Sequence[str], *, model: str = "", timeout: float | None = None
     ) -> CountTokensResult: ...
+
+    def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt: ...
 
     def chat(
         self, messages: Sequence[Message], options: ChatOptions | None = None, *, timeout: float | None = None

@@ -168,6 +168,19 @@ class CountTokensResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RenderedPrompt:
+    """A conversation as the model's chat template renders it, and its size in tokens."""
+
+    text: str
+    tokens: int
+    #: Where the template came from, e.g. "SmolLM2-135M-Instruct.Q4_1.gguf" or "tokenizer_config.json:tool_use".
+    template: str
+    #: True when ``tokens`` is an estimate (no tokenizer is known for the model), never silently.
+    tokens_estimated: bool = False
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     """A function call the model asked for; ``arguments`` is the JSON text as the model wrote it."""
 

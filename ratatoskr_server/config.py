@@ -99,6 +99,16 @@ class LimitsSettings(_Section):
     max_tools: int = Field(default=512, ge=0, description="Tool definitions in one call.")
 
 
+class TemplateSettings(_Section):
+    """Chat templates: where they come from, and the limits an untrusted template runs under."""
+
+    #: Model name or glob (``llamacpp/*``, ``local/NAME``) -> a template file: ``.jinja``,
+    #: ``tokenizer_config.json``, or a ``.gguf`` whose metadata holds one. First match wins.
+    sources: dict[str, Path] = Field(default_factory=dict)
+    render_timeout_s: float = Field(default=2.0, gt=0, description="Longest a template may take to render.")
+    max_rendered_chars: int = Field(default=8_000_000, ge=1, description="Longest prompt a template may render.")
+
+
 class BatchingSettings(_Section):
     """Dynamic micro-batching limits; ``[models.NAME]`` may override any of them."""
 
@@ -289,6 +299,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     #: "ratatoskr:<tier>/<capability>" names, e.g. ratatoskr:fast/chat, resolving to a model and defaults.
     presets: dict[str, PresetSettings] = Field(default_factory=dict)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
 
     @field_validator("presets")
     @classmethod

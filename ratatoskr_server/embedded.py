@@ -25,6 +25,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    RenderedPrompt,
     Task,
     TokenizeResult,
 )
@@ -181,6 +182,23 @@ class EmbeddedGateway:
         model = options.model if options else ""
         return self._stream(
             "GenerateStream", timeout, lambda ctx: self.gateway.generate_stream(ctx, prompt, options), model
+        )
+
+    async def render_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool = True,
+        timeout: float | None = None,
+    ) -> RenderedPrompt:
+        return await self._unary(
+            "RenderChatTemplate",
+            timeout,
+            lambda ctx: self.gateway.render_chat_template(
+                ctx, messages, model=model, add_generation_prompt=add_generation_prompt
+            ),
+            model=model,
         )
 
     async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:

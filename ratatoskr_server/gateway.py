@@ -30,6 +30,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    RenderedPrompt,
     Task,
     Timing,
     TokenizeResult,
@@ -54,6 +55,7 @@ from ratatoskr_server.pipeline.dispatch import Dispatch
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
+from ratatoskr_server.policy.templates.render import TemplateRenderer
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.registry import ModelRegistry, RefreshReport
@@ -107,6 +109,7 @@ class Gateway:
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
         self._routing = self._build(settings)
+        self.templates = TemplateRenderer(settings.templates)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -185,6 +188,7 @@ class Gateway:
         self.settings = settings
         awaiting = self.pool.update_settings(settings)
         self.params.settings = settings
+        self.templates = TemplateRenderer(settings.templates)
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
         old = self._routing
@@ -302,8 +306,23 @@ class Gateway:
             timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=sum(counts)),
         )
 
+    async def render_chat_template(
+        self, ctx: RequestContext, messages: Sequence[Message], *, model: str, add_generation_prompt: bool = True
+    ) -> RenderedPrompt:
+        """The prompt the model's chat template makes of ``messages``, and its size."""
+        if not model:
+            raise InvalidArgument("no model given: name the model whose chat template to render")
+        LimitsStage(self.settings.limits).messages(messages)
+        rendered = await self.templates.render(
+            (model, self.router.target(model)), messages, add_generation_prompt=add_generation_prompt
+        )
+        return replace(rendered, timing=Timing(total_ms=ctx.elapsed_ms(), input_tokens=rendered.tokens))
+
     async def count_message_tokens(self, ctx: RequestContext, *, model: str = "") -> CountTokensResult:
-        raise Unimplemented("counting chat messages needs chat templates, which are not built yet; send texts")
+        raise Unimplemented(
+            "counting chat messages with the model's tokenizer is not built yet (chat templates are: "
+            "RenderChatTemplate renders the prompt and estimates its tokens); send texts"
+        )
 
     # -- catalogue ---------------------------------------------------------------------------------
     async def model_metadata(self, model: str) -> ModelMetadata:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,15 +27,20 @@ TINY_NLI_LABELS = ["contradiction", "entailment", "neutral"]
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _toml_key(key: str) -> str:
+    """A key as TOML spells it: bare when it can be, quoted otherwise (``"llamacpp/*"``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_text(data: dict[str, Any], prefix: str = "") -> str:
     """A TOML document from nested dicts of scalars and lists (enough for test configurations)."""
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     lines = [f"[{prefix}]"] if prefix and scalars else []
-    lines += [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in scalars.items()]
+    lines += [f"{_toml_key(k)} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in scalars.items()]
     text = "\n".join(lines) + ("\n\n" if lines else "")
     for key, table in tables.items():
-        text += toml_text(table, f"{prefix}.{key}" if prefix else key)
+        text += toml_text(table, f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key))
     return text
 
 

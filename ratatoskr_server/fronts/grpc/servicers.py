@@ -147,9 +147,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def RenderChatTemplate(
         self, request: gateway_pb2.RenderChatTemplateRequest, context: Context
     ) -> gateway_pb2.RenderChatTemplateResponse:
-        return await _unimplemented(
-            self.edge, "RenderChatTemplate", context, "chat templates per model family are not built yet"
-        )
+        async def run(ctx: RequestContext) -> gateway_pb2.RenderChatTemplateResponse:
+            messages = [convert.message_from_pb(m) for m in request.messages]
+            rendered = await self.gateway.render_chat_template(
+                ctx, messages, model=request.model, add_generation_prompt=request.add_generation_prompt
+            )
+            return convert.rendered_prompt_to_pb(rendered)
+
+        return await unary(self.edge, "RenderChatTemplate", context, run, model=request.model)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

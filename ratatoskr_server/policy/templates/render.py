@@ -1,0 +1,63 @@
+"""Rendering a conversation with its model's chat template: what RenderChatTemplate answers.
+
+Compiled templates are kept per source file and variant.  Rendering runs in a worker thread (a
+template is code, and a long conversation is real work); the engine's own limits end a runaway one.
+Token counts come from a tokenizer when one is known for the model; otherwise they are an estimate
+(about four characters a token), and the answer says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+
+from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
+from ratatoskr_server.config import TemplateSettings
+from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
+from ratatoskr_server.policy.templates.sources import TemplateSource, TemplateSources
+
+#: Characters per token for an estimate: the usual rule of thumb for English BPE vocabularies.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+class TemplateRenderer:
+    def __init__(self, settings: TemplateSettings) -> None:
+        self.settings = settings
+        self.sources = TemplateSources(settings)
+        self._compiled: dict[tuple[int, str], ChatTemplate] = {}
+
+    def _template(self, source: TemplateSource, variant: str, text: str) -> ChatTemplate:
+        key = (id(source), variant)
+        template = self._compiled.get(key)
+        if template is None:
+            name = source.name if variant == "default" else f"{source.name}:{variant}"
+            limits = Limits(self.settings.render_timeout_s, self.settings.max_rendered_chars)
+            template = ChatTemplate(name, text, dict(source.special_tokens), limits)
+            self._compiled[key] = template
+        return template
+
+    async def render(
+        self,
+        names: Sequence[str],
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool,
+        tools: Sequence[ToolDefinition] = (),
+    ) -> RenderedPrompt:
+        source = await self.sources.find(*names)
+        variant, text = source.pick(bool(tools))
+        template = await asyncio.to_thread(self._template, source, variant, text)  # compiling is real work too
+        prompt = await asyncio.to_thread(
+            template.render,
+            [message_data(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            tools=[tool_data(t) for t in tools] or None,
+        )
+        return RenderedPrompt(
+            text=prompt, tokens=estimate_tokens(prompt), template=template.name, tokens_estimated=True
+        )

@@ -1,0 +1,161 @@
+"""Where a model's chat template comes from, read once per file and cached.
+
+In this order: an explicit ``[templates.sources]`` entry (a model name or glob mapped to a ``.jinja``
+file, a ``tokenizer_config.json``, or a ``.gguf`` whose metadata holds the template); otherwise a
+clear FAILED_PRECONDITION naming the ways to give one.  Files are read in a worker thread (a GGUF's
+metadata sits in front of hundreds of megabytes of weights) and parsed once per modification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ratatoskr_client.errors import FailedPrecondition
+from ratatoskr_server.config import TemplateSettings
+
+#: Special tokens passed to templates, as transformers passes them from the tokenizer's config.
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_GGUF_TOKEN_IDS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSource:
+    """A template's text(s) and its model's special tokens, as read from one file."""
+
+    name: str
+    #: "default" and any named variants ("tool_use" …).
+    variants: Mapping[str, str]
+    special_tokens: Mapping[str, str]
+
+    def pick(self, with_tools: bool) -> tuple[str, str]:
+        """(variant name, text): ``tool_use`` when tools are passed and it exists, as transformers picks."""
+        if with_tools and "tool_use" in self.variants:
+            return "tool_use", self.variants["tool_use"]
+        if "default" in self.variants:
+            return "default", self.variants["default"]
+        if len(self.variants) == 1:
+            return next(iter(self.variants.items()))
+        raise FailedPrecondition(
+            f"chat template '{self.name}' has named variants ({', '.join(sorted(self.variants))}) and no default"
+        )
+
+
+def _token_text(value: Any) -> str:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return str(value.get("content") or "")
+    return value if isinstance(value, str) else ""
+
+
+def _variants(raw: Any, where: str) -> dict[str, str]:
+    if isinstance(raw, str):
+        return {"default": raw}
+    if isinstance(raw, list):
+        named = {str(v.get("name")): str(v.get("template")) for v in raw if isinstance(v, dict) and v.get("template")}
+        if named:
+            return named
+    raise FailedPrecondition(f"{where} has no chat_template")
+
+
+def read_tokenizer_config(path: Path) -> TemplateSource:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FailedPrecondition(f"cannot read the chat template in {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise FailedPrecondition(f"{path} is not a tokenizer_config.json object")
+    tokens = {name: _token_text(data.get(name)) for name in SPECIAL_TOKENS if data.get(name)}
+    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens)
+
+
+def read_gguf(path: Path) -> TemplateSource:
+    """The template and special tokens from a GGUF's metadata (``tokenizer.chat_template[.NAME]``)."""
+    import gguf  # imported on first use: it is only needed for GGUF templates
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as err:
+        raise FailedPrecondition(f"cannot read GGUF metadata from {path}: {err}") from None
+
+    def text(key: str) -> str | None:
+        entry = reader.fields.get(key)
+        return None if entry is None else bytes(entry.parts[entry.data[0]]).decode("utf-8")
+
+    variants: dict[str, str] = {}
+    for key in reader.fields:
+        if key == "tokenizer.chat_template":
+            variants["default"] = text(key) or ""
+        elif key.startswith("tokenizer.chat_template."):
+            variants[key.removeprefix("tokenizer.chat_template.")] = text(key) or ""
+    if not variants:
+        raise FailedPrecondition(f"{path} holds no chat template (no tokenizer.chat_template in its metadata)")
+    tokens: dict[str, str] = {}
+    vocabulary = reader.fields.get("tokenizer.ggml.tokens")
+    for name, key in _GGUF_TOKEN_IDS.items():
+        entry = reader.fields.get(key)
+        if entry is None or vocabulary is None:
+            continue
+        token_id = int(entry.parts[entry.data[0]][0])
+        if 0 <= token_id < len(vocabulary.data):
+            tokens[name] = bytes(vocabulary.parts[vocabulary.data[token_id]]).decode("utf-8", "replace")
+    return TemplateSource(path.name, variants, tokens)
+
+
+def read_source(path: Path) -> TemplateSource:
+    if path.suffix == ".gguf":
+        return read_gguf(path)
+    if path.suffix == ".json":
+        return read_tokenizer_config(path)
+    try:
+        return TemplateSource(path.name, {"default": path.read_text(encoding="utf-8")}, {})
+    except OSError as err:
+        raise FailedPrecondition(f"cannot read the chat template file {path}: {err.strerror}") from None
+
+
+class TemplateSources:
+    def __init__(self, settings: TemplateSettings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[Path, int], TemplateSource] = {}
+        self._lock = threading.Lock()
+
+    def path_for(self, *names: str) -> Path | None:
+        for pattern, path in self.settings.sources.items():
+            if any(name and fnmatch.fnmatchcase(name, pattern) for name in names):
+                return path.expanduser()
+        return None
+
+    def _load(self, path: Path) -> TemplateSource:
+        try:
+            key = (path, path.stat().st_mtime_ns)
+        except OSError as err:
+            raise FailedPrecondition(f"chat template file {path} is not readable: {err.strerror}") from None
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        source = read_source(path)
+        with self._lock:
+            self._cache[key] = source
+        return source
+
+    async def find(self, *names: str) -> TemplateSource:
+        """The template source for a model known by any of ``names`` (as asked, and as resolved)."""
+        path = self.path_for(*names)
+        if path is None:
+            raise FailedPrecondition(
+                f"no chat template is known for model '{names[0]}': map it (or a glob) to a .jinja file, a "
+                "tokenizer_config.json or a .gguf in [templates.sources]"
+            )
+        return await asyncio.to_thread(self._load, path)
