@@ -231,6 +231,64 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _messages_from_json(text: str, where: str) -> list[Any]:
+    """Messages as OpenAI's API writes them: role, content, name, tool_call_id, tool_calls."""
+    from ratatoskr_client.types import Message, ToolCall
+
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise SystemExit(f"{where} is not JSON: {err}") from None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and "role" in m for m in data):
+        raise SystemExit(f"{where} must be a JSON list of messages, each with a role")
+    messages = []
+    for m in data:
+        calls = []
+        for call in m.get("tool_calls") or []:
+            function = call.get("function") or call
+            arguments = function.get("arguments", "")
+            calls.append(
+                ToolCall(
+                    id=str(call.get("id", "")),
+                    name=str(function.get("name", "")),
+                    arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                )
+            )
+        messages.append(
+            Message(
+                role=str(m["role"]),
+                content=str(m.get("content") or ""),
+                tool_calls=calls,
+                name=str(m.get("name") or ""),
+                tool_call_id=str(m.get("tool_call_id") or ""),
+            )
+        )
+    return messages
+
+
+def _cmd_template_render(args: argparse.Namespace) -> int:
+    from ratatoskr_client.auto import auto
+
+    where = args.file or "standard input"
+    text = Path(args.file).read_text(encoding="utf-8") if args.file else sys.stdin.read()
+    messages = _messages_from_json(text, where)
+    gateway = auto(args.socket, config_path=args.config)
+    try:
+        result = gateway.render_chat_template(
+            messages, model=args.model, add_generation_prompt=not args.no_generation_prompt, timeout=args.timeout
+        )
+    finally:
+        gateway.close()
+
+    def human() -> None:
+        print(result.text, end="" if result.text.endswith("\n") else "\n")
+        about = "about " if result.tokens_estimated else ""
+        print(f"[{result.template}: {about}{result.tokens} tokens]", file=sys.stderr)
+
+    _print(asdict(result), args.json, human)
+    return 0
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     from ratatoskr_client.auto import auto
     from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, ReasoningDelta, UsageEvent
@@ -484,6 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-reasoning", action="store_true", help="print reasoning to stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="usage and timing to stderr")
     p.set_defaults(func=_cmd_chat)
+
+    template = sub.add_parser("template", help="chat templates").add_subparsers(dest="template_command", required=True)
+    p = template.add_parser("render", help="the prompt a model's chat template makes of a conversation")
+    common(p, socket=True, config=True, timeout=60.0)
+    p.add_argument("model", help="the model whose template to use, e.g. llamacpp/smollm2")
+    p.add_argument("--file", help="a JSON list of messages (default: read it from standard input)")
+    p.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
+    p.set_defaults(func=_cmd_template_render)
 
     p = sub.add_parser("backends", help="configured providers and whether they answer")
     common(p, config=True, timeout=5.0)

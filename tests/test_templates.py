@@ -22,7 +22,7 @@ from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
 from ratatoskr_server.policy.templates.sources import read_gguf
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ratatoskr, short_dir, toml_text
 
 transformers_templates = pytest.importorskip("transformers.utils.chat_template_utils")
 
@@ -241,3 +241,53 @@ def test_render_chat_template_over_grpc(daemon_with_templates: DaemonProcess) ->
         assert "evil.jinja" in (info.value.details() or "")
     with daemon_with_templates.client(timeout=10) as client:
         assert client.health() == "SERVING"
+
+
+@pytest.mark.parametrize("conversation", list(CONVERSATIONS))
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+async def test_smollm2_renders_as_llama_cpp_python_formats_it(
+    gw: EmbeddedGateway, smollm2_source: Any, conversation: str, add_generation_prompt: bool
+) -> None:
+    """The formatter llama-cpp-python's server applies to this GGUF gives the same prompt."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    tokens = smollm2_source.special_tokens
+    formatter = Jinja2ChatFormatter(
+        template=smollm2_source.variants["default"],
+        eos_token=tokens["eos_token"],
+        bos_token=tokens["bos_token"],
+        add_generation_prompt=add_generation_prompt,
+    )
+    messages = CONVERSATIONS[conversation]
+    theirs = formatter(messages=[message_data(m) for m in messages]).prompt
+    ours = await gw.render_chat_template(
+        messages, model="llamacpp/smollm2", add_generation_prompt=add_generation_prompt
+    )
+    assert ours.text == theirs
+
+
+def test_cli_template_render(tmp_path: Path) -> None:
+    """`ratatoskr template render MODEL --file messages.json`, in process (no daemon at the socket)."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        toml_text(
+            {
+                "local": {"model_dir": tmp_path, "preload": [], "auto_import_default": False},
+                "templates": {"sources": {"llamacpp/*": SMOLLM2}},
+            }
+        ),
+        encoding="utf-8",
+    )
+    conversation = tmp_path / "messages.json"
+    conversation.write_text(json.dumps([{"role": "user", "content": "hi"}]), encoding="utf-8")
+    sock = str(short_dir() / "nobody.sock")
+    shown = run_ratatoskr(
+        "template", "render", "llamacpp/smollm2", "--file", str(conversation), "--config", str(config), "--socket", sock
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert f"[{SMOLLM2.name}: about " in shown.stderr
+    bad = run_ratatoskr(
+        "template", "render", "nobody/x", "--file", str(conversation), "--config", str(config), "--socket", sock
+    )
+    assert bad.returncode != 0 and "[templates.sources]" in bad.stderr and "Traceback" not in bad.stderr

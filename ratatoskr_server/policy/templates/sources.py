@@ -12,6 +12,7 @@ import asyncio
 import fnmatch
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +125,16 @@ def read_source(path: Path) -> TemplateSource:
         raise FailedPrecondition(f"cannot read the chat template file {path}: {err.strerror}") from None
 
 
+#: Template files read, by (path, modification time): shared by every TemplateSources, so a reload
+#: (which builds a new one) does not read a multi-gigabyte GGUF's metadata again.
+_CACHE: OrderedDict[tuple[Path, int], TemplateSource] = OrderedDict()
+_CACHE_MAX = 64
+_CACHE_LOCK = threading.Lock()
+
+
 class TemplateSources:
     def __init__(self, settings: TemplateSettings) -> None:
         self.settings = settings
-        self._cache: dict[tuple[Path, int], TemplateSource] = {}
-        self._lock = threading.Lock()
 
     def path_for(self, *names: str) -> Path | None:
         for pattern, path in self.settings.sources.items():
@@ -141,13 +147,16 @@ class TemplateSources:
             key = (path, path.stat().st_mtime_ns)
         except OSError as err:
             raise FailedPrecondition(f"chat template file {path} is not readable: {err.strerror}") from None
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            return cached
+        with _CACHE_LOCK:
+            cached = _CACHE.get(key)
+            if cached is not None:
+                _CACHE.move_to_end(key)
+                return cached
         source = read_source(path)
-        with self._lock:
-            self._cache[key] = source
+        with _CACHE_LOCK:
+            _CACHE[key] = source
+            while len(_CACHE) > _CACHE_MAX:
+                _CACHE.popitem(last=False)
         return source
 
     async def find(self, *names: str) -> TemplateSource:
