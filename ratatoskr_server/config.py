@@ -102,9 +102,10 @@ class LimitsSettings(_Section):
 class TemplateSettings(_Section):
     """Chat templates: where they come from, and the limits an untrusted template runs under."""
 
-    #: Model name or glob (``llamacpp/*``, ``local/NAME``) -> a template file: ``.jinja``,
-    #: ``tokenizer_config.json``, or a ``.gguf`` whose metadata holds one. First match wins.
-    sources: dict[str, Path] = Field(default_factory=dict)
+    #: Model name or glob (``llamacpp/*``, ``local/NAME``) -> a built-in family (``chatml``,
+    #: ``llama3`` …) or a template file: ``.jinja``, ``tokenizer_config.json``, or a ``.gguf`` whose
+    #: metadata holds one. First match wins; unmatched names fall back to the family their name suggests.
+    sources: dict[str, str] = Field(default_factory=dict)
     render_timeout_s: float = Field(default=2.0, gt=0, description="Longest a template may take to render.")
     max_rendered_chars: int = Field(default=8_000_000, ge=1, description="Longest prompt a template may render.")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_server.config import TemplateSettings
+from ratatoskr_server.policy.templates.builtins import BUILTINS, detect
 
 #: Special tokens passed to templates, as transformers passes them from the tokenizer's config.
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -51,6 +52,13 @@ class TemplateSource:
         raise FailedPrecondition(
             f"chat template '{self.name}' has named variants ({', '.join(sorted(self.variants))}) and no default"
         )
+
+
+#: The built-in families as sources: one object each, so their compiled templates are kept.
+BUILTIN_SOURCES: dict[str, TemplateSource] = {
+    name: TemplateSource(f"builtin:{name}", {"default": b.template}, dict(b.special_tokens))
+    for name, b in BUILTINS.items()
+}
 
 
 def _token_text(value: Any) -> str:
@@ -136,13 +144,14 @@ class TemplateSources:
     def __init__(self, settings: TemplateSettings) -> None:
         self.settings = settings
 
-    def path_for(self, *names: str) -> Path | None:
-        for pattern, path in self.settings.sources.items():
+    def configured(self, *names: str) -> str | None:
+        for pattern, where in self.settings.sources.items():
             if any(name and fnmatch.fnmatchcase(name, pattern) for name in names):
-                return path.expanduser()
+                return where
         return None
 
-    def _load(self, path: Path) -> TemplateSource:
+    def _load(self, where: str) -> TemplateSource:
+        path = Path(where).expanduser()
         try:
             key = (path, path.stat().st_mtime_ns)
         except OSError as err:
@@ -160,11 +169,18 @@ class TemplateSources:
         return source
 
     async def find(self, *names: str) -> TemplateSource:
-        """The template source for a model known by any of ``names`` (as asked, and as resolved)."""
-        path = self.path_for(*names)
-        if path is None:
-            raise FailedPrecondition(
-                f"no chat template is known for model '{names[0]}': map it (or a glob) to a .jinja file, a "
-                "tokenizer_config.json or a .gguf in [templates.sources]"
-            )
-        return await asyncio.to_thread(self._load, path)
+        """The template source for a model known by any of ``names`` (as asked, and as resolved):
+        the configured one, else the built-in family the name suggests."""
+        where = self.configured(*names)
+        if where is not None:
+            if where in BUILTIN_SOURCES:
+                return BUILTIN_SOURCES[where]
+            return await asyncio.to_thread(self._load, where)
+        for name in names:
+            family = detect(name)
+            if family is not None:
+                return BUILTIN_SOURCES[family]
+        raise FailedPrecondition(
+            f"no chat template is known for model '{names[0]}': map it (or a glob) in [templates.sources] to a "
+            f"built-in ({', '.join(sorted(BUILTINS))}), a .jinja file, a tokenizer_config.json or a .gguf"
+        )
