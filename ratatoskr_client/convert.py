@@ -333,12 +333,18 @@ def tokenize_result_from_pb(resp: gateway_pb2.TokenizeResponse) -> TokenizeResul
 
 
 def count_tokens_result_to_pb(r: CountTokensResult) -> gateway_pb2.CountTokensResponse:
-    return gateway_pb2.CountTokensResponse(counts=r.counts, total=r.total, model=r.model, timing=timing_to_pb(r.timing))
+    return gateway_pb2.CountTokensResponse(
+        counts=r.counts, total=r.total, model=r.model, timing=timing_to_pb(r.timing), estimated=r.estimated
+    )
 
 
 def count_tokens_result_from_pb(resp: gateway_pb2.CountTokensResponse) -> CountTokensResult:
     return CountTokensResult(
-        counts=list(resp.counts), total=resp.total, model=resp.model, timing=timing_from_pb(resp.timing)
+        counts=list(resp.counts),
+        total=resp.total,
+        model=resp.model,
+        timing=timing_from_pb(resp.timing),
+        estimated=resp.estimated,
     )
 
 

@@ -162,6 +162,8 @@ class CountTokensResult:
     total: int
     model: str
     timing: Timing = field(default_factory=Timing)
+    #: True when the counts are estimates (no tokenizer is known for the model), never silently.
+    estimated: bool = False
 
 
 # -- chat -------------------------------------------------------------------------------------------

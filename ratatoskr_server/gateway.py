@@ -17,7 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from ratatoskr_client.errors import InvalidArgument, Unimplemented
+from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
     ChatEvent,
     ChatOptions,
@@ -318,10 +318,17 @@ class Gateway:
         )
         return replace(rendered, timing=Timing(total_ms=ctx.elapsed_ms(), input_tokens=rendered.tokens))
 
-    async def count_message_tokens(self, ctx: RequestContext, *, model: str = "") -> CountTokensResult:
-        raise Unimplemented(
-            "counting chat messages with the model's tokenizer is not built yet (chat templates are: "
-            "RenderChatTemplate renders the prompt and estimates its tokens); send texts"
+    async def count_message_tokens(
+        self, ctx: RequestContext, messages: Sequence[Message], *, model: str
+    ) -> CountTokensResult:
+        """The tokens of the prompt the model's chat template makes of ``messages`` (its turn opened)."""
+        rendered = await self.render_chat_template(ctx, messages, model=model, add_generation_prompt=True)
+        return CountTokensResult(
+            counts=[rendered.tokens],
+            total=rendered.tokens,
+            model=model,
+            timing=replace(rendered.timing, total_ms=ctx.elapsed_ms()),
+            estimated=rendered.tokens_estimated,
         )
 
     # -- catalogue ---------------------------------------------------------------------------------

@@ -144,11 +144,18 @@ def test_local_model_calls_over_the_wire(daemon: DaemonProcess) -> None:
             client.classify("text", ["a"], model="nope")
 
 
-def test_count_tokens_of_messages_says_what_is_missing(daemon: DaemonProcess) -> None:
+def test_count_tokens_of_messages_counts_the_rendered_prompt(daemon: DaemonProcess) -> None:
+    """Messages are counted through the model's chat template; without a tokenizer the count says it is
+    an estimate."""
+    messages = [types_pb2.Message(role="user", content="hi")]
     with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
         gateway = gateway_pb2_grpc.GatewayStub(channel)
-        request = gateway_pb2.CountTokensRequest(messages=[types_pb2.Message(role="user", content="hi")])
+        counted = gateway.CountTokens(
+            gateway_pb2.CountTokensRequest(model="ollama/llama-2-7b-chat", messages=messages), timeout=10
+        )
+        # "<s>[INST] hi [/INST]": 20 characters, about 5 tokens, and said to be an estimate
+        assert counted.estimated and list(counted.counts) == [5] and counted.total == 5
         with pytest.raises(grpc.RpcError) as info:
-            gateway.CountTokens(request, timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "chat templates" in info.value.details()
+            gateway.CountTokens(gateway_pb2.CountTokensRequest(messages=messages), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no model given" in (info.value.details() or "")

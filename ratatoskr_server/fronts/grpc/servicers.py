@@ -107,7 +107,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.CountTokensResponse:
         async def run(ctx: RequestContext) -> gateway_pb2.CountTokensResponse:
             if request.messages:
-                result = await self.gateway.count_message_tokens(ctx, model=request.model)
+                messages = [convert.message_from_pb(m) for m in request.messages]
+                result = await self.gateway.count_message_tokens(ctx, messages, model=request.model)
             else:
                 result = await self.gateway.count_tokens(ctx, list(request.texts), model=request.model)
             return convert.count_tokens_result_to_pb(result)
