@@ -103,6 +103,44 @@ def smollm2_source() -> Any:
     return read_gguf(SMOLLM2)
 
 
+_VOCAB: list[Any] = []
+
+
+def llama_tokens(text: str) -> list[int]:
+    """llama.cpp's own tokenization of ``text`` (control tokens parsed, no BOS added)."""
+    if not _VOCAB:
+        from llama_cpp import Llama
+
+        _VOCAB.append(Llama(model_path=str(SMOLLM2), vocab_only=True, verbose=False))
+    return list(_VOCAB[0].tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_llama_vocab() -> Iterator[None]:
+    """Free llama.cpp's vocabulary before the interpreter shuts down (its finaliser fails then)."""
+    yield
+    while _VOCAB:
+        _VOCAB.pop().close()
+
+
+TOKENIZER_CORPUS = [
+    "Hello world!",
+    "<|im_start|>user\nWhat is 12345 * 678?<|im_end|>\n<|im_start|>assistant\n",
+    "Naïve café — ø å “quotes” 🚀 and emojis",
+    "    indented code():\n\treturn x**2  # comment",
+    "URLs https://example.com/a?b=c&d=e and 3.14159",
+    "日本語のテキストです。",
+    "multiple   spaces and\n\n\nnewlines",
+]
+
+
+def test_the_gguf_vocabulary_tokenizes_as_llama_cpp_does(smollm2_source: Any) -> None:
+    tokenizer = smollm2_source.tokenizer
+    assert tokenizer is not None
+    for text in TOKENIZER_CORPUS:
+        assert tokenizer.encode(text, add_special_tokens=False).ids == llama_tokens(text), text
+
+
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[EmbeddedGateway]:
     rich = tmp_path / "rich.jinja"
@@ -153,7 +191,7 @@ async def test_smollm2_renders_as_transformers_does(
     )
     assert ours.text == expected
     assert ours.template == SMOLLM2.name
-    assert ours.tokens_estimated and ours.tokens > 0  # no tokenizer for it yet: said, not hidden
+    assert not ours.tokens_estimated and ours.tokens == len(llama_tokens(expected))  # its own vocabulary
 
 
 @pytest.mark.parametrize("conversation", list(CONVERSATIONS))
@@ -232,7 +270,7 @@ def test_render_chat_template_over_grpc(daemon_with_templates: DaemonProcess) ->
             timeout=60,
         )
         assert ok.text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-        assert ok.tokens_estimated and ok.template == SMOLLM2.name
+        assert not ok.tokens_estimated and ok.tokens == len(llama_tokens(ok.text)) and ok.template == SMOLLM2.name
         with pytest.raises(grpc.RpcError) as info:
             stub.RenderChatTemplate(
                 gateway_pb2.RenderChatTemplateRequest(model="evil/x", messages=messages), timeout=30
@@ -286,7 +324,7 @@ def test_cli_template_render(tmp_path: Path) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-    assert f"[{SMOLLM2.name}: about " in shown.stderr
+    assert f"[{SMOLLM2.name}: " in shown.stderr and "about" not in shown.stderr  # counted, not estimated
     bad = run_ratatoskr(
         "template", "render", "nobody/x", "--file", str(conversation), "--config", str(config), "--socket", sock
     )

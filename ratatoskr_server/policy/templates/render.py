@@ -52,12 +52,17 @@ class TemplateRenderer:
         source = await self.sources.find(*names)
         variant, text = source.pick(bool(tools))
         template = await asyncio.to_thread(self._template, source, variant, text)  # compiling is real work too
-        prompt = await asyncio.to_thread(
-            template.render,
-            [message_data(m) for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            tools=[tool_data(t) for t in tools] or None,
-        )
-        return RenderedPrompt(
-            text=prompt, tokens=estimate_tokens(prompt), template=template.name, tokens_estimated=True
-        )
+        data = [message_data(m) for m in messages]
+        tool_list = [tool_data(t) for t in tools] or None
+        tokenizer = source.tokenizer
+
+        def render_and_count() -> tuple[str, int | None]:
+            prompt = template.render(data, add_generation_prompt=add_generation_prompt, tools=tool_list)
+            # The prompt already holds its special tokens as text (bos included): none are added.
+            count = len(tokenizer.encode(prompt, add_special_tokens=False).ids) if tokenizer is not None else None
+            return prompt, count
+
+        prompt, count = await asyncio.to_thread(render_and_count)
+        if count is None:
+            return RenderedPrompt(prompt, estimate_tokens(prompt), template.name, tokens_estimated=True)
+        return RenderedPrompt(prompt, count, template.name, tokens_estimated=False)

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_server.config import TemplateSettings
+from ratatoskr_server.local.gguf_vocab import tokenizer_from_gguf
 from ratatoskr_server.policy.templates.builtins import BUILTINS, detect
 
 #: Special tokens passed to templates, as transformers passes them from the tokenizer's config.
@@ -40,6 +43,8 @@ class TemplateSource:
     #: "default" and any named variants ("tool_use" …).
     variants: Mapping[str, str]
     special_tokens: Mapping[str, str]
+    #: The model's own vocabulary, when it can be reproduced exactly: prompts are then counted, not estimated.
+    tokenizer: Tokenizer | None = None
 
     def pick(self, with_tools: bool) -> tuple[str, str]:
         """(variant name, text): ``tool_use`` when tools are passed and it exists, as transformers picks."""
@@ -119,7 +124,7 @@ def read_gguf(path: Path) -> TemplateSource:
         token_id = int(entry.parts[entry.data[0]][0])
         if 0 <= token_id < len(vocabulary.data):
             tokens[name] = bytes(vocabulary.parts[vocabulary.data[token_id]]).decode("utf-8", "replace")
-    return TemplateSource(path.name, variants, tokens)
+    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader))
 
 
 def read_source(path: Path) -> TemplateSource:
