@@ -382,10 +382,16 @@ def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str
     try:
         import uvloop
 
-        return uvloop.run(Daemon(settings, path, overrides).run())
+        code = uvloop.run(Daemon(settings, path, overrides).run())
     except DaemonError as err:
         log.error(str(err))
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         print("interrupted", file=sys.stderr)
         return 130
+    # Drained and closed; only the interpreter's teardown is left (joining worker threads, freeing
+    # sessions). The loop's handlers are gone with it, so a service manager's repeated SIGTERM would
+    # now kill the process as if it had failed: end it at once with the status it already has.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: os._exit(code))
+    return code
