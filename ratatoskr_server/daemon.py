@@ -348,6 +348,13 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError, RatatoskrError):
             await preload
         await self._drain(server)
+        # Drained and closed; only teardown is left (the loop's own, joining worker threads, freeing
+        # sessions). The loop's handlers go with the loop, after which a service manager's repeated
+        # SIGTERM would kill the process as if it had failed: from here a signal ends it at once with
+        # the status it already has.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, lambda *_: os._exit(exit_code))
         return exit_code
 
     async def _drain(self, server: grpc.aio.Server) -> None:
@@ -389,9 +396,4 @@ def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         print("interrupted", file=sys.stderr)
         return 130
-    # Drained and closed; only the interpreter's teardown is left (joining worker threads, freeing
-    # sessions). The loop's handlers are gone with it, so a service manager's repeated SIGTERM would
-    # now kill the process as if it had failed: end it at once with the status it already has.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: os._exit(code))
     return code
