@@ -48,6 +48,8 @@ RETRY_AFTER_KEY = "retry-after"
 REQUEST_ID_KEY = "x-request-id"
 #: Trailing metadata naming the parameters the daemon dropped (parameters.policy = "warn").
 DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
+#: Trailing metadata saying what the context stage left out (``Truncation.summary()``).
+TRUNCATED_KEY = "x-ratatoskr-truncated"
 
 #: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [

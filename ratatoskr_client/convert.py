@@ -51,6 +51,7 @@ from ratatoskr_client.types import (
     ToolCallStart,
     ToolChoice,
     ToolDefinition,
+    Truncation,
     Usage,
     UsageEvent,
 )
@@ -103,11 +104,37 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
 
 
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
-    return types_pb2.Notes(dropped_parameters=n.dropped_parameters)
+    pb = types_pb2.Notes(dropped_parameters=n.dropped_parameters)
+    t = n.truncation
+    if t is not None:
+        pb.truncation.CopyFrom(
+            types_pb2.Truncation(
+                strategy=t.strategy,
+                dropped_messages=t.dropped_messages,
+                prompt_tokens_before=t.prompt_tokens_before,
+                prompt_tokens_after=t.prompt_tokens_after,
+                window=t.window,
+                reserve=t.reserve,
+                estimated=t.estimated,
+            )
+        )
+    return pb
 
 
 def notes_from_pb(n: types_pb2.Notes) -> Notes:
-    return Notes(dropped_parameters=list(n.dropped_parameters))
+    truncation = None
+    if n.HasField("truncation"):
+        t = n.truncation
+        truncation = Truncation(
+            strategy=t.strategy,
+            dropped_messages=list(t.dropped_messages),
+            prompt_tokens_before=t.prompt_tokens_before,
+            prompt_tokens_after=t.prompt_tokens_after,
+            window=t.window,
+            reserve=t.reserve,
+            estimated=t.estimated,
+        )
+    return Notes(dropped_parameters=list(n.dropped_parameters), truncation=truncation)
 
 
 def usage_to_pb(u: Usage) -> types_pb2.Usage:
@@ -419,6 +446,7 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
             for t in o.tools
         ],
         raw_provider_options_json=json.dumps(o.raw_provider_options) if o.raw_provider_options else "",
+        context_strategy=o.context_strategy,
     )
     for name in NUMERIC_PARAMETERS:
         value = getattr(o, name)
@@ -501,6 +529,7 @@ def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
         response_format=fmt,
         reasoning=reasoning,
         parallel_tool_calls=_opt(pb, "parallel_tool_calls"),
+        context_strategy=pb.context_strategy,
         raw_provider_options=raw,
     )
 

@@ -6,6 +6,7 @@ above it speaks these plain, immutable dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
@@ -31,19 +32,68 @@ class Timing:
     output_tokens: int = 0
 
 
+#: How a conversation longer than its model's window is made to fit (``ChatOptions.context_strategy``).
+#: error: refuse (OUT_OF_RANGE with the numbers); sliding_window: drop the oldest turns;
+#: middle_out: keep the first and the latest turns, drop from the middle. The system prompt always stays.
+CONTEXT_STRATEGIES: tuple[str, ...] = ("error", "sliding_window", "middle_out")
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """What the context stage dropped so a conversation fits its model's window."""
+
+    strategy: str
+    #: Indices, in the request's messages, of the messages left out.
+    dropped_messages: list[int]
+    prompt_tokens_before: int
+    prompt_tokens_after: int
+    window: int
+    #: Tokens kept free for the answer (max_tokens, else the model's max output, else a setting).
+    reserve: int
+    #: The counts are estimates (no tokenizer is known for the model).
+    estimated: bool = False
+
+    def summary(self) -> str:
+        """One line a person reads (logs, trailing metadata)."""
+        kind = "~" if self.estimated else ""
+        return (
+            f"{self.strategy}: dropped messages {_ranges(self.dropped_messages)} ({len(self.dropped_messages)}); "
+            f"prompt {kind}{self.prompt_tokens_before} -> {kind}{self.prompt_tokens_after} tokens "
+            f"+ {self.reserve} reserved <= window {self.window}"
+        )
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3,7``."""
+    parts: list[str] = []
+    start = prev = None
+    for i in sorted(indices):
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        start = prev = i
+    if start is not None:
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Notes:
     """What the gateway did to a request on its way, so nothing changes behind the caller's back.
 
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
-    ``parameters.policy = "warn"``. Later stages add their facts here (truncation, failover, cache
-    hits, budget warnings) rather than inventing another side channel.
+    ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window.
+    Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
+    another side channel.
     """
 
     dropped_parameters: list[str] = field(default_factory=list)
+    truncation: Truncation | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.dropped_parameters)
+        return bool(self.dropped_parameters) or self.truncation is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +301,9 @@ class ChatOptions:
     response_format: ResponseFormat | None = None
     reasoning: ReasoningOptions | None = None
     parallel_tool_calls: bool | None = None
+    #: What to do when the conversation does not fit the model's window (one of CONTEXT_STRATEGIES);
+    #: "" takes the configured default (``context.strategy``). Not a generation parameter: the gateway acts on it.
+    context_strategy: str = ""
     #: Merged into the provider's request body as is: the escape hatch for provider-only fields.
     raw_provider_options: dict[str, Any] = field(default_factory=dict)
 
@@ -258,7 +311,7 @@ class ChatOptions:
 #: Generation parameters: every ChatOptions field but the model and the raw escape hatch. Policy,
 #: registry, presets and adapters derive their lists from this, so a new option is added once.
 GENERATION_PARAMETERS: tuple[str, ...] = tuple(
-    f.name for f in fields(ChatOptions) if f.name not in ("model", "raw_provider_options")
+    f.name for f in fields(ChatOptions) if f.name not in ("model", "raw_provider_options", "context_strategy")
 )
 #: The numeric ones: they travel as plain numbers on every wire format that carries them.
 NUMERIC_PARAMETERS: tuple[str, ...] = tuple(

@@ -110,6 +110,30 @@ class TemplateSettings(_Section):
     max_rendered_chars: int = Field(default=8_000_000, ge=1, description="Longest prompt a template may render.")
 
 
+class ContextSettings(_Section):
+    """Context windows: fitting a conversation to its model before it is sent."""
+
+    strategy: Literal["error", "sliding_window", "middle_out"] = Field(
+        default="error",
+        description="When a conversation does not fit: refuse it (error), drop the oldest turns (sliding_window), "
+        "or drop turns from the middle (middle_out). A request's ChatOptions.context_strategy overrides it.",
+    )
+    output_reserve_tokens: int = Field(
+        default=512, ge=1, description="Tokens kept free for the answer when neither max_tokens nor the registry says."
+    )
+    #: Model name or glob (``llamacpp/*``) -> its window in tokens; wins over the registry and GGUF metadata.
+    #: A local server's window is what it was started with (llama.cpp's --ctx-size), not what the model was trained for.
+    windows: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("windows")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [name for name, size in value.items() if size < 1]
+        if bad:
+            raise ValueError(f"context windows must be at least 1 token; check {', '.join(bad)}")
+        return value
+
+
 class BatchingSettings(_Section):
     """Dynamic micro-batching limits; ``[models.NAME]`` may override any of them."""
 
@@ -301,6 +325,7 @@ class Settings(BaseSettings):
     #: "ratatoskr:<tier>/<capability>" names, e.g. ratatoskr:fast/chat, resolving to a model and defaults.
     presets: dict[str, PresetSettings] = Field(default_factory=dict)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    context: ContextSettings = Field(default_factory=ContextSettings)
 
     @field_validator("presets")
     @classmethod

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ratatoskr_client.errors import DeadlineExceeded
-from ratatoskr_client.types import Notes
+from ratatoskr_client.types import Notes, Truncation
 
 Clock = Callable[[], float]
 _NO_NOTES = Notes()
@@ -58,6 +58,7 @@ class RequestContext:
     #: ``time.perf_counter()`` at arrival: every Timing's total is measured from here.
     arrived: float = field(default_factory=time.perf_counter)
     _dropped: list[str] = field(default_factory=list)
+    _truncation: Truncation | None = None
 
     @classmethod
     def start(
@@ -91,9 +92,14 @@ class RequestContext:
             if name not in self._dropped:
                 self._dropped.append(name)
 
+    def note_truncation(self, truncation: Truncation) -> None:
+        self._truncation = truncation
+
     @property
     def notes(self) -> Notes:
-        return Notes(dropped_parameters=list(self._dropped)) if self._dropped else _NO_NOTES
+        if not self._dropped and self._truncation is None:
+            return _NO_NOTES
+        return Notes(dropped_parameters=list(self._dropped), truncation=self._truncation)
 
     # -- deadlines ---------------------------------------------------------------------------------
     def budget(self, cap: float | None = None) -> float | None:

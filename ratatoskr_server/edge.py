@@ -90,9 +90,11 @@ class Edge:
                 "status": code,
                 "duration_ms": round(elapsed * 1000, 2),
             }
-            dropped = ctx.notes.dropped_parameters
-            if dropped:
-                extra["dropped_parameters"] = ",".join(dropped)
+            notes = ctx.notes
+            if notes.dropped_parameters:
+                extra["dropped_parameters"] = ",".join(notes.dropped_parameters)
+            if notes.truncation is not None:
+                extra["truncated"] = notes.truncation.summary()
             log.info("request", extra=extra)
 
     async def stream(

@@ -52,6 +52,7 @@ from ratatoskr_server.pipeline.call import (
 )
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.pipeline.dispatch import Dispatch
+from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
@@ -108,8 +109,8 @@ class Gateway:
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
-        self._routing = self._build(settings)
         self.templates = TemplateRenderer(settings.templates)
+        self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -138,6 +139,7 @@ class Gateway:
             PresetStage(settings.presets),
             PlanStage(router),
             ParamsStage(self.params, self.registry),
+            ContextStage(settings.context, self.registry, self.templates),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
 

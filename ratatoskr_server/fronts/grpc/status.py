@@ -14,7 +14,7 @@ from typing import NoReturn, TypeVar
 import grpc
 import grpc.aio
 
-from ratatoskr_client.client import DROPPED_PARAMETERS_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
+from ratatoskr_client.client import DROPPED_PARAMETERS_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY, TRUNCATED_KEY
 from ratatoskr_client.errors import RatatoskrError
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
@@ -35,9 +35,11 @@ def request_context(context: Context) -> RequestContext:
 
 def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) -> tuple[tuple[str, str], ...]:
     trailing = [(REQUEST_ID_KEY, ctx.request_id)]
-    dropped = ctx.notes.dropped_parameters
-    if dropped:
-        trailing.append((DROPPED_PARAMETERS_KEY, ",".join(dropped)))
+    notes = ctx.notes
+    if notes.dropped_parameters:
+        trailing.append((DROPPED_PARAMETERS_KEY, ",".join(notes.dropped_parameters)))
+    if notes.truncation is not None:
+        trailing.append((TRUNCATED_KEY, notes.truncation.summary()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     return tuple(trailing)

@@ -9,8 +9,13 @@ Token counts come from a tokenizer when one is known for the model; otherwise th
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import Tokenizer
 
 from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
 from ratatoskr_server.config import TemplateSettings
@@ -21,8 +26,48 @@ from ratatoskr_server.policy.templates.sources import TemplateSource, TemplateSo
 CHARS_PER_TOKEN = 4
 
 
+#: What an estimate adds per message for its role and delimiters (OpenAI documents 3-4 for its formats).
+TOKENS_PER_MESSAGE = 4
+
+
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def estimate_messages(messages: Sequence[Message], tools_json: str = "") -> int:
+    """An estimate of a conversation's prompt without its template: contents, tool calls, tools, delimiters."""
+    chars = len(tools_json)
+    for m in messages:
+        chars += len(m.content)
+        for call in m.tool_calls:
+            chars += len(call.name) + len(call.arguments)
+    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages) + 3
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCounter:
+    """Counts the prompt a conversation makes for one model: exactly when its template and vocabulary
+    are known (render, then tokenize), else as an estimate of the messages.
+
+    ``count`` of an exact counter blocks (a template render and a tokenization): call it in a worker thread.
+    """
+
+    template: ChatTemplate | None = None
+    tokenizer: Tokenizer | None = None
+    #: The model's trained window as its template file says; 0: unknown.
+    context_length: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.template is not None and self.tokenizer is not None
+
+    def count(self, messages: Sequence[Message], tools: Sequence[ToolDefinition] = ()) -> int:
+        if self.template is None or self.tokenizer is None:
+            return estimate_messages(messages, json.dumps([tool_data(t) for t in tools]) if tools else "")
+        data = [message_data(m) for m in messages]
+        tool_list: list[dict[str, Any]] | None = [tool_data(t) for t in tools] or None
+        prompt = self.template.render(data, add_generation_prompt=True, tools=tool_list)
+        return len(self.tokenizer.encode(prompt, add_special_tokens=False).ids)
 
 
 class TemplateRenderer:
@@ -40,6 +85,17 @@ class TemplateRenderer:
             template = ChatTemplate(name, text, dict(source.special_tokens), limits)
             self._compiled[key] = template
         return template
+
+    async def counter(self, names: Sequence[str], *, with_tools: bool = False) -> PromptCounter:
+        """How to count prompts for the model known by ``names``: exact when a tokenizer is known."""
+        source = await self.sources.lookup(*names)
+        if source is None:
+            return PromptCounter()
+        if source.tokenizer is None:
+            return PromptCounter(context_length=source.context_length)
+        variant, text = source.pick(with_tools)
+        template = await asyncio.to_thread(self._template, source, variant, text)
+        return PromptCounter(template, source.tokenizer, source.context_length)
 
     async def render(
         self,

@@ -45,6 +45,8 @@ class TemplateSource:
     special_tokens: Mapping[str, str]
     #: The model's own vocabulary, when it can be reproduced exactly: prompts are then counted, not estimated.
     tokenizer: Tokenizer | None = None
+    #: The window the model was trained for, when the file says (a GGUF's ``<arch>.context_length``); 0: unknown.
+    context_length: int = 0
 
     def pick(self, with_tools: bool) -> tuple[str, str]:
         """(variant name, text): ``tool_use`` when tools are passed and it exists, as transformers picks."""
@@ -124,7 +126,10 @@ def read_gguf(path: Path) -> TemplateSource:
         token_id = int(entry.parts[entry.data[0]][0])
         if 0 <= token_id < len(vocabulary.data):
             tokens[name] = bytes(vocabulary.parts[vocabulary.data[token_id]]).decode("utf-8", "replace")
-    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader))
+    architecture = text("general.architecture")
+    window = reader.fields.get(f"{architecture}.context_length") if architecture else None
+    context_length = int(window.parts[window.data[0]][0]) if window is not None else 0
+    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader), context_length)
 
 
 def read_source(path: Path) -> TemplateSource:
@@ -173,9 +178,9 @@ class TemplateSources:
                 _CACHE.popitem(last=False)
         return source
 
-    async def find(self, *names: str) -> TemplateSource:
+    async def lookup(self, *names: str) -> TemplateSource | None:
         """The template source for a model known by any of ``names`` (as asked, and as resolved):
-        the configured one, else the built-in family the name suggests."""
+        the configured one, else the built-in family the name suggests; None when nothing is known."""
         where = self.configured(*names)
         if where is not None:
             if where in BUILTIN_SOURCES:
@@ -185,6 +190,13 @@ class TemplateSources:
             family = detect(name)
             if family is not None:
                 return BUILTIN_SOURCES[family]
+        return None
+
+    async def find(self, *names: str) -> TemplateSource:
+        """As :meth:`lookup`, but a model with no known template is a FAILED_PRECONDITION saying how to give one."""
+        source = await self.lookup(*names)
+        if source is not None:
+            return source
         raise FailedPrecondition(
             f"no chat template is known for model '{names[0]}': map it (or a glob) in [templates.sources] to a "
             f"built-in ({', '.join(sorted(BUILTINS))}), a .jinja file, a tokenizer_config.json or a .gguf"
