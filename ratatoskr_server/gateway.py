@@ -1,10 +1,10 @@
 """The façade every way in calls: one method per task, each building a ``Call`` and running the pipeline.
 
-It holds no policy of its own.  The stages decide (limits → presets → plan → parameters), the
-providers answer (HTTP adapters, or the local pool through ``providers/local.py``), and the edge
-around each call (``edge.py``) keeps the limits, log line and metrics; the catalogue and the
-administration of the pool live in ``catalog.py`` and ``admin.py``.  Everything it uses is passed
-in; ``from_settings`` builds the usual set.
+It holds no policy of its own.  The stages decide (limits → presets → plan → parameters → the chat
+template of completion-only models), the providers answer (HTTP adapters, or the local pool through
+``providers/local.py``), and the edge around each call (``edge.py``) keeps the limits, log line and
+metrics; the catalogue and the administration of the pool live in ``catalog.py`` and ``admin.py``.
+Everything it uses is passed in; ``from_settings`` builds the usual set.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
 from ratatoskr_server.policy.templates.render import TemplateRenderer
+from ratatoskr_server.policy.templates.stage import TemplateStage
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.registry import ModelRegistry, RefreshReport
@@ -108,8 +109,8 @@ class Gateway:
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
-        self._routing = self._build(settings)
         self.templates = TemplateRenderer(settings.templates)
+        self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -138,6 +139,7 @@ class Gateway:
             PresetStage(settings.presets),
             PlanStage(router),
             ParamsStage(self.params, self.registry),
+            TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
 

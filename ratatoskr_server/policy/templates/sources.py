@@ -45,6 +45,11 @@ class TemplateSource:
     special_tokens: Mapping[str, str]
     #: The model's own vocabulary, when it can be reproduced exactly: prompts are then counted, not estimated.
     tokenizer: Tokenizer | None = None
+    #: Where the model's turn ends, when the source says so (the built-ins); otherwise
+    #: ``completion.end_of_turn`` derives it from the special tokens and the template text.
+    turn_end: tuple[str, ...] | None = None
+    #: Whether the model's tokenizer puts BOS before a prompt itself (``add_bos_token``); unknown counts as yes.
+    adds_bos: bool = True
 
     def pick(self, with_tools: bool) -> tuple[str, str]:
         """(variant name, text): ``tool_use`` when tools are passed and it exists, as transformers picks."""
@@ -61,7 +66,7 @@ class TemplateSource:
 
 #: The built-in families as sources: one object each, so their compiled templates are kept.
 BUILTIN_SOURCES: dict[str, TemplateSource] = {
-    name: TemplateSource(f"builtin:{name}", {"default": b.template}, dict(b.special_tokens))
+    name: TemplateSource(f"builtin:{name}", {"default": b.template}, dict(b.special_tokens), turn_end=b.end_of_turn)
     for name, b in BUILTINS.items()
 }
 
@@ -91,7 +96,8 @@ def read_tokenizer_config(path: Path) -> TemplateSource:
     if not isinstance(data, dict):
         raise FailedPrecondition(f"{path} is not a tokenizer_config.json object")
     tokens = {name: _token_text(data.get(name)) for name in SPECIAL_TOKENS if data.get(name)}
-    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens)
+    adds_bos = data.get("add_bos_token") is not False
+    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens, adds_bos=adds_bos)
 
 
 def read_gguf(path: Path) -> TemplateSource:
@@ -124,7 +130,9 @@ def read_gguf(path: Path) -> TemplateSource:
         token_id = int(entry.parts[entry.data[0]][0])
         if 0 <= token_id < len(vocabulary.data):
             tokens[name] = bytes(vocabulary.parts[vocabulary.data[token_id]]).decode("utf-8", "replace")
-    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader))
+    add_bos = reader.fields.get("tokenizer.ggml.add_bos_token")
+    adds_bos = add_bos is None or bool(add_bos.parts[add_bos.data[0]][0])
+    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader), adds_bos=adds_bos)
 
 
 def read_source(path: Path) -> TemplateSource:
