@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -225,6 +225,11 @@ class ProviderSettings(_Section):
     enabled: bool = True
     #: Models listed when the upstream has no model-listing endpoint.
     models: list[str] = Field(default_factory=list)
+    completion_only: list[str] = Field(
+        default_factory=list,
+        description='Models (names or globs; ["*"] for all) served only through /completions: Chat renders '
+        "the model's chat template and sends the prompt there, stopping at the template's end-of-turn tokens.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -233,6 +238,14 @@ class ProviderSettings(_Section):
         if value and not re.match(r"^https?://[^/\s]", value):
             raise ValueError(f"base_url {value!r} needs a scheme and a host, e.g. http://127.0.0.1:8080/v1")
         return value
+
+    @model_validator(mode="after")
+    def _completion_only_kind(self) -> ProviderSettings:
+        # Only the OpenAI wire has a raw-prompt endpoint that applies no template of its own
+        # (Ollama's /api/generate would wrap the rendered prompt in the model's template again).
+        if self.completion_only and self.kind != "openai_compat":
+            raise ValueError(f"completion_only needs kind 'openai_compat' (a /completions endpoint), not {self.kind}")
+        return self
 
     def secret_values(self) -> list[str]:
         """The key, credential-named header and query values, and the base URL's user-info."""

@@ -1,10 +1,10 @@
 """The façade every way in calls: one method per task, each building a ``Call`` and running the pipeline.
 
-It holds no policy of its own.  The stages decide (limits → presets → plan → parameters), the
-providers answer (HTTP adapters, or the local pool through ``providers/local.py``), and the edge
-around each call (``edge.py``) keeps the limits, log line and metrics; the catalogue and the
-administration of the pool live in ``catalog.py`` and ``admin.py``.  Everything it uses is passed
-in; ``from_settings`` builds the usual set.
+It holds no policy of its own.  The stages decide (limits → presets → plan → parameters → the chat
+template of completion-only models), the providers answer (HTTP adapters, or the local pool through
+``providers/local.py``), and the edge around each call (``edge.py``) keeps the limits, log line and
+metrics; the catalogue and the administration of the pool live in ``catalog.py`` and ``admin.py``.
+Everything it uses is passed in; ``from_settings`` builds the usual set.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
 from ratatoskr_server.policy.templates.render import TemplateRenderer
+from ratatoskr_server.policy.templates.stage import TemplateStage
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.registry import ModelRegistry, RefreshReport
@@ -140,6 +141,7 @@ class Gateway:
             PlanStage(router),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
+            TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
 

@@ -120,6 +120,7 @@ def test_example_config_documents_every_setting() -> None:
     providers = tomllib.loads(documented)["providers"]
     for field in ("kind", "base_url", "api_key", "api_key_header", "headers", "query", "local", "enabled", "models"):
         assert f"{field} =" in documented, field
+    assert "completion_only =" in documented
     assert {"openai", "openrouter", "together", "groq", "fireworks", "deepinfra", "anyscale", "modal", "azure"} <= set(
         providers
     )

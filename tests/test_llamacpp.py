@@ -1,7 +1,9 @@
 """Chat through the daemon against a real llama.cpp server running SmolLM2-135M-Instruct.
 
 The tests check that the daemon relays exactly what the server generated, never what the answer
-says: a 135M model's greedy answer changes with the llama.cpp build and the CPU's kernels.
+says: a 135M model's greedy answer changes with the llama.cpp build and the CPU's kernels.  The
+same server also stands in for a completion-only backend: the daemon renders the GGUF's chat
+template and calls /completions, and must get the answer the server's own chat endpoint gives.
 """
 
 from __future__ import annotations
@@ -12,16 +14,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, UsageEvent
 from tests.conftest import DaemonProcess
+from tests.upstreams.harness import Handler, Upstream, serve
 
 QUESTION = [Message("user", "What is the capital of France?")]
+#: Several turns and a system prompt: the template's whole shape, not only its simplest case.
+CONVERSATION = [
+    Message("system", "You are a geography tutor. Answer in one sentence."),
+    Message("user", "What is the capital of France?"),
+    Message("assistant", "The capital of France is Paris."),
+    Message("user", "And which river flows through it?"),
+]
 OPTIONS = {"temperature": 0.0, "max_tokens": 24, "seed": 1}
 
 
@@ -75,11 +87,22 @@ def daemon_with_llama(model_root: Path, llama_server: str) -> Iterator[DaemonPro
     d.stop()
 
 
-def _direct(base: str, stream: bool) -> str:
+def _direct_answer(base: str, messages: Sequence[Message]) -> dict[str, Any]:
+    """The server's own chat completion for ``messages``, read without the daemon."""
+    conversation = [{"role": m.role, "content": m.content} for m in messages]
+    body = {"model": "smollm2", "messages": conversation, **OPTIONS}
+    response = httpx.post(f"{base}/chat/completions", json=body, timeout=120)
+    response.raise_for_status()
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _direct(base: str, stream: bool, messages: Sequence[Message] = QUESTION) -> str:
     """What the server itself generates for the same request, read without the daemon."""
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": QUESTION[0].content}], **OPTIONS}
+    conversation = [{"role": m.role, "content": m.content} for m in messages]
+    body = {"model": "smollm2", "messages": conversation, **OPTIONS}
     if not stream:
-        answer = httpx.post(f"{base}/chat/completions", json=body, timeout=120).json()
+        answer = _direct_answer(base, messages)
         return str(answer["choices"][0]["message"]["content"])
     text = []
     with httpx.stream("POST", f"{base}/chat/completions", json={**body, "stream": True}, timeout=120) as r:
@@ -108,3 +131,92 @@ def test_chat_stream_relays_token_by_token(daemon_with_llama: DaemonProcess, lla
     assert isinstance(events[-1], Done) and events[-1].finish_reason in ("stop", "length")
     usage = [e for e in events if isinstance(e, UsageEvent)]
     assert not usage or usage[0].usage.completion_tokens > 0  # the server may omit the usage chunk
+
+
+# ------------------------------------------------------------------ completion-only: the template's way
+def _forwarding(base: str) -> Handler:
+    """Relay a request to the real server as it came, and its answer (streamed or not) as it goes."""
+
+    async def forward(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+        body = await request.read()
+        url = base + request.path.removeprefix("/v1")
+        async with httpx.AsyncClient(timeout=120) as client:
+            headers = {"Content-Type": "application/json"}
+            async with client.stream(request.method, url, content=body, headers=headers) as answer:
+                response = web.StreamResponse(
+                    status=answer.status_code,
+                    headers={"Content-Type": answer.headers.get("content-type", "application/json")},
+                )
+                await response.prepare(request)
+                async for piece in answer.aiter_raw():
+                    await response.write(piece)
+                await response.write_eof()
+                return response
+
+    return forward
+
+
+@pytest.fixture(scope="module")
+def recording_proxy(llama_server: str) -> Iterator[Upstream]:
+    """The real server behind a loopback proxy that records which endpoints the daemon called."""
+    forward = _forwarding(llama_server)
+    routes = {("POST", "/v1/completions"): forward, ("POST", "/v1/chat/completions"): forward}
+    with serve({**routes, ("GET", "/v1/models"): forward}) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def daemon_completion_only(model_root: Path, recording_proxy: Upstream) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(
+        model_root,
+        local={"preload": []},
+        providers={
+            "llamacpp": {
+                "kind": "openai_compat",
+                "base_url": f"{recording_proxy.base_url}/v1",
+                "local": True,
+                "completion_only": ["*"],
+            }
+        },
+        templates={"sources": {"llamacpp/*": str(_gguf())}},
+    ).start()
+    yield d
+    d.stop()
+
+
+def _posted(proxy: Upstream, since: int) -> list[str]:
+    return [r.path for r in proxy.requests[since:] if r.method == "POST"]
+
+
+def test_completion_only_chat_equals_the_servers_own_chat(
+    daemon_completion_only: DaemonProcess, recording_proxy: Upstream, llama_server: str
+) -> None:
+    """The GGUF's template rendered by the daemon, sent to /completions, answers as the chat endpoint does."""
+    since = len(recording_proxy.requests)
+    with daemon_completion_only.client(timeout=120) as client:
+        result = client.chat(CONVERSATION, ChatOptions(model="llamacpp/smollm2", **OPTIONS))  # type: ignore[arg-type]
+    assert _posted(recording_proxy, since) == ["/v1/completions"]  # never the chat endpoint
+    sent = recording_proxy.requests[since].body
+    assert "<|im_end|>" in sent["stop"] and "messages" not in sent
+    direct = _direct_answer(llama_server, CONVERSATION)
+    assert result.message.content  # something was generated, and it is the chat endpoint's own text
+    assert result.message.role == "assistant"
+    assert result.message.content == direct["choices"][0]["message"]["content"]
+    assert result.finish_reason == direct["choices"][0]["finish_reason"]
+    # The same prompt tokens: the rendering and its tokenization (no BOS added or lost) are the server's.
+    assert result.usage.prompt_tokens == direct["usage"]["prompt_tokens"]
+    assert result.provider == "llamacpp" and result.usage.completion_tokens > 0
+
+
+def test_completion_only_chat_stream_equals_the_servers_own_stream(
+    daemon_completion_only: DaemonProcess, recording_proxy: Upstream, llama_server: str
+) -> None:
+    since = len(recording_proxy.requests)
+    with daemon_completion_only.client(timeout=120) as client:
+        events = list(client.chat_stream(CONVERSATION, ChatOptions(model="llamacpp/smollm2", **OPTIONS)))  # type: ignore[arg-type]
+    assert _posted(recording_proxy, since) == ["/v1/completions"]
+    assert recording_proxy.requests[since].body["stream"] is True
+    text = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    assert text and text == _direct(llama_server, stream=True, messages=CONVERSATION)
+    assert isinstance(events[-1], Done) and events[-1].finish_reason in ("stop", "length")
+    assert events[-1].provider == "llamacpp"

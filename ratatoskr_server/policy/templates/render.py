@@ -106,19 +106,32 @@ class TemplateRenderer:
         tools: Sequence[ToolDefinition] = (),
     ) -> RenderedPrompt:
         source = await self.sources.find(*names)
+        return await self.render_source(source, messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    async def render_source(
+        self,
+        source: TemplateSource,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool,
+        tools: Sequence[ToolDefinition] = (),
+        count: bool = True,
+    ) -> RenderedPrompt:
+        """``render`` with the source already found (a caller that needs it too looks it up once);
+        ``count=False`` leaves the count an estimate, for a prompt that is sent rather than measured."""
         variant, text = source.pick(bool(tools))
         template = await asyncio.to_thread(self._template, source, variant, text)  # compiling is real work too
         data = [message_data(m) for m in messages]
         tool_list = [tool_data(t) for t in tools] or None
-        tokenizer = source.tokenizer
+        tokenizer = source.tokenizer if count else None
 
         def render_and_count() -> tuple[str, int | None]:
             prompt = template.render(data, add_generation_prompt=add_generation_prompt, tools=tool_list)
             # The prompt already holds its special tokens as text (bos included): none are added.
-            count = len(tokenizer.encode(prompt, add_special_tokens=False).ids) if tokenizer is not None else None
-            return prompt, count
+            tokens = len(tokenizer.encode(prompt, add_special_tokens=False).ids) if tokenizer is not None else None
+            return prompt, tokens
 
-        prompt, count = await asyncio.to_thread(render_and_count)
-        if count is None:
+        prompt, tokens = await asyncio.to_thread(render_and_count)
+        if tokens is None:
             return RenderedPrompt(prompt, estimate_tokens(prompt), template.name, tokens_estimated=True)
-        return RenderedPrompt(prompt, count, template.name, tokens_estimated=False)
+        return RenderedPrompt(prompt, tokens, template.name, tokens_estimated=False)

@@ -47,6 +47,11 @@ class TemplateSource:
     tokenizer: Tokenizer | None = None
     #: The window the model was trained for, when the file says (a GGUF's ``<arch>.context_length``); 0: unknown.
     context_length: int = 0
+    #: Where the model's turn ends, when the source says so (the built-ins); otherwise
+    #: ``completion.end_of_turn`` derives it from the special tokens and the template text.
+    turn_end: tuple[str, ...] | None = None
+    #: Whether the model's tokenizer puts BOS before a prompt itself (``add_bos_token``); unknown counts as yes.
+    adds_bos: bool = True
 
     def pick(self, with_tools: bool) -> tuple[str, str]:
         """(variant name, text): ``tool_use`` when tools are passed and it exists, as transformers picks."""
@@ -63,7 +68,7 @@ class TemplateSource:
 
 #: The built-in families as sources: one object each, so their compiled templates are kept.
 BUILTIN_SOURCES: dict[str, TemplateSource] = {
-    name: TemplateSource(f"builtin:{name}", {"default": b.template}, dict(b.special_tokens))
+    name: TemplateSource(f"builtin:{name}", {"default": b.template}, dict(b.special_tokens), turn_end=b.end_of_turn)
     for name, b in BUILTINS.items()
 }
 
@@ -93,7 +98,8 @@ def read_tokenizer_config(path: Path) -> TemplateSource:
     if not isinstance(data, dict):
         raise FailedPrecondition(f"{path} is not a tokenizer_config.json object")
     tokens = {name: _token_text(data.get(name)) for name in SPECIAL_TOKENS if data.get(name)}
-    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens)
+    adds_bos = data.get("add_bos_token") is not False
+    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens, adds_bos=adds_bos)
 
 
 def read_gguf(path: Path) -> TemplateSource:
@@ -129,7 +135,11 @@ def read_gguf(path: Path) -> TemplateSource:
     architecture = text("general.architecture")
     window = reader.fields.get(f"{architecture}.context_length") if architecture else None
     context_length = int(window.parts[window.data[0]][0]) if window is not None else 0
-    return TemplateSource(path.name, variants, tokens, tokenizer_from_gguf(reader), context_length)
+    add_bos = reader.fields.get("tokenizer.ggml.add_bos_token")
+    adds_bos = add_bos is None or bool(add_bos.parts[add_bos.data[0]][0])
+    return TemplateSource(
+        path.name, variants, tokens, tokenizer_from_gguf(reader), context_length=context_length, adds_bos=adds_bos
+    )
 
 
 def read_source(path: Path) -> TemplateSource:
