@@ -293,7 +293,20 @@ class Gateway:
 
     async def count_tokens(self, ctx: RequestContext, texts: Sequence[str], *, model: str = "") -> CountTokensResult:
         LimitsStage(self.settings.limits).texts(texts, "texts", "text")
-        tokenizer = await self.pool.tokenizer(self.router.target(model or self.settings.local.default_embed_model))
+        target = self.router.target(model or self.settings.local.default_embed_model)
+        if self.router.split(target) is not None or self.templates.sources.configured(model, target) is not None:
+            # A provider's model (or one given a template source): its own vocabulary when the
+            # source carries one, else an estimate that says so.
+            counted = await self.templates.count_texts((model, target), texts)
+            elapsed = ctx.elapsed_ms()
+            return CountTokensResult(
+                counts=counted.counts,
+                total=sum(counted.counts),
+                model=model or target,
+                timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=sum(counted.counts)),
+                estimated=counted.estimated,
+            )
+        tokenizer = await self.pool.tokenizer(target)
         if len(texts) > _INLINE_COUNT_MAX:
             counts = await asyncio.get_running_loop().run_in_executor(self._executor, tokenizer.count, list(texts))
         else:

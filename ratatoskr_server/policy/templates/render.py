@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
 from ratatoskr_server.config import TemplateSettings
 from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
@@ -23,6 +25,16 @@ CHARS_PER_TOKEN = 4
 
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True, slots=True)
+class TextCounts:
+    """Token counts of plain texts in a model's own vocabulary, or estimates said to be such."""
+
+    counts: list[int]
+    estimated: bool
+    #: Where the vocabulary came from (a GGUF, a tokenizer.json …); empty for an estimate.
+    tokenizer: str = ""
 
 
 class TemplateRenderer:
@@ -66,3 +78,23 @@ class TemplateRenderer:
         if count is None:
             return RenderedPrompt(prompt, estimate_tokens(prompt), template.name, tokens_estimated=True)
         return RenderedPrompt(prompt, count, template.name, tokens_estimated=False)
+
+    async def count_texts(self, names: Sequence[str], texts: Sequence[str]) -> TextCounts:
+        """Tokens of ``texts`` as the model would see them inside a prompt (no BOS added).
+
+        The vocabulary is the one its template source carries; a model with no known source, or a
+        source without a vocabulary, gets the estimate, flagged, rather than a refusal: counting
+        text needs no template.
+        """
+        try:
+            source: TemplateSource | None = await self.sources.find(*names)
+        except FailedPrecondition:
+            source = None
+        tokenizer = source.tokenizer if source is not None else None
+        if source is None or tokenizer is None:
+            return TextCounts([estimate_tokens(t) for t in texts], estimated=True)
+
+        def count() -> list[int]:
+            return [len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+        return TextCounts(await asyncio.to_thread(count), estimated=False, tokenizer=source.name)
