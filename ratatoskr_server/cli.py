@@ -1,4 +1,5 @@
-"""The ``ratatoskr`` command: serve, status, health, config check, models import/list, embed.
+"""The ``ratatoskr`` command: serve, status, health, config check, models import/list, embed,
+template render, tokens count.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
 and exits non-zero with a one-line reason (never a traceback) on failure.
@@ -289,6 +290,44 @@ def _cmd_template_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokens_count(args: argparse.Namespace) -> int:
+    """A text counted in the model's vocabulary, or a conversation counted as the prompt its chat
+    template makes (the assistant's turn opened); an estimate is always said to be one."""
+    from ratatoskr_client.auto import auto
+
+    if (args.text is None) == (args.messages is None):
+        args.parser.error("give either TEXT or --messages FILE")
+    messages = None
+    if args.messages is not None:
+        where = "standard input" if args.messages == "-" else args.messages
+        text = sys.stdin.read() if args.messages == "-" else Path(args.messages).read_text(encoding="utf-8")
+        messages = _messages_from_json(text, where)
+    gateway = auto(args.socket, config_path=args.config)
+    try:
+        if messages is not None:
+            rendered = gateway.render_chat_template(messages, model=args.model, timeout=args.timeout)
+            data = {
+                "model": args.model,
+                "tokens": rendered.tokens,
+                "estimated": rendered.tokens_estimated,
+                "template": rendered.template,
+            }
+        else:
+            counted = gateway.count_tokens([args.text], model=args.model, timeout=args.timeout)
+            data = {"model": counted.model, "tokens": counted.total, "estimated": counted.estimated}
+    finally:
+        gateway.close()
+
+    def human() -> None:
+        about = "about " if data["estimated"] else ""
+        template = f", template {data['template']}" if "template" in data else ""
+        note = "  (estimated: no tokenizer is known for this model)" if data["estimated"] else ""
+        print(f"{about}{data['tokens']} tokens  [{data['model']}{template}]{note}")
+
+    _print(data, args.json, human)
+    return 0
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     from ratatoskr_client.auto import auto
     from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, ReasoningDelta, UsageEvent
@@ -550,6 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="a JSON list of messages (default: read it from standard input)")
     p.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
     p.set_defaults(func=_cmd_template_render)
+
+    tokens = sub.add_parser("tokens", help="token counts").add_subparsers(dest="tokens_command", required=True)
+    p = tokens.add_parser("count", help="tokens of a text, or of a conversation's prompt, in a model's vocabulary")
+    common(p, socket=True, config=True, timeout=60.0)
+    p.add_argument("model", help="the model whose vocabulary to count in, e.g. llamacpp/smollm2 or local/NAME")
+    p.add_argument("text", nargs="?", help="the text to count")
+    p.add_argument("--messages", metavar="FILE", help="a JSON list of messages instead of TEXT ('-': standard input)")
+    p.set_defaults(func=_cmd_tokens_count)
 
     p = sub.add_parser("backends", help="configured providers and whether they answer")
     common(p, config=True, timeout=5.0)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TypeVar
 
 from ratatoskr_client.errors import InvalidArgument
@@ -39,6 +40,7 @@ from ratatoskr_server.admin import Admin
 from ratatoskr_server.catalog import Catalog
 from ratatoskr_server.config import Settings
 from ratatoskr_server.context import RequestContext
+from ratatoskr_server.local.discovery import local_models
 from ratatoskr_server.local.pool import LocalModelPool
 from ratatoskr_server.pipeline.call import (
     Call,
@@ -110,7 +112,7 @@ class Gateway:
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
-        self.templates = TemplateRenderer(settings.templates)
+        self.templates = TemplateRenderer(settings.templates, self._local_folder)
         self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
@@ -192,7 +194,7 @@ class Gateway:
         self.settings = settings
         awaiting = self.pool.update_settings(settings)
         self.params.settings = settings
-        self.templates = TemplateRenderer(settings.templates)
+        self.templates = TemplateRenderer(settings.templates, self._local_folder)
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
         old = self._routing
@@ -295,9 +297,28 @@ class Gateway:
             timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=len(tokens)),
         )
 
+    def _local_folder(self, name: str) -> Path | None:
+        """The folder of the local model ``name`` (``local/NAME`` or ``NAME``) stands for: chat
+        templates and vocabularies saved beside it are its own."""
+        canonical = self.pool.canonical(self.router.target(name))
+        return None if "/" in canonical else local_models(self.settings).get(canonical)
+
     async def count_tokens(self, ctx: RequestContext, texts: Sequence[str], *, model: str = "") -> CountTokensResult:
         LimitsStage(self.settings.limits).texts(texts, "texts", "text")
-        tokenizer = await self.pool.tokenizer(self.router.target(model or self.settings.local.default_embed_model))
+        target = self.router.target(model or self.settings.local.default_embed_model)
+        if self.router.split(target) is not None or self.templates.sources.configured(model, target) is not None:
+            # A provider's model (or one given a template source): its own vocabulary when the
+            # source carries one, else an estimate that says so.
+            counted = await self.templates.count_texts((model, target), texts)
+            elapsed = ctx.elapsed_ms()
+            return CountTokensResult(
+                counts=counted.counts,
+                total=sum(counted.counts),
+                model=model or target,
+                timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=sum(counted.counts)),
+                estimated=counted.estimated,
+            )
+        tokenizer = await self.pool.tokenizer(target)
         if len(texts) > _INLINE_COUNT_MAX:
             counts = await asyncio.get_running_loop().run_in_executor(self._executor, tokenizer.count, list(texts))
         else:

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
 from ratatoskr_server.config import TemplateSettings
 from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
-from ratatoskr_server.policy.templates.sources import TemplateSource, TemplateSources
+from ratatoskr_server.policy.templates.sources import LocalFolder, TemplateSource, TemplateSources
 
 #: Characters per token for an estimate: the usual rule of thumb for English BPE vocabularies.
 CHARS_PER_TOKEN = 4
@@ -70,10 +70,20 @@ class PromptCounter:
         return len(self.tokenizer.encode(prompt, add_special_tokens=False).ids)
 
 
+@dataclass(frozen=True, slots=True)
+class TextCounts:
+    """Token counts of plain texts in a model's own vocabulary, or estimates said to be such."""
+
+    counts: list[int]
+    estimated: bool
+    #: Where the vocabulary came from (a GGUF, a tokenizer.json …); empty for an estimate.
+    tokenizer: str = ""
+
+
 class TemplateRenderer:
-    def __init__(self, settings: TemplateSettings) -> None:
+    def __init__(self, settings: TemplateSettings, local_folder: LocalFolder | None = None) -> None:
         self.settings = settings
-        self.sources = TemplateSources(settings)
+        self.sources = TemplateSources(settings, local_folder)
         self._compiled: dict[tuple[int, str], ChatTemplate] = {}
 
     def _template(self, source: TemplateSource, variant: str, text: str) -> ChatTemplate:
@@ -135,3 +145,20 @@ class TemplateRenderer:
         if tokens is None:
             return RenderedPrompt(prompt, estimate_tokens(prompt), template.name, tokens_estimated=True)
         return RenderedPrompt(prompt, tokens, template.name, tokens_estimated=False)
+
+    async def count_texts(self, names: Sequence[str], texts: Sequence[str]) -> TextCounts:
+        """Tokens of ``texts`` as the model would see them inside a prompt (no BOS added).
+
+        The vocabulary is the one its template source carries; a model with no known source, or a
+        source without a vocabulary, gets the estimate, flagged, rather than a refusal: counting
+        text needs no template.
+        """
+        source = await self.sources.lookup(*names)
+        tokenizer = source.tokenizer if source is not None else None
+        if source is None or tokenizer is None:
+            return TextCounts([estimate_tokens(t) for t in texts], estimated=True)
+
+        def count() -> list[int]:
+            return [len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+        return TextCounts(await asyncio.to_thread(count), estimated=False, tokenizer=source.name)

@@ -1,9 +1,13 @@
 """Where a model's chat template comes from, read once per file and cached.
 
-In this order: an explicit ``[templates.sources]`` entry (a model name or glob mapped to a ``.jinja``
-file, a ``tokenizer_config.json``, or a ``.gguf`` whose metadata holds the template); otherwise a
-clear FAILED_PRECONDITION naming the ways to give one.  Files are read in a worker thread (a GGUF's
-metadata sits in front of hundreds of megabytes of weights) and parsed once per modification.
+In this order: an explicit ``[templates.sources]`` entry (a model name or glob mapped to a built-in
+family, a ``.jinja`` file, a ``tokenizer_config.json``, or a ``.gguf`` whose metadata holds the
+template); the files beside a local model (its folder's ``chat_template.jinja`` or
+``tokenizer_config.json``, else its ``.gguf``); the built-in family the name suggests; otherwise a
+clear FAILED_PRECONDITION naming the ways to give one.  A ``tokenizer.json`` beside a template file
+is the model's vocabulary, so its prompts are counted, not estimated.  Files are read in a worker
+thread (a GGUF's metadata sits in front of hundreds of megabytes of weights) and parsed once per
+modification.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import fnmatch
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,16 +94,76 @@ def _variants(raw: Any, where: str) -> dict[str, str]:
     raise FailedPrecondition(f"{where} has no chat_template")
 
 
-def read_tokenizer_config(path: Path) -> TemplateSource:
+#: The Hugging Face vocabulary file that sits beside a tokenizer_config.json or chat_template.jinja.
+TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+#: transformers' folder of named template variants (``tool_use.jinja`` …) beside chat_template.jinja.
+MORE_TEMPLATES_DIR = "additional_chat_templates"
+
+
+def read_tokenizer_file(folder: Path) -> Tokenizer | None:
+    """``tokenizer.json`` in ``folder`` for counting: whole texts, so its padding and truncation
+    (fixed-width ones are common) are switched off.  None when there is none."""
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust side raises plain Exception for a malformed file
+        raise FailedPrecondition(f"cannot read the vocabulary in {path}: {err}") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _tokenizer_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise FailedPrecondition(f"cannot read the chat template in {path}: {err}") from None
     if not isinstance(data, dict):
         raise FailedPrecondition(f"{path} is not a tokenizer_config.json object")
-    tokens = {name: _token_text(data.get(name)) for name in SPECIAL_TOKENS if data.get(name)}
+    return data
+
+
+def _special_tokens(data: Mapping[str, Any]) -> dict[str, str]:
+    return {name: _token_text(data.get(name)) for name in SPECIAL_TOKENS if data.get(name)}
+
+
+def read_tokenizer_config(path: Path) -> TemplateSource:
+    data = _tokenizer_config(path)
+    variants = _variants(data.get("chat_template"), str(path))
     adds_bos = data.get("add_bos_token") is not False
-    return TemplateSource(path.name, _variants(data.get("chat_template"), str(path)), tokens, adds_bos=adds_bos)
+    tokenizer = read_tokenizer_file(path.parent)
+    return TemplateSource(path.name, variants, _special_tokens(data), tokenizer, adds_bos=adds_bos)
+
+
+def read_folder(folder: Path) -> TemplateSource | None:
+    """The template beside a local model, as transformers saves one: ``chat_template.jinja`` (and
+    named variants in ``additional_chat_templates/``) or the ``chat_template`` of
+    ``tokenizer_config.json``, with that file's special tokens and ``tokenizer.json``; else the
+    metadata of the folder's only ``.gguf``.  None when the folder holds no template."""
+    config_path = folder / TOKENIZER_CONFIG_FILE
+    config = _tokenizer_config(config_path) if config_path.is_file() else {}
+    jinja = folder / CHAT_TEMPLATE_FILE
+    if jinja.is_file():
+        try:
+            variants = {"default": jinja.read_text(encoding="utf-8")}
+            more = folder / MORE_TEMPLATES_DIR
+            if more.is_dir():
+                variants.update({p.stem: p.read_text(encoding="utf-8") for p in sorted(more.glob("*.jinja"))})
+        except OSError as err:
+            raise FailedPrecondition(f"cannot read the chat template in {folder}: {err.strerror}") from None
+        adds_bos = config.get("add_bos_token") is not False
+        tokenizer = read_tokenizer_file(folder)
+        return TemplateSource(jinja.name, variants, _special_tokens(config), tokenizer, adds_bos=adds_bos)
+    if config.get("chat_template"):
+        return read_tokenizer_config(config_path)
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return read_gguf(ggufs[0])
+    return None
 
 
 def read_gguf(path: Path) -> TemplateSource:
@@ -160,9 +224,28 @@ _CACHE_MAX = 64
 _CACHE_LOCK = threading.Lock()
 
 
+#: The folder of the local model a name stands for (``local/NAME`` or ``NAME``), or None.
+LocalFolder = Callable[[str], Path | None]
+
+#: Files whose change means a folder's template must be read again.
+_FOLDER_FILES = (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, MORE_TEMPLATES_DIR)
+
+
+def _folder_key(folder: Path) -> tuple[Path, int]:
+    """A cache key that changes when any template file in ``folder`` (or the folder) changes."""
+    stamps = [folder.stat().st_mtime_ns]
+    for name in _FOLDER_FILES:
+        try:
+            stamps.append((folder / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return folder, hash(tuple(stamps))
+
+
 class TemplateSources:
-    def __init__(self, settings: TemplateSettings) -> None:
+    def __init__(self, settings: TemplateSettings, local_folder: LocalFolder | None = None) -> None:
         self.settings = settings
+        self.local_folder = local_folder
 
     def configured(self, *names: str) -> str | None:
         for pattern, where in self.settings.sources.items():
@@ -188,14 +271,40 @@ class TemplateSources:
                 _CACHE.popitem(last=False)
         return source
 
+    def _beside_local_model(self, names: tuple[str, ...]) -> TemplateSource | None:
+        """The template in the folder of the local model one of ``names`` stands for, if any."""
+        if self.local_folder is None:
+            return None
+        for name in names:
+            folder = self.local_folder(name) if name else None
+            if folder is None or not folder.is_dir():
+                continue
+            key = _folder_key(folder)
+            with _CACHE_LOCK:
+                cached = _CACHE.get(key)
+            if cached is None:
+                cached = read_folder(folder)
+                if cached is None:
+                    continue
+                with _CACHE_LOCK:
+                    _CACHE[key] = cached
+                    while len(_CACHE) > _CACHE_MAX:
+                        _CACHE.popitem(last=False)
+            return cached
+        return None
+
     async def lookup(self, *names: str) -> TemplateSource | None:
         """The template source for a model known by any of ``names`` (as asked, and as resolved):
-        the configured one, else the built-in family the name suggests; None when nothing is known."""
+        the configured one, else the one beside its local model, else the built-in family the name
+        suggests; None when nothing is known."""
         where = self.configured(*names)
         if where is not None:
             if where in BUILTIN_SOURCES:
                 return BUILTIN_SOURCES[where]
             return await asyncio.to_thread(self._load, where)
+        beside = await asyncio.to_thread(self._beside_local_model, names)
+        if beside is not None:
+            return beside
         for name in names:
             family = detect(name)
             if family is not None:
@@ -209,5 +318,6 @@ class TemplateSources:
             return source
         raise FailedPrecondition(
             f"no chat template is known for model '{names[0]}': map it (or a glob) in [templates.sources] to a "
-            f"built-in ({', '.join(sorted(BUILTINS))}), a .jinja file, a tokenizer_config.json or a .gguf"
+            f"built-in ({', '.join(sorted(BUILTINS))}), a .jinja file, a tokenizer_config.json or a .gguf, or put a "
+            f"{CHAT_TEMPLATE_FILE} or {TOKENIZER_CONFIG_FILE} in a local model's folder"
         )
