@@ -10,6 +10,7 @@ from ratatoskr_client import DeadlineExceeded
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
+from ratatoskr_server.providers import base
 from tests.upstreams import ollama_double, openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -30,7 +31,12 @@ async def gw(upstream: Upstream) -> AsyncIterator[EmbeddedGateway]:
     await gateway.close()
 
 
-async def test_done_is_not_held_back_by_reading_past_the_end(gw: EmbeddedGateway, upstream: Upstream) -> None:
+async def test_done_is_not_held_back_by_reading_past_the_end(
+    gw: EmbeddedGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the Ollama case below: a 3 s linger, the drain bound raised to 6 s, so a loaded machine has margin."""
+    monkeypatch.setattr(base, "DRAIN_AFTER_END_S", 6.0)
+    upstream.state["linger_s"] = 3.0
     upstream.state["paused"] = False
     paused_at_done: list[bool] = []
     async for event in gw.chat_stream(HELLO, ChatOptions(model="up/linger")):
@@ -57,9 +63,16 @@ async def test_a_stream_cut_after_its_finish_reason_completes(gw: EmbeddedGatewa
     assert "".join(e.text for e in events if isinstance(e, ContentDelta))
 
 
-async def test_ollama_done_is_not_held_back_either() -> None:
-    """The one stream skeleton hands out every adapter's end at once, NDJSON as well as SSE."""
+async def test_ollama_done_is_not_held_back_either(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one stream skeleton hands out every adapter's end at once, NDJSON as well as SSE.
+
+    The server lingers 3 s after its final line and the drain bound is raised to 6 s for this test,
+    so a Done held back behind the drain would come after the linger; 3 s is margin enough for a
+    loaded machine to hand over a Done that was not held back.
+    """
+    monkeypatch.setattr(base, "DRAIN_AFTER_END_S", 6.0)
     with serve(ollama_double.routes()) as up:
+        up.state["linger_s"] = 3.0
         providers = {"ol": {"kind": "ollama", "base_url": up.base_url}}
         gateway = EmbeddedGateway(
             load_settings(local={"preload": [], "auto_import_default": False}, providers=providers)

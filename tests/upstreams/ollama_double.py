@@ -150,7 +150,7 @@ async def _answer(request: web.Request, upstream: Upstream, chat: bool) -> web.S
         await write_or_notice(response, _line(_final(model, done_reason, len(pieces), **last)), upstream)
         if model == "linger":  # the connection held open after the final line, shorter than the drain bound
             upstream.state["paused"] = True
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(upstream.state.get("linger_s", 0.8))
             upstream.state["paused"] = False
     await response.write_eof()
     return response

@@ -139,7 +139,8 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
         if isinstance(event, tuple) and event[0] == "PAUSE":
             # "stall": silence mid-answer; "linger": the connection held open after [DONE].
             upstream.state["paused"] = True
-            for _ in range(int(event[1] / 0.05)):
+            pause = upstream.state.get("linger_s", event[1]) if model == "linger" else event[1]
+            for _ in range(int(pause / 0.05)):
                 if request.transport is None or request.transport.is_closing():
                     upstream.disconnected.set()
                     return response  # the client gave up during the silence (paused stays True)
