@@ -32,6 +32,31 @@ class Timing:
     output_tokens: int = 0
 
 
+class PrivacyTier(StrEnum):
+    """Where a request's data may go, strictest first.
+
+    sovereign: this host and endpoints declared private (loopback, Unix sockets, private ranges of
+    providers declared ``private``); private: sovereign plus allow-listed dedicated endpoints;
+    standard: any configured provider.  Tiers only tighten: the strictest of the global setting,
+    the caller key's ceiling and the request's own ask wins.
+    """
+
+    SOVEREIGN = "sovereign"
+    PRIVATE = "private"
+    STANDARD = "standard"
+
+    @property
+    def rank(self) -> int:
+        """0 for the strictest."""
+        return _TIER_ORDER.index(self)
+
+    def tightest(self, other: PrivacyTier | None) -> PrivacyTier:
+        return self if other is None or self.rank <= other.rank else other
+
+
+_TIER_ORDER: tuple[PrivacyTier, ...] = (PrivacyTier.SOVEREIGN, PrivacyTier.PRIVATE, PrivacyTier.STANDARD)
+
+
 #: How a conversation longer than its model's window is made to fit (``ChatOptions.context_strategy``).
 #: error: refuse (OUT_OF_RANGE with the numbers); sliding_window: drop the oldest turns;
 #: middle_out: keep the first and the latest turns, drop from the middle. The system prompt always stays.

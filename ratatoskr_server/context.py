@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ratatoskr_client.errors import DeadlineExceeded
-from ratatoskr_client.types import Notes, Truncation
+from ratatoskr_client.types import Notes, PrivacyTier, Truncation
 
 Clock = Callable[[], float]
 _NO_NOTES = Notes()
@@ -48,8 +48,10 @@ class RequestContext:
     deadline: float | None = None
     #: Who is calling (a caller key's name once auth exists; "" for the local socket).
     caller: str = ""
-    #: The strictest privacy tier this request may reach; "" until privacy tiers are configured.
-    privacy_tier: str = ""
+    #: The budget scope the caller's key is charged to ("" : the caller's own, or none).
+    budget_scope: str = ""
+    #: The strictest privacy tier set for this request so far (key ceiling, its own ask); None: no limit yet.
+    privacy_tier: PrivacyTier | None = None
     #: The tracing span of this request, when tracing is on.
     span: object | None = None
     clock: Clock = time.monotonic
@@ -91,6 +93,12 @@ class RequestContext:
         for name in names:
             if name not in self._dropped:
                 self._dropped.append(name)
+
+    def tighten_privacy(self, tier: PrivacyTier | None) -> None:
+        """Add a limit on where this request's data may go (a key's ceiling, the request's ask):
+        the strictest wins, so nothing can loosen what another part set."""
+        if tier is not None:
+            self.privacy_tier = tier.tightest(self.privacy_tier)
 
     def note_truncation(self, truncation: Truncation) -> None:
         self._truncation = truncation
