@@ -58,7 +58,7 @@ from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
-from ratatoskr_server.policy.templates.render import TemplateRenderer
+from ratatoskr_server.policy.templates.render import TemplateRenderer, estimate_messages
 from ratatoskr_server.policy.templates.stage import TemplateStage
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.local import LocalProvider
@@ -346,7 +346,20 @@ class Gateway:
     async def count_message_tokens(
         self, ctx: RequestContext, messages: Sequence[Message], *, model: str
     ) -> CountTokensResult:
-        """The tokens of the prompt the model's chat template makes of ``messages`` (its turn opened)."""
+        """The tokens of the prompt the model's chat template makes of ``messages`` (its turn opened).
+
+        A model whose template is not known here (a paid API renders its own) gets the estimate the
+        context stage uses for it, flagged: a count needs no template, a rendering does.
+        """
+        if not model:
+            raise InvalidArgument("no model given: name the model whose prompt to count")
+        names = (model, self.router.target(model))
+        if await self.templates.sources.lookup(*names) is None:
+            LimitsStage(self.settings.limits).messages(messages)
+            tokens = estimate_messages(messages)
+            elapsed = ctx.elapsed_ms()
+            timing = Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=tokens)
+            return CountTokensResult(counts=[tokens], total=tokens, model=model, timing=timing, estimated=True)
         rendered = await self.render_chat_template(ctx, messages, model=model, add_generation_prompt=True)
         return CountTokensResult(
             counts=[rendered.tokens],

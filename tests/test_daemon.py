@@ -155,6 +155,10 @@ def test_count_tokens_of_messages_counts_the_rendered_prompt(daemon: DaemonProce
         )
         # "<s>[INST] hi [/INST]": 20 characters, about 5 tokens, and said to be an estimate
         assert counted.estimated and list(counted.counts) == [5] and counted.total == 5
+        # No template known (a paid API renders its own): the messages' estimate, flagged, not a refusal.
+        # "hi" is 1 token by the four-characters rule, plus 4 for its role and delimiters, plus 3 priming.
+        remote = gateway.CountTokens(gateway_pb2.CountTokensRequest(model="gpt-4o", messages=messages), timeout=10)
+        assert remote.estimated and list(remote.counts) == [8]
         with pytest.raises(grpc.RpcError) as info:
             gateway.CountTokens(gateway_pb2.CountTokensRequest(messages=messages), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
