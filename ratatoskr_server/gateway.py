@@ -112,7 +112,7 @@ class Gateway:
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
-        self.templates = TemplateRenderer(settings.templates, self._local_folder)
+        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
@@ -194,7 +194,7 @@ class Gateway:
         self.settings = settings
         awaiting = self.pool.update_settings(settings)
         self.params.settings = settings
-        self.templates = TemplateRenderer(settings.templates, self._local_folder)
+        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
         old = self._routing
@@ -302,6 +302,12 @@ class Gateway:
         templates and vocabularies saved beside it are its own."""
         canonical = self.pool.canonical(self.router.target(name))
         return None if "/" in canonical else local_models(self.settings).get(canonical)
+
+    def _family(self, name: str) -> str:
+        """The registry's tokenizer family for ``name`` (``provider/model`` or a bare name), "" if unknown."""
+        found = self.router.split(name)
+        record = self.registry.lookup(*found) if found else self.registry.match_embedded(name)
+        return record.tokenizer_family if record else ""
 
     async def count_tokens(self, ctx: RequestContext, texts: Sequence[str], *, model: str = "") -> CountTokensResult:
         LimitsStage(self.settings.limits).texts(texts, "texts", "text")

@@ -22,6 +22,7 @@ from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
 from ratatoskr_server.policy.templates.sources import read_gguf
+from ratatoskr_server.registry import ModelRecord
 from tests.conftest import DaemonProcess, run_ratatoskr, short_dir, toml_text
 
 transformers_templates = pytest.importorskip("transformers.utils.chat_template_utils")
@@ -218,6 +219,23 @@ async def test_tool_use_variant_is_chosen_when_tools_are_passed(gw: EmbeddedGate
 async def test_a_model_without_a_template_is_told_where_to_give_one(gw: EmbeddedGateway) -> None:
     with pytest.raises(FailedPrecondition, match=r"\[templates.sources\]"):
         await gw.render_chat_template(CONVERSATIONS["one user turn"], model="openai/gpt-4o")
+
+
+async def test_the_registry_family_names_the_template_when_the_name_does_not(tmp_path: Path) -> None:
+    """An Ollama model called "house-model" says nothing by its name; its live record says Qwen 2 (ChatML)."""
+    settings = load_settings(
+        local={"model_dir": tmp_path, "preload": [], "auto_import_default": False},
+        providers={"ol": {"kind": "ollama", "base_url": "http://127.0.0.1:9"}},
+    )
+    gateway = EmbeddedGateway(settings)
+    try:
+        with pytest.raises(FailedPrecondition, match="no chat template is known"):
+            await gateway.render_chat_template(CONVERSATIONS["one user turn"], model="ol/house-model")
+        gateway.gateway.registry.set_live(local={"ol": [ModelRecord(id="house-model", tokenizer_family="qwen2")]})
+        rendered = await gateway.render_chat_template(CONVERSATIONS["one user turn"], model="ol/house-model")
+        assert rendered.template == "builtin:chatml" and rendered.text.startswith("<|im_start|>user")
+    finally:
+        await gateway.close()
 
 
 EVIL = {

@@ -138,6 +138,18 @@ _DETECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: The registry's tokenizer families (``ModelRecord.tokenizer_family``) whose chat format is a built-in.
+FAMILY_TEMPLATES: dict[str, str] = {
+    "llama2": "llama2",
+    "llama3": "llama3",
+    "mistral": "mistral",
+    "gemma": "gemma",
+    "phi3": "phi3",
+    "qwen2": "chatml",
+    "smollm2": "chatml",
+}
+
+
 def detect(model: str) -> str | None:
     """The built-in family a model's name suggests (``llama-2-7b-chat`` → ``llama2``), if any."""
     name = model.lower().rsplit("/", 1)[-1]

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
 from ratatoskr_server.config import TemplateSettings
 from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
-from ratatoskr_server.policy.templates.sources import LocalFolder, TemplateSource, TemplateSources
+from ratatoskr_server.policy.templates.sources import Family, LocalFolder, TemplateSource, TemplateSources
 
 #: Characters per token for an estimate: the usual rule of thumb for English BPE vocabularies.
 CHARS_PER_TOKEN = 4
@@ -81,9 +81,11 @@ class TextCounts:
 
 
 class TemplateRenderer:
-    def __init__(self, settings: TemplateSettings, local_folder: LocalFolder | None = None) -> None:
+    def __init__(
+        self, settings: TemplateSettings, local_folder: LocalFolder | None = None, family: Family | None = None
+    ) -> None:
         self.settings = settings
-        self.sources = TemplateSources(settings, local_folder)
+        self.sources = TemplateSources(settings, local_folder, family)
         self._compiled: dict[tuple[int, str], ChatTemplate] = {}
 
     def _template(self, source: TemplateSource, variant: str, text: str) -> ChatTemplate:

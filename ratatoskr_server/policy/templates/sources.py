@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_server.config import TemplateSettings
 from ratatoskr_server.local.gguf_vocab import tokenizer_from_gguf
-from ratatoskr_server.policy.templates.builtins import BUILTINS, detect
+from ratatoskr_server.policy.templates.builtins import BUILTINS, FAMILY_TEMPLATES, detect
 
 #: Special tokens passed to templates, as transformers passes them from the tokenizer's config.
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -226,6 +226,8 @@ _CACHE_LOCK = threading.Lock()
 
 #: The folder of the local model a name stands for (``local/NAME`` or ``NAME``), or None.
 LocalFolder = Callable[[str], Path | None]
+#: The registry's tokenizer family for a model name ("" when it has no record).
+Family = Callable[[str], str]
 
 #: Files whose change means a folder's template must be read again.
 _FOLDER_FILES = (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, MORE_TEMPLATES_DIR)
@@ -243,9 +245,12 @@ def _folder_key(folder: Path) -> tuple[Path, int]:
 
 
 class TemplateSources:
-    def __init__(self, settings: TemplateSettings, local_folder: LocalFolder | None = None) -> None:
+    def __init__(
+        self, settings: TemplateSettings, local_folder: LocalFolder | None = None, family: Family | None = None
+    ) -> None:
         self.settings = settings
         self.local_folder = local_folder
+        self.family = family
 
     def configured(self, *names: str) -> str | None:
         for pattern, where in self.settings.sources.items():
@@ -305,6 +310,11 @@ class TemplateSources:
         beside = await asyncio.to_thread(self._beside_local_model, names)
         if beside is not None:
             return beside
+        if self.family is not None:  # the registry knows the model (llama3:8b is Llama 3 whatever its name)
+            for name in names:
+                builtin = FAMILY_TEMPLATES.get(self.family(name)) if name else None
+                if builtin is not None:
+                    return BUILTIN_SOURCES[builtin]
         for name in names:
             family = detect(name)
             if family is not None:
