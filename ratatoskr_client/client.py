@@ -50,6 +50,8 @@ REQUEST_ID_KEY = "x-request-id"
 DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 #: Trailing metadata saying what the context stage left out (``Truncation.summary()``).
 TRUNCATED_KEY = "x-ratatoskr-truncated"
+#: Trailing metadata: budgets the call brought to or past budget.warn_at (``Notes.budget_warning``).
+BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
 
 #: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [

@@ -109,16 +109,19 @@ class Notes:
     """What the gateway did to a request on its way, so nothing changes behind the caller's back.
 
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
-    ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window.
+    ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
+    ``budget_warning``: the budgets this call brought near their limit.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
 
     dropped_parameters: list[str] = field(default_factory=list)
     truncation: Truncation | None = None
+    #: Budgets this call brought to or past their warning threshold (``budget.warn_at``), one line.
+    budget_warning: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.dropped_parameters) or self.truncation is not None
+        return bool(self.dropped_parameters) or self.truncation is not None or bool(self.budget_warning)
 
 
 @dataclass(frozen=True, slots=True)
