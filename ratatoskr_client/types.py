@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -174,6 +175,21 @@ class ServerStatus:
     state: str
     models: list[LoadedModel]
     config_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget in its current window (GetBudget, ``ratatoskr budget``); amounts are exact USD."""
+
+    #: "global", "caller:NAME" or "model:PATTERN".
+    scope: str
+    #: "day:2026-12-02" or "month:2026-12", dates in the daemon's budget.timezone.
+    window: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    #: ISO 8601 instant the window ends (when a refused caller may try again).
+    window_ends_at: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
+    BudgetStatus,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -55,6 +56,7 @@ from ratatoskr_server.pipeline.call import (
 )
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.pipeline.dispatch import Dispatch
+from ratatoskr_server.policy.budget.report import budget_report
 from ratatoskr_server.policy.budget.stage import BudgetStage
 from ratatoskr_server.policy.budget.windows import utc_now
 from ratatoskr_server.policy.context import ContextStage
@@ -396,6 +398,11 @@ class Gateway:
             timing=replace(rendered.timing, total_ms=ctx.elapsed_ms()),
             estimated=rendered.tokens_estimated,
         )
+
+    # -- budgets -----------------------------------------------------------------------------------
+    async def budget(self, scope: str = "") -> list[BudgetStatus]:
+        """Every budget in its current window: limit, spent, reserved, window end."""
+        return await budget_report(self.settings.budget, self.ledger, self.clock(), scope)
 
     # -- catalogue ---------------------------------------------------------------------------------
     async def model_metadata(self, model: str) -> ModelMetadata:
