@@ -182,10 +182,6 @@ class Gateway:
         ]
 
     @property
-    def budget_stage(self) -> BudgetStage | None:
-        return next((s for s in self._routing.chain.stages if isinstance(s, BudgetStage)), None)
-
-    @property
     def router(self) -> Router:
         return self._routing.router
 
@@ -244,9 +240,6 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await self._routing.router.aclose()
-        stage = self.budget_stage
-        if stage is not None:
-            await stage.drain()
         if self.ledger is not None:
             await self.ledger.close()
         await self.pool.close()

@@ -83,7 +83,10 @@ class BudgetLedger(Protocol):
 
     async def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Release the reservation and charge ``actual`` to its buckets (even past a limit: the
-        money is spent; the reservation made that rare)."""
+        money is spent; the reservation made that rare).
+
+        Once called it must complete even if the awaiting task is cancelled (the budget stage
+        settles in ``finally`` blocks of requests that are being cancelled)."""
         ...
 
     async def expire(self, now: float) -> int:

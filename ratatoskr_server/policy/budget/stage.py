@@ -8,9 +8,9 @@ limit is refused with RESOURCE_EXHAUSTED naming spent, reserved, limit and the w
 retry-after).  However the call ends the hold is settled to what was used: the reported usage on
 success; nothing when the upstream refused before answering; the prompt and the output streamed so
 far when a stream is cut or its consumer goes away; the whole hold when a unary call is cancelled
-or times out (the upstream may have finished and billed; nobody can tell).  A settle is shielded
-from a second cancel, and a hold never settled (the daemon died) lapses after
-``budget.reservation_ttl_s``.
+or times out (the upstream may have finished and billed; nobody can tell).  A ledger completes a
+settle once called even when the request's task is cancelled, and a hold never settled (the
+daemon died) lapses after ``budget.reservation_ttl_s``.
 
 Models that cost nothing (on this host, a private network, or priced at zero) are never held or
 refused; a paid model with no known price follows ``budget.unknown_price``.
@@ -112,7 +112,6 @@ class BudgetStage(Stage):
         self.clock = clock
         self.scopes = Scopes(settings)
         self._counters: dict[tuple[str, str, bool], PromptCounter] = {}
-        self._settling: set[asyncio.Task[None]] = set()
 
     # -- before ------------------------------------------------------------------------------------
     async def _counter(self, call: Call, names: Sequence[str], with_tools: bool) -> PromptCounter:
@@ -234,22 +233,13 @@ class BudgetStage(Stage):
         return hold.price.cost(hold.prompt_tokens, await self._output_tokens(hold, texts))
 
     async def settle(self, hold: Hold, actual: Decimal) -> None:
-        """Settle in a task of its own, shielded: a second cancel of the request cannot undo it."""
-        task = asyncio.get_running_loop().create_task(self._settle(hold, actual))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
-
-    async def _settle(self, hold: Hold, actual: Decimal) -> None:
+        """Charge what the call used; the ledger completes a settle even if this task is cancelled."""
         try:
             await self.ledger.settle(hold.reservation, actual)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("budget settle failed; the reservation lapses after budget.reservation_ttl_s")
-
-    async def drain(self) -> None:
-        """Wait for settles still running (shutdown)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def unary(self, call: Call, ctx: RequestContext, next: Next) -> Result:
         hold = await self.admit(call, ctx)
