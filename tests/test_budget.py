@@ -162,6 +162,26 @@ async def test_a_crashed_daemons_reservations_lapse_and_spend_survives_a_restart
         await again.close()
 
 
+async def test_a_reserve_whose_caller_went_away_is_released(tmp_path: Path) -> None:
+    ledger = SqliteBudgetLedger(tmp_path / "l.db")
+    bucket = _bucket("1")
+    try:
+        task = asyncio.create_task(ledger.reserve([bucket], Decimal("0.9"), now=0, expires_at=100))
+        await asyncio.sleep(0)  # submitted: the job runs whatever happens to its caller
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(50):
+            (state,) = await ledger.states([bucket], now=0)
+            if state.reserved == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (state.spent, state.reserved) == (0, 0)
+        assert isinstance(await ledger.reserve([bucket], Decimal("0.9"), now=0, expires_at=100), Reservation)
+    finally:
+        await ledger.close()
+
+
 def test_windows_follow_the_calendar_of_the_zone() -> None:
     # Berlin leaves winter time on 2026-03-29: that day is 23 hours long.
     day = day_window(datetime(2026, 3, 28, 23, 30, tzinfo=UTC), BERLIN)
