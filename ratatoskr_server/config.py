@@ -329,7 +329,10 @@ class BudgetLimits(_Section):
     daily_usd: Decimal | None = Field(default=None, ge=0, description="Per calendar day in budget.timezone.")
     monthly_usd: Decimal | None = Field(default=None, ge=0, description="Per calendar month in budget.timezone.")
 
-    _money = field_validator("daily_usd", "monthly_usd", mode="before")(classmethod(lambda cls, v: _no_float_money(v)))
+    @field_validator("daily_usd", "monthly_usd", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
 
     def any(self) -> bool:
         return self.daily_usd is not None or self.monthly_usd is not None
@@ -341,9 +344,10 @@ class PriceSettings(_Section):
     input_per_million: Decimal = Field(ge=0)
     output_per_million: Decimal = Field(ge=0)
 
-    _money = field_validator("input_per_million", "output_per_million", mode="before")(
-        classmethod(lambda cls, v: _no_float_money(v))
-    )
+    @field_validator("input_per_million", "output_per_million", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
 
 
 class BudgetSettings(_Section):
@@ -371,9 +375,10 @@ class BudgetSettings(_Section):
     ledger: Literal["sqlite", "memory"] = Field(default="sqlite", description="memory: spend is lost on restart.")
     ledger_path: Path = Field(default=Path("~/.cache/ratatoskr/budget.sqlite3"))
 
-    _money = field_validator("daily_usd", "monthly_usd", "max_request_usd", mode="before")(
-        classmethod(lambda cls, v: _no_float_money(v))
-    )
+    @field_validator("daily_usd", "monthly_usd", "max_request_usd", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
 
     @field_validator("timezone")
     @classmethod

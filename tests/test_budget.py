@@ -28,7 +28,7 @@ from ratatoskr_client.convert import chat_options_to_pb, message_to_pb, notes_fr
 from ratatoskr_client.errors import FailedPrecondition, RatatoskrError
 from ratatoskr_client.types import ChatOptions, ContentDelta, Message
 from ratatoskr_server.cli import main as cli_main
-from ratatoskr_server.config import load_settings
+from ratatoskr_server.config import ConfigError, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
@@ -414,3 +414,21 @@ def test_200_concurrent_calls_never_overspend_and_a_restart_keeps_the_days_spend
         assert cli_main(["budget", "--socket", str(d.socket)]) == 0
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize(
+    ("budget", "where"),
+    [
+        ({"daily_usd": 1.5}, "budget.daily_usd"),
+        ({"prices": {"x": {"input_per_million": 0.1, "output_per_million": "1"}}}, "budget.prices.x.input_per_million"),
+        ({"callers": {"a": {"monthly_usd": 2.0}}}, "budget.callers.a.monthly_usd"),
+    ],
+)
+def test_money_in_the_configuration_is_never_a_float(budget: dict[str, Any], where: str) -> None:
+    with pytest.raises(ConfigError, match=f'{where}: Value error, write money as a decimal string such as "2.50"'):
+        load_settings(budget=budget)
+
+
+def test_an_unknown_time_zone_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match=r"budget\.timezone: .*'Mars/Base' is not an IANA zone"):
+        load_settings(budget={"timezone": "Mars/Base"})
