@@ -26,6 +26,7 @@ from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gate
 from ratatoskr_client.errors import RatatoskrError, Unavailable, error_for_code
 from ratatoskr_client.paths import grpc_target
 from ratatoskr_client.types import (
+    BudgetStatus,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -50,6 +51,8 @@ REQUEST_ID_KEY = "x-request-id"
 DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 #: Trailing metadata saying what the context stage left out (``Truncation.summary()``).
 TRUNCATED_KEY = "x-ratatoskr-truncated"
+#: Trailing metadata: budgets the call brought to or past budget.warn_at (``Notes.budget_warning``).
+BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
 
 #: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -204,6 +207,14 @@ def _loaded_models_from_pb(resp: admin_pb2.ListLoadedModelsResponse) -> list[Loa
     return [convert.loaded_model_from_pb(m) for m in resp.models]
 
 
+def _get_budget_request(scope: str = "") -> admin_pb2.GetBudgetRequest:
+    return admin_pb2.GetBudgetRequest(scope=scope)
+
+
+def _budgets_from_pb(resp: admin_pb2.GetBudgetResponse) -> list[BudgetStatus]:
+    return [convert.budget_status_from_pb(b) for b in resp.scopes]
+
+
 # The table: every RPC the clients offer, each once. tests/test_client_table.py holds it against
 # the services' descriptors and both clients' methods.
 EMBED = Unary("embed", GATEWAY, "Embed", convert.embed_request_to_pb, convert.embed_result_from_pb)
@@ -232,6 +243,7 @@ UNLOAD_MODEL = Unary("unload_model", ADMIN, "UnloadModel", _unload_model_request
 LIST_LOADED_MODELS = Unary(
     "list_loaded_models", ADMIN, "ListLoadedModels", _list_loaded_models_request, _loaded_models_from_pb
 )
+GET_BUDGET = Unary("get_budget", ADMIN, "GetBudget", _get_budget_request, _budgets_from_pb)
 
 RPCS: tuple[Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any], ...] = (
     EMBED,
@@ -252,6 +264,7 @@ RPCS: tuple[Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any], ...] = (
     LOAD_MODEL,
     UNLOAD_MODEL,
     LIST_LOADED_MODELS,
+    GET_BUDGET,
 )
 
 
@@ -395,6 +408,10 @@ class AsyncServiceClient:
     async def list_loaded_models(self) -> list[LoadedModel]:
         return await self._unary(LIST_LOADED_MODELS, None)
 
+    async def get_budget(self, scope: str = "") -> list[BudgetStatus]:
+        """Budgets in their current windows (limit, spent, reserved, window end); ``scope`` picks one."""
+        return await self._unary(GET_BUDGET, None, scope)
+
     async def close(self) -> None:
         await self._channel.close(None)
 
@@ -533,6 +550,10 @@ class ServiceClient:
 
     def list_loaded_models(self) -> list[LoadedModel]:
         return self._unary(LIST_LOADED_MODELS, None)
+
+    def get_budget(self, scope: str = "") -> list[BudgetStatus]:
+        """Budgets in their current windows (limit, spent, reserved, window end); ``scope`` picks one."""
+        return self._unary(GET_BUDGET, None, scope)
 
     def close(self) -> None:
         self._channel.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -16,6 +17,7 @@ from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, gateway_pb2, types_p
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
     NUMERIC_PARAMETERS,
+    BudgetStatus,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -104,7 +106,7 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
 
 
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
-    pb = types_pb2.Notes(dropped_parameters=n.dropped_parameters)
+    pb = types_pb2.Notes(dropped_parameters=n.dropped_parameters, budget_warning=n.budget_warning)
     t = n.truncation
     if t is not None:
         pb.truncation.CopyFrom(
@@ -134,7 +136,7 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
             reserve=t.reserve,
             estimated=t.estimated,
         )
-    return Notes(dropped_parameters=list(n.dropped_parameters), truncation=truncation)
+    return Notes(dropped_parameters=list(n.dropped_parameters), truncation=truncation, budget_warning=n.budget_warning)
 
 
 def usage_to_pb(u: Usage) -> types_pb2.Usage:
@@ -745,4 +747,37 @@ def rendered_prompt_from_pb(pb: gateway_pb2.RenderChatTemplateResponse) -> Rende
         template=pb.template,
         tokens_estimated=pb.tokens_estimated,
         timing=timing_from_pb(pb.timing),
+    )
+
+
+def budget_status_to_pb(b: BudgetStatus) -> admin_pb2.BudgetScope:
+    return admin_pb2.BudgetScope(
+        scope=b.scope,
+        window=b.window,
+        limit_usd=float(b.limit_usd),
+        spent_usd=float(b.spent_usd),
+        reserved_usd=float(b.reserved_usd),
+        limit=f"{b.limit_usd:f}",
+        spent=f"{b.spent_usd:f}",
+        reserved=f"{b.reserved_usd:f}",
+        window_ends_at=b.window_ends_at,
+    )
+
+
+def _exact(text: str, approximate: float) -> Decimal:
+    """The exact decimal string when the daemon sent one, else the display double (an older daemon)."""
+    try:
+        return Decimal(text) if text else Decimal(str(approximate))
+    except InvalidOperation:
+        return Decimal(str(approximate))
+
+
+def budget_status_from_pb(b: admin_pb2.BudgetScope) -> BudgetStatus:
+    return BudgetStatus(
+        scope=b.scope,
+        window=b.window,
+        limit_usd=_exact(b.limit, b.limit_usd),
+        spent_usd=_exact(b.spent, b.spent_usd),
+        reserved_usd=_exact(b.reserved, b.reserved_usd),
+        window_ends_at=b.window_ends_at,
     )

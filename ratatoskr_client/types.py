@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -109,16 +110,19 @@ class Notes:
     """What the gateway did to a request on its way, so nothing changes behind the caller's back.
 
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
-    ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window.
+    ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
+    ``budget_warning``: the budgets this call brought near their limit.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
 
     dropped_parameters: list[str] = field(default_factory=list)
     truncation: Truncation | None = None
+    #: Budgets this call brought to or past their warning threshold (``budget.warn_at``), one line.
+    budget_warning: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.dropped_parameters) or self.truncation is not None
+        return bool(self.dropped_parameters) or self.truncation is not None or bool(self.budget_warning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,21 @@ class ServerStatus:
     state: str
     models: list[LoadedModel]
     config_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget in its current window (GetBudget, ``ratatoskr budget``); amounts are exact USD."""
+
+    #: "global", "caller:NAME" or "model:PATTERN".
+    scope: str
+    #: "day:2026-12-02" or "month:2026-12", dates in the daemon's budget.timezone.
+    window: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    #: ISO 8601 instant the window ends (when a refused caller may try again).
+    window_ends_at: str
 
 
 @dataclass(frozen=True, slots=True)

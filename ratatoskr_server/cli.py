@@ -1,4 +1,4 @@
-"""The ``ratatoskr`` command: serve, status, health, config check, models import/list, embed,
+"""The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list, embed,
 template render, tokens count.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
@@ -70,6 +70,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"in flight: {status.in_flight}/{status.max_in_flight}")
         for m in status.models:
             print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
+
+    _print(data, args.json, human)
+    return 0
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+        budgets = client.get_budget(args.scope or "")
+    data = [
+        {
+            **asdict(b),
+            "limit_usd": f"{b.limit_usd:f}",
+            "spent_usd": f"{b.spent_usd:f}",
+            "reserved_usd": f"{b.reserved_usd:f}",
+        }
+        for b in budgets
+    ]
+
+    def human() -> None:
+        if not budgets:
+            print("no budget is configured ([budget] in the configuration)")
+            return
+        print(f"{'scope':<28} {'window':<16} {'limit':>12} {'spent':>12} {'reserved':>12}  window ends")
+        for b in budgets:
+            print(
+                f"{b.scope:<28} {b.window:<16} {f'${b.limit_usd:f}':>12} {f'${b.spent_usd:f}':>12} "
+                f"{f'${b.reserved_usd:f}':>12}  {b.window_ends_at}"
+            )
 
     _print(data, args.json, human)
     return 0
@@ -515,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what a running daemon is doing")
     common(p, socket=True, timeout=5.0)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("budget", help="cost budgets of a running daemon: limit, spent, reserved, window end")
+    common(p, socket=True, timeout=5.0)
+    p.add_argument("scope", nargs="?", help="one scope: global, caller:NAME or model:PATTERN (default: all)")
+    p.set_defaults(func=_cmd_budget)
 
     p = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING")
     common(p, socket=True, timeout=5.0)

@@ -14,8 +14,10 @@ import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -314,6 +316,89 @@ class HttpSettings(_Section):
     http2: bool = True
 
 
+def _no_float_money(value: Any) -> Any:
+    # A float has already lost the exact amount (0.1 is 0.1000000000000000055...): refuse it.
+    if isinstance(value, bool | float):
+        raise ValueError(f'write money as a decimal string such as "2.50", not {value!r}')
+    return value
+
+
+class BudgetLimits(_Section):
+    """Limits of one scope in USD (decimal strings); unset: no limit in that window."""
+
+    daily_usd: Decimal | None = Field(default=None, ge=0, description="Per calendar day in budget.timezone.")
+    monthly_usd: Decimal | None = Field(default=None, ge=0, description="Per calendar month in budget.timezone.")
+
+    @field_validator("daily_usd", "monthly_usd", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
+
+    def any(self) -> bool:
+        return self.daily_usd is not None or self.monthly_usd is not None
+
+
+class PriceSettings(_Section):
+    """A model's price, USD per million tokens (decimal strings): for models the registry has no price for."""
+
+    input_per_million: Decimal = Field(ge=0)
+    output_per_million: Decimal = Field(ge=0)
+
+    @field_validator("input_per_million", "output_per_million", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
+
+
+class BudgetSettings(_Section):
+    """Cost budgets: every paid chat or generate call reserves its worst-case cost before it is sent."""
+
+    daily_usd: Decimal | None = Field(default=None, ge=0, description="Global limit per calendar day.")
+    monthly_usd: Decimal | None = Field(default=None, ge=0, description="Global limit per calendar month.")
+    #: Caller key name (or glob; each matching caller has its own bucket) -> its limits; first match wins.
+    callers: dict[str, BudgetLimits] = Field(default_factory=dict)
+    #: Model name, alias or glob (``openai/*``, one bucket shared by all it matches) -> limits; all matches apply.
+    models: dict[str, BudgetLimits] = Field(default_factory=dict)
+    #: Model name or glob -> its price, when the registry has none (or a different one).
+    prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    max_request_usd: Decimal | None = Field(
+        default=None, gt=0, description="Refuse a single call whose estimate is above this."
+    )
+    warn_at: float = Field(default=0.8, gt=0, le=1, description="Fraction of a limit at which calls carry a warning.")
+    unknown_price: Literal["block", "allow"] = Field(
+        default="block", description="A paid model with no known price, under a budget: refuse it, or let it pass."
+    )
+    timezone: str = Field(default="UTC", description="IANA zone whose midnight ends a day (and a month).")
+    reservation_ttl_s: float = Field(
+        default=900, gt=0, description="A reservation not settled by then (its daemon died) stops counting."
+    )
+    ledger: Literal["sqlite", "memory"] = Field(default="sqlite", description="memory: spend is lost on restart.")
+    ledger_path: Path = Field(default=Path("~/.cache/ratatoskr/budget.sqlite3"))
+
+    @field_validator("daily_usd", "monthly_usd", "max_request_usd", mode="before")
+    @classmethod
+    def _money(cls, value: Any) -> Any:
+        return _no_float_money(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {value!r} is not an IANA zone such as 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+    def enabled(self) -> bool:
+        """Whether any limit is set: without one the stage does nothing at all."""
+        return (
+            self.daily_usd is not None
+            or self.monthly_usd is not None
+            or self.max_request_usd is not None
+            or any(limits.any() for limits in (*self.callers.values(), *self.models.values()))
+        )
+
+
 _config_path: ContextVar[Path | None] = ContextVar("ratatoskr_config_path", default=None)
 
 
@@ -339,6 +424,7 @@ class Settings(BaseSettings):
     presets: dict[str, PresetSettings] = Field(default_factory=dict)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
 
     @field_validator("presets")
     @classmethod

@@ -61,6 +61,7 @@ class RequestContext:
     arrived: float = field(default_factory=time.perf_counter)
     _dropped: list[str] = field(default_factory=list)
     _truncation: Truncation | None = None
+    _budget_warning: str = ""
 
     @classmethod
     def start(
@@ -103,11 +104,16 @@ class RequestContext:
     def note_truncation(self, truncation: Truncation) -> None:
         self._truncation = truncation
 
+    def note_budget_warning(self, warning: str) -> None:
+        self._budget_warning = warning
+
     @property
     def notes(self) -> Notes:
-        if not self._dropped and self._truncation is None:
+        if not self._dropped and self._truncation is None and not self._budget_warning:
             return _NO_NOTES
-        return Notes(dropped_parameters=list(self._dropped), truncation=self._truncation)
+        return Notes(
+            dropped_parameters=list(self._dropped), truncation=self._truncation, budget_warning=self._budget_warning
+        )
 
     # -- deadlines ---------------------------------------------------------------------------------
     def budget(self, cap: float | None = None) -> float | None:

@@ -57,6 +57,7 @@ _RESTART_PREFIXES = (
     "metrics.",
     "local.inference_workers",
     "local.load_workers",
+    "budget.ledger",  # and budget.ledger_path: the ledger is opened once and kept across reloads
 )
 _SERVICES = (
     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,

@@ -95,6 +95,8 @@ class Edge:
                 extra["dropped_parameters"] = ",".join(notes.dropped_parameters)
             if notes.truncation is not None:
                 extra["truncated"] = notes.truncation.summary()
+            if notes.budget_warning:
+                extra["budget_warning"] = notes.budget_warning
             log.info("request", extra=extra)
 
     async def stream(

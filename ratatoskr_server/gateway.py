@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import (
+    BudgetStatus,
     ChatEvent,
     ChatOptions,
     ChatResult,
@@ -54,6 +56,9 @@ from ratatoskr_server.pipeline.call import (
 )
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.pipeline.dispatch import Dispatch
+from ratatoskr_server.policy.budget.report import budget_report
+from ratatoskr_server.policy.budget.stage import BudgetStage
+from ratatoskr_server.policy.budget.windows import utc_now
 from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
@@ -67,6 +72,8 @@ from ratatoskr_server.registry.cache import load_live
 from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.plan import PlanStage
 from ratatoskr_server.routing.router import Router
+from ratatoskr_server.state.budget import BudgetLedger
+from ratatoskr_server.state.factory import budget_ledger
 from ratatoskr_server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,8 @@ class Gateway:
         metrics: Metrics,
         executor: Executor,
         owned_executors: Sequence[ThreadPoolExecutor] = (),
+        ledger: BudgetLedger | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -113,12 +122,17 @@ class Gateway:
         self.params = ParameterGuard(settings)
         self.admin = Admin(pool)
         self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
+        #: The budget ledger, made when a budget is first configured and kept across reloads.
+        self.ledger = ledger
+        self.clock = clock
         self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics | None = None, *, clock: Callable[[], datetime] = utc_now
+    ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
         executor = ThreadPoolExecutor(
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
@@ -133,6 +147,7 @@ class Gateway:
             metrics=metrics or Metrics(),
             executor=executor,
             owned_executors=(executor, loader),
+            clock=clock,
         )
 
     def _build(self, settings: Settings) -> _Routing:
@@ -143,9 +158,28 @@ class Gateway:
             PlanStage(router),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
+            *self._budget(settings),
             TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
+
+    def _budget(self, settings: Settings) -> list[BudgetStage]:
+        """The budget stage when any budget is configured (its ledger opened on first need)."""
+        if not settings.budget.enabled():
+            return []
+        if self.ledger is None:
+            self.ledger = budget_ledger(settings.budget)
+        return [
+            BudgetStage(
+                settings.budget,
+                settings.context.output_reserve_tokens,
+                self.registry,
+                self.templates,
+                self.ledger,
+                self.metrics,
+                self.clock,
+            )
+        ]
 
     @property
     def router(self) -> Router:
@@ -206,6 +240,8 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await self._routing.router.aclose()
+        if self.ledger is not None:
+            await self.ledger.close()
         await self.pool.close()
         for executor in self._owned:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -374,6 +410,11 @@ class Gateway:
             timing=replace(rendered.timing, total_ms=ctx.elapsed_ms()),
             estimated=rendered.tokens_estimated,
         )
+
+    # -- budgets -----------------------------------------------------------------------------------
+    async def budget(self, scope: str = "") -> list[BudgetStatus]:
+        """Every budget in its current window: limit, spent, reserved, window end."""
+        return await budget_report(self.settings.budget, self.ledger, self.clock(), scope)
 
     # -- catalogue ---------------------------------------------------------------------------------
     async def model_metadata(self, model: str) -> ModelMetadata:

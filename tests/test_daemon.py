@@ -63,10 +63,11 @@ def test_unbuilt_rpcs_say_what_is_missing(daemon: DaemonProcess) -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # built now: it asks for the model
         assert "no model given" in info.value.details()
         admin = admin_pb2_grpc.AdminStub(channel)
+        assert list(admin.GetBudget(admin_pb2.GetBudgetRequest(), timeout=5).scopes) == []  # built: none configured
         with pytest.raises(grpc.RpcError) as info:
-            admin.GetBudget(admin_pb2.GetBudgetRequest(), timeout=5)
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "budget" in info.value.details()
+            admin.GetBudget(admin_pb2.GetBudgetRequest(scope="global"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no budget is configured" in info.value.details()
 
 
 def test_admin_models(daemon: DaemonProcess) -> None:

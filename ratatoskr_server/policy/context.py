@@ -25,6 +25,7 @@ from ratatoskr_server.config import ContextSettings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, ChatInput, GenerateInput, Result
 from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
+from ratatoskr_server.policy.reserve import output_reserve
 from ratatoskr_server.policy.templates.render import PromptCounter, TemplateRenderer, estimate_tokens
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.registry import ModelRegistry
@@ -191,9 +192,7 @@ class ContextStage(Stage):
                     f"'{call.target.id}'"
                 )
             return asked
-        if 0 < window.max_output < window.size // 2:
-            return window.max_output
-        return min(self.settings.output_reserve_tokens, window.size // 2)
+        return output_reserve(None, window.max_output, self.settings.output_reserve_tokens, window.size)
 
     async def checked_prompt(self, call: Call, prompt: str) -> None:
         """A raw prompt cannot be cut without changing what it asks: one over the window is refused."""

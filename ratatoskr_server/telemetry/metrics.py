@@ -40,6 +40,18 @@ class Metrics:
         self.input_tokens = Counter(
             "ratatoskr_input_tokens", "Tokens read by models, by model.", ["model"], registry=self.registry
         )
+        self.budget_warnings = Counter(
+            "ratatoskr_budget_warnings",
+            "Calls that brought a budget to or past budget.warn_at, by scope.",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.budget_refusals = Counter(
+            "ratatoskr_budget_refusals",
+            "Calls refused because their reservation would pass a budget, by scope.",
+            ["scope"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None

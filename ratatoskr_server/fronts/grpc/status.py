@@ -14,7 +14,13 @@ from typing import NoReturn, TypeVar
 import grpc
 import grpc.aio
 
-from ratatoskr_client.client import DROPPED_PARAMETERS_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY, TRUNCATED_KEY
+from ratatoskr_client.client import (
+    BUDGET_WARNING_KEY,
+    DROPPED_PARAMETERS_KEY,
+    REQUEST_ID_KEY,
+    RETRY_AFTER_KEY,
+    TRUNCATED_KEY,
+)
 from ratatoskr_client.errors import RatatoskrError
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
@@ -40,6 +46,8 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((DROPPED_PARAMETERS_KEY, ",".join(notes.dropped_parameters)))
     if notes.truncation is not None:
         trailing.append((TRUNCATED_KEY, notes.truncation.summary()))
+    if notes.budget_warning:  # metadata values are ASCII: anything else is escaped, not dropped
+        trailing.append((BUDGET_WARNING_KEY, notes.budget_warning.encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     return tuple(trailing)
