@@ -42,6 +42,7 @@ from ratatoskr_server.config import Settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.local.discovery import local_models
 from ratatoskr_server.local.pool import LocalModelPool
+from ratatoskr_server.net.egress import EgressPolicy, Resolver
 from ratatoskr_server.pipeline.call import (
     Call,
     ChatInput,
@@ -58,6 +59,7 @@ from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
+from ratatoskr_server.policy.privacy import PrivacyStage
 from ratatoskr_server.policy.templates.render import TemplateRenderer
 from ratatoskr_server.policy.templates.stage import TemplateStage
 from ratatoskr_server.providers.capabilities import Capability
@@ -102,8 +104,11 @@ class Gateway:
         metrics: Metrics,
         executor: Executor,
         owned_executors: Sequence[ThreadPoolExecutor] = (),
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
+        #: How hostnames become addresses for the egress guard (tests inject one; None: the system's).
+        self.resolver = resolver
         self.pool = pool
         self.registry = registry
         self.metrics = metrics
@@ -118,7 +123,9 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics | None = None, resolver: Resolver | None = None
+    ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
         executor = ThreadPoolExecutor(
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
@@ -133,14 +140,17 @@ class Gateway:
             metrics=metrics or Metrics(),
             executor=executor,
             owned_executors=(executor, loader),
+            resolver=resolver,
         )
 
     def _build(self, settings: Settings) -> _Routing:
-        router = Router(settings, self.local)
+        egress = EgressPolicy.from_settings(settings, self.resolver)
+        router = Router(settings, self.local, egress)
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
             PlanStage(router),
+            PrivacyStage(egress),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
             TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
@@ -183,7 +193,7 @@ class Gateway:
 
     async def refresh_registry(self) -> RefreshReport:
         """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
-        return await update_registry(self.registry, self.settings)
+        return await update_registry(self.registry, self.settings, self._routing.router.egress)
 
     async def apply_settings(self, settings: Settings) -> list[str]:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from ratatoskr_client.errors import FailedPrecondition, InvalidArgument, NotFound, RatatoskrError
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.pool import LOCAL_PREFIX
+from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.pipeline.call import Candidate
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.capabilities import Capability, Provider
@@ -30,11 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, settings: Settings, local: Provider | None = None) -> None:
+    def __init__(self, settings: Settings, local: Provider | None = None, egress: EgressPolicy | None = None) -> None:
         self.aliases: Mapping[str, str] = dict(settings.aliases)
         self.local = local
+        #: The egress rules of this configuration: every provider's connections are checked against them.
+        self.egress = egress or EgressPolicy.from_settings(settings)
         self.providers: dict[str, HttpProvider] = {
-            name: build_provider(name, entry, settings.http)
+            name: build_provider(name, entry, settings.http, self.egress)
             for name, entry in settings.providers.items()
             if entry.enabled
         }
