@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ratatoskr_client.errors import InvalidArgument, NotFound, RatatoskrError
-from ratatoskr_client.types import ModelInfo, ModelMetadata, Pricing, Task
+from ratatoskr_client.types import ModelInfo, ModelMetadata, Pricing, PrivacyTier, Task
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
@@ -158,9 +158,18 @@ class Catalog:
             meta = replace(meta, info=info)
         return meta
 
-    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        """Presets, local models from their manifests, then what each provider lists right now."""
+    async def list_models(
+        self, *, task: Task | None = None, local_only: bool = False, tier: PrivacyTier | None = None
+    ) -> list[ModelMetadata]:
+        """Presets, local models from their manifests, then what each provider lists right now.
+
+        Only what ``tier`` (tightening ``privacy.tier``) may use: a provider whose host resolves to
+        an address the tier forbids is neither listed nor asked for its list.
+        """
         settings, router = self._settings(), self._router()
+        effective = router.egress.effective(tier)
+        allowed = set(router.allowed(effective, await router.reaches(effective)))
+        forbidden = set(router.providers) - allowed
         aliases = self._aliases()
         out: list[ModelMetadata] = []
         for name in sorted(settings.presets):
@@ -171,7 +180,7 @@ class Catalog:
             if local is not None:
                 out.append(local)
         with router.lease():
-            listed = await router.list_models()
+            listed = await router.list_models(names=sorted(allowed))
         for provider_name, answer in listed.items():
             provider = router.providers[provider_name]
             if isinstance(answer, RatatoskrError):
@@ -182,4 +191,10 @@ class Catalog:
             for model in answer:
                 meta = self._provider_metadata(provider, model, aliases)
                 out.append(replace(meta, source="live" if not meta.source else meta.source))
-        return [m for m in out if (task is None or task in m.info.tasks) and (not local_only or m.info.local)]
+        return [
+            m
+            for m in out
+            if (task is None or task in m.info.tasks)
+            and (not local_only or m.info.local)
+            and m.info.provider not in forbidden
+        ]

@@ -217,7 +217,7 @@ class EmbeddedGateway:
         return await self._unary(
             "ListModels",
             None,
-            lambda ctx: self.gateway.list_models(task=task, local_only=local_only),
+            lambda ctx: self.gateway.list_models(task=task, local_only=local_only, tier=ctx.privacy_tier),
             limited=False,
         )
 

@@ -31,6 +31,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    PrivacyTier,
     RenderedPrompt,
     Task,
     Timing,
@@ -370,5 +371,9 @@ class Gateway:
     async def model_metadata(self, model: str) -> ModelMetadata:
         return await self.catalog.model_metadata(model)
 
-    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        return await self.catalog.list_models(task=task, local_only=local_only)
+    async def list_models(
+        self, *, task: Task | None = None, local_only: bool = False, tier: PrivacyTier | None = None
+    ) -> list[ModelMetadata]:
+        """What callers may use; under a tier stricter than Standard, only what that tier allows
+        (``tier`` tightens ``privacy.tier``, as a request's ask does)."""
+        return await self.catalog.list_models(task=task, local_only=local_only, tier=tier)
