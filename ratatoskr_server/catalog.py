@@ -168,7 +168,8 @@ class Catalog:
         """
         settings, router = self._settings(), self._router()
         effective = router.egress.effective(tier)
-        allowed = set(router.allowed(effective, await router.reaches(effective)))
+        reaches = {} if effective is PrivacyTier.STANDARD else await router.reaches()  # Standard: no lookups
+        allowed = set(router.allowed(effective, reaches))
         forbidden = set(router.providers) - allowed
         aliases = self._aliases()
         out: list[ModelMetadata] = []

@@ -134,9 +134,8 @@ class Router:
         answers = await asyncio.gather(*(one(self.providers[n]) for n in names))
         return dict(zip(names, answers, strict=True))
 
-    async def reaches(self, tier: PrivacyTier) -> dict[str, Reach | OSError]:
-        """Each provider's resolved addresses and the tier they satisfy (or why its host did not
-        resolve), to filter listings by ``tier``: Standard needs no resolution at all."""
+    async def reaches(self) -> dict[str, Reach | OSError]:
+        """Each provider's resolved addresses and the tier they satisfy (or why its host did not resolve)."""
 
         async def one(provider: HttpProvider) -> Reach | OSError:
             try:
@@ -144,8 +143,6 @@ class Router:
             except OSError as err:
                 return err
 
-        if tier is PrivacyTier.STANDARD:
-            return {}
         names = list(self.providers)
         found = await asyncio.gather(*(one(self.providers[n]) for n in names))
         return dict(zip(names, found, strict=True))
