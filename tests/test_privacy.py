@@ -17,7 +17,7 @@ import pytest
 
 from ratatoskr_client.errors import InvalidArgument, PermissionDenied
 from ratatoskr_client.types import ChatOptions, Message, PrivacyTier
-from ratatoskr_server.config import load_settings
+from ratatoskr_server.config import ConfigError, load_settings
 from ratatoskr_server.net.egress import EgressPolicy, EgressRefused
 from tests.conftest import DaemonProcess, run_ratatoskr
 from tests.upstreams import openai_double
@@ -48,7 +48,9 @@ def test_what_an_address_satisfies() -> None:
     assert policy.tier_of("other.lan", _ip("192.168.1.20")) is standard  # `local` is a label, not a declaration
     assert policy.tier_of("mine.openai.azure.com", _ip("20.1.2.3")) is private  # dedicated, wherever it is
     assert policy.tier_of("api.example.com", _ip("20.1.2.3")) is standard
-    with pytest.raises(EgressRefused, match="tier 'private' forbids connecting to other.lan"):
+    with pytest.raises(
+        EgressRefused, match=r"other: privacy tier 'private' forbids connecting to other\.lan \(192\.168\.1\.20\)"
+    ):
         policy.check("other.lan", [_ip("127.0.0.1"), _ip("192.168.1.20")], private)  # one address outside: out
     policy.check("mine.openai.azure.com", [_ip("20.1.2.3")], private)
 
@@ -61,7 +63,7 @@ def test_the_request_tier_only_tightens_the_global_one() -> None:
 
 
 def test_config_rejects_an_unknown_tier() -> None:
-    with pytest.raises(Exception, match="privacy.tier"):
+    with pytest.raises(ConfigError, match=r"privacy\.tier"):
         load_settings(privacy={"tier": "secret"})
 
 

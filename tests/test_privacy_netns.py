@@ -174,16 +174,27 @@ async def test_sovereign_refuses_a_host_that_resolves_outside(tmp_path: Path, ou
 
 
 @inside
-async def test_dns_rebinding_is_caught_at_connect(tmp_path: Path, outside: Counter) -> None:
-    """The check before dispatch sees loopback; the connect resolves again, sees the outside, refuses."""
-    resolver = Resolver({"flip.test": [["127.0.0.1"], [OUTSIDE_ADDRESS]]})
-    gw = _gateway(_settings(tmp_path, "sovereign", {"flip": f"http://flip.test:{outside.port}/v1"}), resolver)
+@pytest.mark.parametrize("global_tier", ["sovereign", "standard"])
+async def test_dns_rebinding_is_caught_at_connect(tmp_path: Path, outside: Counter, global_tier: str) -> None:
+    """The check before dispatch sees loopback; the connect resolves again, sees the outside, refuses.
+
+    Under a Standard setting with a request asking Sovereign, only the tier the stage hands down to
+    the connect (unary and streaming alike) can refuse it.
+    """
+    lo, out = ["127.0.0.1"], [OUTSIDE_ADDRESS]
+    resolver = Resolver({"flip.test": [lo, out, lo, out]})
+    settings = _settings(tmp_path, global_tier, {"flip": f"http://flip.test:{outside.port}/v1"})
+    gw = _gateway(settings, resolver, PrivacyTier.SOVEREIGN)
     try:
         with pytest.raises(PermissionDenied) as refused:
             await gw.chat(HELLO, ChatOptions(model="flip/m"))
         assert resolver.asked == ["flip.test", "flip.test"]  # once for the stage, once at connect
         assert "sovereign" in str(refused.value) and "flip.test" in str(refused.value)
         assert OUTSIDE_ADDRESS in str(refused.value)
+        with pytest.raises(PermissionDenied, match="sovereign"):
+            async for _ in gw.chat_stream(HELLO, ChatOptions(model="flip/m")):
+                pass
+        assert len(resolver.asked) == 4
         assert (outside.connections, outside.bytes) == (0, 0)
     finally:
         await gw.gateway.close()

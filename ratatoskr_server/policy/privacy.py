@@ -41,7 +41,8 @@ class PrivacyStage(Stage):
             if isinstance(provider, HttpProvider):
                 try:
                     reach = await provider.reach()
-                    self.egress.check(reach.host, reach.addresses, tier)
+                    if reach.tier.rank > tier.rank:  # the loosest address decides; check() names it
+                        self.egress.check(reach.host, reach.addresses, tier)
                 except EgressRefused as err:
                     refusal = refusal or err
                     continue
@@ -51,6 +52,8 @@ class PrivacyStage(Stage):
         if not kept:
             assert refusal is not None, "a plan has at least one candidate"
             raise refusal
+        if len(kept) == len(call.candidates):
+            return call, tier  # nothing dropped: no copy
         target = call.target if call.target in kept else kept[0]
         return call.but(candidates=tuple(kept), target=target), tier
 

@@ -75,11 +75,11 @@ class HttpProvider(ABC):
             http, base_url="", headers=self.default_headers(), egress=self.egress
         )
         self.scrubber = Scrubber(self.secrets)
-
-    @property
-    def origin(self) -> tuple[str, int]:
-        """The host and port the base URL names: what the privacy stage checks before a call."""
-        return host_of(self.settings.base_url), port_of(self.settings.base_url)
+        #: The host and port the base URL names: what the privacy stage checks before a call
+        #: (parsed once: parsing a URL costs more than the whole check).
+        self.origin: tuple[str, int] = (
+            (host_of(settings.base_url), port_of(settings.base_url)) if settings.base_url else ("", 0)
+        )
 
     async def reach(self) -> Reach:
         """Where this provider's host resolves (briefly cached) and the tier it satisfies."""
