@@ -55,6 +55,16 @@ def test_what_an_address_satisfies() -> None:
     policy.check("mine.openai.azure.com", [_ip("20.1.2.3")], private)
 
 
+async def test_resolved_addresses_are_judged_as_what_they_reach() -> None:
+    async def mapped(host: str, port: int) -> list[str]:
+        return ["::ffff:127.0.0.1", "::ffff:10.9.9.9"]
+
+    policy = EgressPolicy(PrivacyTier.SOVEREIGN, resolver=mapped, cache_s=0)
+    reach = await policy.reach("mapped.test", 80)
+    assert reach.addresses == (_ip("127.0.0.1"), _ip("10.9.9.9")) and reach.tier is PrivacyTier.STANDARD
+    assert (await policy.reach("127.0.0.1", 80)).tier is PrivacyTier.SOVEREIGN  # a literal is not resolved
+
+
 def test_the_request_tier_only_tightens_the_global_one() -> None:
     policy = EgressPolicy(PrivacyTier.PRIVATE)
     assert policy.effective(PrivacyTier.STANDARD) is PrivacyTier.PRIVATE

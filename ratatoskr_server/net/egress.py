@@ -186,7 +186,7 @@ class EgressPolicy:
         if literal is not None:
             return (literal,)
         answers = await self.resolver(host, port)
-        addresses = tuple(ipaddress.ip_address(a.split("%", 1)[0]) for a in answers)
+        addresses = tuple(_plain(ipaddress.ip_address(a.split("%", 1)[0])) for a in answers)
         if not addresses:
             raise OSError(f"{host} resolved to no address")
         return addresses
@@ -224,6 +224,13 @@ def port_of(url: str) -> int:
 
 def _literal(host: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        return _plain(ipaddress.ip_address(host.strip("[]").split("%", 1)[0]))
     except ValueError:
         return None
+
+
+def _plain(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) as the IPv4 address it reaches, so it is
+    judged (loopback, private ranges) and connected to as that."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
