@@ -19,6 +19,7 @@ from ratatoskr_client.types import ModelInfo, ModelMetadata, Pricing, PrivacyTie
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
+from ratatoskr_server.net.egress import requested_tier
 from ratatoskr_server.policy.params import ParameterGuard, availability_of
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.registry import ModelRecord, ModelRegistry
@@ -180,7 +181,7 @@ class Catalog:
             local = self._local_metadata(name, path, aliases)
             if local is not None:
                 out.append(local)
-        with router.lease():
+        with router.lease(), requested_tier(effective):  # the connects, too, are held to the request's tier
             listed = await router.list_models(names=sorted(allowed))
         for provider_name, answer in listed.items():
             provider = router.providers[provider_name]

@@ -34,15 +34,15 @@ def request_context(context: Context) -> RequestContext:
     """The request as the core sees it: the caller's x-request-id when sane, the call's deadline,
     its privacy ask (which can only tighten the tier)."""
     given = None
-    tier = ""
+    asks: list[str] = []
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
-            given = value
+            given = value if given is None else given
         elif key == PRIVACY_TIER_KEY and isinstance(value, str):
-            tier = value
+            asks.append(value)  # sent more than once: the strictest counts
     ctx = RequestContext.start(timeout=context.time_remaining(), request_id=given)
-    if tier:
-        ctx.tighten_privacy(privacy_tier(tier))
+    for ask in asks:
+        ctx.tighten_privacy(privacy_tier(ask))
     return ctx
 
 
