@@ -15,6 +15,7 @@ from ratatoskr_client.blocking import BlockingGateway
 from ratatoskr_client.client import AsyncServiceClient, ServiceClient
 from ratatoskr_client.errors import RatatoskrError, Unavailable
 from ratatoskr_client.protocol import ModelGateway, SyncModelGateway
+from ratatoskr_client.types import PrivacyTier
 
 #: How long to wait for a daemon's health answer before going embedded.
 DEFAULT_HEALTH_TIMEOUT_S = 0.5
@@ -36,13 +37,15 @@ async def auto_async(
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
     serving_wait: float = DEFAULT_SERVING_WAIT_S,
     config_path: str | os.PathLike[str] | None = None,
+    privacy_tier: PrivacyTier | None = None,
 ) -> ModelGateway:
     """An asyncio gateway: the daemon at ``address`` once it is SERVING, else embedded when none answers.
 
     A daemon that answers NOT_SERVING is loading its models: it is waited for (``serving_wait``), not
-    replaced by a second in-process copy of the same models.
+    replaced by a second in-process copy of the same models.  ``privacy_tier`` is asked for on
+    every call, daemon or embedded: it can only tighten the configured tier.
     """
-    client = AsyncServiceClient(address)
+    client = AsyncServiceClient(address, privacy_tier=privacy_tier)
     started = time.monotonic()
     while True:
         try:
@@ -58,7 +61,7 @@ async def auto_async(
     await client.close()
     from ratatoskr_server.embedded import open_embedded_gateway
 
-    return await open_embedded_gateway(config_path)
+    return await open_embedded_gateway(config_path, privacy_tier=privacy_tier)
 
 
 def auto(
@@ -67,9 +70,10 @@ def auto(
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
     serving_wait: float = DEFAULT_SERVING_WAIT_S,
     config_path: str | os.PathLike[str] | None = None,
+    privacy_tier: PrivacyTier | None = None,
 ) -> SyncModelGateway:
     """A blocking gateway: the daemon at ``address`` once it is SERVING, else embedded when none answers."""
-    client = ServiceClient(address)
+    client = ServiceClient(address, privacy_tier=privacy_tier)
     started = time.monotonic()
     while True:
         try:
@@ -85,4 +89,4 @@ def auto(
     client.close()
     from ratatoskr_server.embedded import open_embedded_gateway
 
-    return BlockingGateway(lambda: open_embedded_gateway(config_path))
+    return BlockingGateway(lambda: open_embedded_gateway(config_path, privacy_tier=privacy_tier))

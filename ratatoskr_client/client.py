@@ -38,6 +38,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    PrivacyTier,
     ReloadResult,
     RenderedPrompt,
     ServerStatus,
@@ -53,6 +54,9 @@ DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 TRUNCATED_KEY = "x-ratatoskr-truncated"
 #: Trailing metadata: budgets the call brought to or past budget.warn_at (``Notes.budget_warning``).
 BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
+#: Request metadata asking for a privacy tier (sovereign, private, standard); it can only tighten
+#: what the daemon's setting and the caller's key allow.
+PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"
 
 #: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -277,12 +281,24 @@ def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, object]:
     }
 
 
+def _privacy_metadata(tier: PrivacyTier | None) -> tuple[tuple[str, str], ...] | None:
+    return None if tier is None else ((PRIVACY_TIER_KEY, PrivacyTier(tier).value),)
+
+
 class AsyncServiceClient:
     """A connection to a daemon over its Unix socket or TCP, for asyncio code."""
 
-    def __init__(self, address: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+        privacy_tier: PrivacyTier | None = None,
+    ) -> None:
+        """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
         self.target = grpc_target(address)
         self.timeout = timeout
+        self._metadata = _privacy_metadata(privacy_tier)
         self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self._stubs = _stubs(self._channel)
 
@@ -291,7 +307,11 @@ class AsyncServiceClient:
     ) -> Out:
         method = cast("grpc.aio.UnaryUnaryMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         try:
-            answer = await method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+            answer = await method(
+                rpc.request(*args, **kwargs),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         return rpc.response(answer)
@@ -300,7 +320,9 @@ class AsyncServiceClient:
         self, rpc: ServerStream[P, Req, Resp], timeout: float | None, *args: P.args, **kwargs: P.kwargs
     ) -> AsyncIterator[ChatEvent]:
         method = cast("grpc.aio.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
-        call = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+        call = method(
+            rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+        )
         try:
             async for message in call:
                 known = rpc.response(message)
@@ -427,16 +449,28 @@ class AsyncServiceClient:
 class ServiceClient:
     """A blocking connection to a daemon, for code without an event loop."""
 
-    def __init__(self, address: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+        privacy_tier: PrivacyTier | None = None,
+    ) -> None:
+        """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
         self.target = grpc_target(address)
         self.timeout = timeout
+        self._metadata = _privacy_metadata(privacy_tier)
         self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self._stubs = _stubs(self._channel)
 
     def _unary(self, rpc: Unary[P, Req, Resp, Out], timeout: float | None, *args: P.args, **kwargs: P.kwargs) -> Out:
         method = cast("grpc.UnaryUnaryMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         try:
-            answer = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+            answer = method(
+                rpc.request(*args, **kwargs),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as err:
             raise_for_rpc_error(err, self.target)
         return rpc.response(answer)
@@ -445,7 +479,9 @@ class ServiceClient:
         self, rpc: ServerStream[P, Req, Resp], timeout: float | None, *args: P.args, **kwargs: P.kwargs
     ) -> Iterator[ChatEvent]:
         method = cast("grpc.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
-        call = method(rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout)
+        call = method(
+            rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+        )
         try:
             for message in call:
                 known = rpc.response(message)

@@ -15,10 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ratatoskr_client.errors import InvalidArgument, NotFound, RatatoskrError
-from ratatoskr_client.types import ModelInfo, ModelMetadata, Pricing, Task
+from ratatoskr_client.types import ModelInfo, ModelMetadata, Pricing, PrivacyTier, Task
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.local.pool import LOCAL_PREFIX, LocalModelPool
+from ratatoskr_server.net.egress import requested_tier
 from ratatoskr_server.policy.params import ParameterGuard, availability_of
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.registry import ModelRecord, ModelRegistry
@@ -158,9 +159,19 @@ class Catalog:
             meta = replace(meta, info=info)
         return meta
 
-    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        """Presets, local models from their manifests, then what each provider lists right now."""
+    async def list_models(
+        self, *, task: Task | None = None, local_only: bool = False, tier: PrivacyTier | None = None
+    ) -> list[ModelMetadata]:
+        """Presets, local models from their manifests, then what each provider lists right now.
+
+        Only what ``tier`` (tightening ``privacy.tier``) may use: a provider whose host resolves to
+        an address the tier forbids is neither listed nor asked for its list.
+        """
         settings, router = self._settings(), self._router()
+        effective = router.egress.effective(tier)
+        reaches = {} if effective is PrivacyTier.STANDARD else await router.reaches()  # Standard: no lookups
+        allowed = set(router.allowed(effective, reaches))
+        forbidden = set(router.providers) - allowed
         aliases = self._aliases()
         out: list[ModelMetadata] = []
         for name in sorted(settings.presets):
@@ -170,8 +181,8 @@ class Catalog:
             local = self._local_metadata(name, path, aliases)
             if local is not None:
                 out.append(local)
-        with router.lease():
-            listed = await router.list_models()
+        with router.lease(), requested_tier(effective):  # the connects, too, are held to the request's tier
+            listed = await router.list_models(names=sorted(allowed))
         for provider_name, answer in listed.items():
             provider = router.providers[provider_name]
             if isinstance(answer, RatatoskrError):
@@ -182,4 +193,10 @@ class Catalog:
             for model in answer:
                 meta = self._provider_metadata(provider, model, aliases)
                 out.append(replace(meta, source="live" if not meta.source else meta.source))
-        return [m for m in out if (task is None or task in m.info.tasks) and (not local_only or m.info.local)]
+        return [
+            m
+            for m in out
+            if (task is None or task in m.info.tasks)
+            and (not local_only or m.info.local)
+            and m.info.provider not in forbidden
+        ]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ratatoskr_client.client import ServiceClient
 from ratatoskr_client.errors import RatatoskrError, Unavailable
+from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server import package_version
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ConfigError, flatten, load_settings, resolve_config_path
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
@@ -392,24 +393,47 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 def _cmd_backends(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ratatoskr_server.routing.router import list_provider_models
+    from ratatoskr_server.net.egress import Reach, requested_tier
+    from ratatoskr_server.redact import display_url
+    from ratatoskr_server.routing.router import Router
 
     settings = load_settings(args.config)
+    asked = PrivacyTier(args.tier) if args.tier else None
 
     async def probe() -> list[dict[str, Any]]:
-        answers = await list_provider_models(settings, args.timeout)
+        router = Router(settings)
+        try:
+            tier = router.egress.effective(asked)
+            reaches = await router.reaches()
+            allowed = router.allowed(tier, reaches)
+            # Only what the tier allows is asked, and through a guard held to that tier.
+            with requested_tier(tier):
+                answers = await router.list_models(timeout=args.timeout, names=allowed)
+        finally:
+            await router.aclose()
         rows = []
         for name, entry in sorted(settings.providers.items()):
+            reach = reaches.get(name)
+            if asked is not None and name not in allowed:
+                continue
             answer = answers.get(name)
             row: dict[str, Any] = {
                 "name": name,
                 "kind": entry.kind,
-                "base_url": entry.base_url,
+                "base_url": display_url(entry.base_url),
                 "local": entry.local,
                 "enabled": entry.enabled,
+                "host": reach.host if isinstance(reach, Reach) else "",
+                "addresses": [str(a) for a in reach.addresses] if isinstance(reach, Reach) else [],
+                # The strictest tier every resolved address satisfies ("" : disabled or unresolvable).
+                "tier": reach.tier.value if isinstance(reach, Reach) else "",
             }
-            if answer is None:
+            if not entry.enabled:
                 row.update(reachable=None, detail="disabled")
+            elif isinstance(reach, OSError):
+                row.update(reachable=False, detail=f"cannot resolve its host: {reach}")
+            elif answer is None:
+                row.update(reachable=None, detail=f"not asked: the {tier} tier forbids it")
             elif isinstance(answer, RatatoskrError):
                 row.update(reachable=False, detail=answer.message)
             else:
@@ -421,11 +445,19 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
     def human() -> None:
         if not rows:
-            print("no providers configured ([providers.NAME] in the configuration)")
+            print(
+                "no providers configured ([providers.NAME] in the configuration)"
+                if asked is None
+                else f"no provider satisfies the {asked} tier"
+            )
         for r in rows:
-            state = {True: "reachable", False: "UNREACHABLE", None: "disabled"}[r["reachable"]]
+            state = {True: "reachable", False: "UNREACHABLE", None: "not asked"}[r["reachable"]]
             where = "local" if r["local"] else "remote"
-            print(f"{r['name']:<14} {r['kind']:<14} {where:<6} {state:<11} {r['base_url']}  {r['detail']}")
+            addresses = ",".join(r["addresses"]) or "-"
+            print(
+                f"{r['name']:<14} {r['kind']:<14} {where:<6} {r['tier'] or '-':<10} {state:<11} "
+                f"{r['base_url']} [{addresses}]  {r['detail']}"
+            )
 
     _print(rows, args.json, human)
     return 0 if all(r["reachable"] is not False for r in rows) else EXIT_FAILURE
@@ -631,8 +663,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", metavar="FILE", help="a JSON list of messages instead of TEXT ('-': standard input)")
     p.set_defaults(func=_cmd_tokens_count)
 
-    p = sub.add_parser("backends", help="configured providers and whether they answer")
+    p = sub.add_parser(
+        "backends",
+        help="configured providers: resolved addresses, the privacy tier each satisfies, whether they answer",
+    )
     common(p, config=True, timeout=5.0)
+    p.add_argument(
+        "--tier",
+        choices=[t.value for t in PrivacyTier],
+        help="only the providers this tier may use (it tightens privacy.tier); the others are not contacted",
+    )
     p.set_defaults(func=_cmd_backends)
     return parser
 

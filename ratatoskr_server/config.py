@@ -8,6 +8,7 @@ with a safe default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -24,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
+from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.redact import MASK, SENSITIVE_NAME, display_url, url_credentials
 
 CONFIG_ENV = "RATATOSKR_CONFIG"
@@ -223,7 +225,21 @@ class ProviderSettings(_Section):
     api_key_header: str = "Authorization"
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers, e.g. OpenRouter attribution.")
     query: dict[str, str] = Field(default_factory=dict, description="Query parameters, e.g. Azure's api-version.")
-    local: bool = Field(default=False, description="Runs on this host or a private network (no egress).")
+    local: bool = Field(
+        default=False,
+        description="Runs on this host or a private network: shown as local, priced at zero. A label only; "
+        "privacy tiers are enforced on the resolved address (see private and dedicated).",
+    )
+    private: bool = Field(
+        default=False,
+        description="Declares this host private: its addresses inside privacy.private_networks satisfy the "
+        "sovereign tier (loopback does without a declaration).",
+    )
+    dedicated: bool = Field(
+        default=False,
+        description="Allow-lists this host as a dedicated deployment of one's own (e.g. an Azure OpenAI "
+        "resource): it satisfies the private tier wherever it resolves.",
+    )
     enabled: bool = True
     #: Models listed when the upstream has no model-listing endpoint.
     models: list[str] = Field(default_factory=list)
@@ -399,6 +415,30 @@ class BudgetSettings(_Section):
         )
 
 
+def _default_private_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+
+
+class PrivacySettings(_Section):
+    """Where requests' data may go; a caller key and a request can only tighten ``tier``."""
+
+    tier: PrivacyTier = Field(
+        default=PrivacyTier.STANDARD,
+        description="sovereign: this host and declared-private endpoints only; private: also dedicated "
+        "endpoints; standard: any configured provider.",
+    )
+    private_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=_default_private_networks,
+        description="Address ranges that satisfy sovereign for hosts a provider declares private = true.",
+    )
+    resolve_cache_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a host's resolved addresses are reused for the check before dispatch and for "
+        "listings; the check at connect time always resolves afresh.",
+    )
+
+
 _config_path: ContextVar[Path | None] = ContextVar("ratatoskr_config_path", default=None)
 
 
@@ -418,6 +458,7 @@ class Settings(BaseSettings):
     #: Short names for "provider/model" strings, e.g. fast = "groq/llama-3.1-8b-instant".
     aliases: dict[str, str] = Field(default_factory=dict)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     parameters: ParametersSettings = Field(default_factory=ParametersSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     #: "ratatoskr:<tier>/<capability>" names, e.g. ratatoskr:fast/chat, resolving to a model and defaults.

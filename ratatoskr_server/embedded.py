@@ -25,6 +25,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    PrivacyTier,
     RenderedPrompt,
     Task,
     TokenizeResult,
@@ -42,8 +43,17 @@ T = TypeVar("T")
 class EmbeddedGateway:
     """The ``ModelGateway`` interface over an in-process ``Gateway``, through the shared edge."""
 
-    def __init__(self, settings: Settings, *, gateway: Gateway | None = None, edge: Edge | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        gateway: Gateway | None = None,
+        edge: Edge | None = None,
+        privacy_tier: PrivacyTier | None = None,
+    ) -> None:
         self.gateway = gateway or Gateway.from_settings(settings)
+        #: The tier every call of this caller asks for: it can only tighten ``privacy.tier``.
+        self.privacy_tier = privacy_tier
         self.edge = edge or Edge(self.gateway.metrics, settings.server.max_in_flight)
 
     # -- what tests and tools reach for --------------------------------------------------------------
@@ -77,6 +87,7 @@ class EmbeddedGateway:
         limited: bool = True,
     ) -> T:
         ctx = RequestContext.start(timeout=timeout)
+        ctx.tighten_privacy(self.privacy_tier)
         async with self.edge.admit(rpc, ctx, model=model, limited=limited):
             return await body(ctx)
         raise AssertionError("unreachable")  # admit() re-raises every failure
@@ -89,6 +100,7 @@ class EmbeddedGateway:
         model: str,
     ) -> AsyncIterator[ChatEvent]:
         ctx = RequestContext.start(timeout=timeout)
+        ctx.tighten_privacy(self.privacy_tier)
         relayed = self.edge.stream(rpc, ctx, events(ctx), model=model)
         async with aclosing(relayed):  # type: ignore[type-var]
             async for event in relayed:
@@ -205,7 +217,7 @@ class EmbeddedGateway:
         return await self._unary(
             "ListModels",
             None,
-            lambda ctx: self.gateway.list_models(task=task, local_only=local_only),
+            lambda ctx: self.gateway.list_models(task=task, local_only=local_only, tier=ctx.privacy_tier),
             limited=False,
         )
 
@@ -230,8 +242,10 @@ class EmbeddedGateway:
         await self.gateway.close()
 
 
-async def open_embedded_gateway(config_path: str | os.PathLike[str] | None = None) -> EmbeddedGateway:
+async def open_embedded_gateway(
+    config_path: str | os.PathLike[str] | None = None, *, privacy_tier: PrivacyTier | None = None
+) -> EmbeddedGateway:
     """Same configuration sources as the daemon; the idle reaper runs, models load on first use."""
-    gateway = EmbeddedGateway(load_settings(config_path))
+    gateway = EmbeddedGateway(load_settings(config_path), privacy_tier=privacy_tier)
     gateway.pool.start()
     return gateway

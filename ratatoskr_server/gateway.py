@@ -33,6 +33,7 @@ from ratatoskr_client.types import (
     Message,
     ModelMetadata,
     NliResult,
+    PrivacyTier,
     RenderedPrompt,
     Task,
     Timing,
@@ -44,6 +45,7 @@ from ratatoskr_server.config import Settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.local.discovery import local_models
 from ratatoskr_server.local.pool import LocalModelPool
+from ratatoskr_server.net.egress import EgressPolicy, Resolver
 from ratatoskr_server.pipeline.call import (
     Call,
     ChatInput,
@@ -63,6 +65,7 @@ from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
 from ratatoskr_server.policy.presets import PresetStage
+from ratatoskr_server.policy.privacy import PrivacyStage
 from ratatoskr_server.policy.templates.render import TemplateRenderer, estimate_messages
 from ratatoskr_server.policy.templates.stage import TemplateStage
 from ratatoskr_server.providers.capabilities import Capability
@@ -111,8 +114,11 @@ class Gateway:
         owned_executors: Sequence[ThreadPoolExecutor] = (),
         ledger: BudgetLedger | None = None,
         clock: Callable[[], datetime] = utc_now,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
+        #: How hostnames become addresses for the egress guard (tests inject one; None: the system's).
+        self.resolver = resolver
         self.pool = pool
         self.registry = registry
         self.metrics = metrics
@@ -131,7 +137,12 @@ class Gateway:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, metrics: Metrics | None = None, *, clock: Callable[[], datetime] = utc_now
+        cls,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        resolver: Resolver | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
     ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
         executor = ThreadPoolExecutor(
@@ -148,14 +159,17 @@ class Gateway:
             executor=executor,
             owned_executors=(executor, loader),
             clock=clock,
+            resolver=resolver,
         )
 
     def _build(self, settings: Settings) -> _Routing:
-        router = Router(settings, self.local)
+        egress = EgressPolicy.from_settings(settings, self.resolver)
+        router = Router(settings, self.local, egress)
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
             PlanStage(router),
+            PrivacyStage(egress),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
             *self._budget(settings),
@@ -217,7 +231,7 @@ class Gateway:
 
     async def refresh_registry(self) -> RefreshReport:
         """Live metadata from OpenRouter and every enabled Ollama provider; failures keep the old data."""
-        return await update_registry(self.registry, self.settings)
+        return await update_registry(self.registry, self.settings, self._routing.router.egress)
 
     async def apply_settings(self, settings: Settings) -> list[str]:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.
@@ -420,5 +434,9 @@ class Gateway:
     async def model_metadata(self, model: str) -> ModelMetadata:
         return await self.catalog.model_metadata(model)
 
-    async def list_models(self, *, task: Task | None = None, local_only: bool = False) -> list[ModelMetadata]:
-        return await self.catalog.list_models(task=task, local_only=local_only)
+    async def list_models(
+        self, *, task: Task | None = None, local_only: bool = False, tier: PrivacyTier | None = None
+    ) -> list[ModelMetadata]:
+        """What callers may use; under a tier stricter than Standard, only what that tier allows
+        (``tier`` tightens ``privacy.tier``, as a request's ask does)."""
+        return await self.catalog.list_models(task=task, local_only=local_only, tier=tier)

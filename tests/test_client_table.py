@@ -24,9 +24,9 @@ from grpc_health.v1 import health_pb2
 
 from ratatoskr_client import client as client_module
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, gateway_pb2
-from ratatoskr_client.client import RPCS, AsyncServiceClient, ServerStream, ServiceClient, Unary
+from ratatoskr_client.client import PRIVACY_TIER_KEY, RPCS, AsyncServiceClient, ServerStream, ServiceClient, Unary
 from ratatoskr_client.protocol import ModelGateway, SyncModelGateway
-from ratatoskr_client.types import ChatOptions, Message, Task
+from ratatoskr_client.types import ChatOptions, Message, PrivacyTier, Task
 
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
@@ -125,11 +125,16 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, PbMessage, float | None]] = []
+        #: The request metadata each call carried (the privacy ask).
+        self.metadata: list[Any] = []
 
-    def answer(self, service: str, method: str, request: PbMessage, timeout: float | None) -> PbMessage:
+    def answer(
+        self, service: str, method: str, request: PbMessage, timeout: float | None, metadata: Any = None
+    ) -> PbMessage:
         descriptor = SERVICES[service].methods_by_name[method]
         assert isinstance(request, message_factory.GetMessageClass(descriptor.input_type)), (method, request)
         self.calls.append((service, method, request, timeout))
+        self.metadata.append(metadata)
         return message_factory.GetMessageClass(descriptor.output_type)()
 
 
@@ -162,20 +167,20 @@ class _FakeStub:
 
         if descriptor.server_streaming:
 
-            def stream(request: PbMessage, timeout: float | None = None) -> _Stream:
-                return _Stream([recorder.answer(service, method, request, timeout)])
+            def stream(request: PbMessage, timeout: float | None = None, metadata: Any = None) -> _Stream:
+                return _Stream([recorder.answer(service, method, request, timeout, metadata)])
 
             return stream
 
         if self._aio:
 
-            async def unary_async(request: PbMessage, timeout: float | None = None) -> PbMessage:
-                return recorder.answer(service, method, request, timeout)
+            async def unary_async(request: PbMessage, timeout: float | None = None, metadata: Any = None) -> PbMessage:
+                return recorder.answer(service, method, request, timeout, metadata)
 
             return unary_async
 
-        def unary(request: PbMessage, timeout: float | None = None) -> PbMessage:
-            return recorder.answer(service, method, request, timeout)
+        def unary(request: PbMessage, timeout: float | None = None, metadata: Any = None) -> PbMessage:
+            return recorder.answer(service, method, request, timeout, metadata)
 
         return unary
 
@@ -191,8 +196,8 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     rpc: Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any],
 ) -> None:
     args, kwargs = SAMPLE_CALLS[rpc.name]
-    sync_client = ServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0)
-    async_client = AsyncServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0)
+    sync_client = ServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE)
+    async_client = AsyncServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE)
     try:
         sync_calls = _fake(sync_client, aio=False)
         async_calls = _fake(async_client, aio=True)
@@ -212,6 +217,8 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     _, _, request, timeout = sync_calls.calls[0]
     assert request == rpc.request(*_positional(rpc, args, kwargs))
     assert timeout == kwargs.get("timeout", 7.0)  # the call's own deadline, else the client's
+    # The client's privacy ask rides on every call, sync and async alike.
+    assert sync_calls.metadata == async_calls.metadata == [((PRIVACY_TIER_KEY, "private"),)]
     assert sync_result == async_result
 
 

@@ -1,4 +1,7 @@
-"""HTTP clients for providers, built in one place so every upstream gets the same limits.
+"""HTTP clients for providers, built in one place so every upstream gets the same limits and guard.
+
+Every socket goes through the egress guard (``net/guarded.py``): the privacy tier is checked on
+the resolved address at connect time.
 
 Timeouts (connect, read, write, pool) and connection pools come from
 ``[http]``; HTTP/2 is offered to every upstream (httpx negotiates it over
@@ -26,6 +29,8 @@ from types import TracebackType
 import httpx
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.egress import EgressPolicy
+from ratatoskr_server.net.guarded import GuardedTransport
 
 
 class _SlotReleasingStream(httpx.AsyncByteStream):
@@ -113,16 +118,21 @@ class SlotTransport(httpx.AsyncBaseTransport):
         await self._inner.__aexit__(exc_type, exc_value, traceback)
 
 
-def build_client(settings: HttpSettings, *, base_url: str, headers: Mapping[str, str]) -> httpx.AsyncClient:
+def build_client(
+    settings: HttpSettings,
+    *,
+    base_url: str,
+    headers: Mapping[str, str],
+    egress: EgressPolicy | None = None,
+) -> httpx.AsyncClient:
+    """A client whose every socket passes the egress guard (``egress``; without one, the Standard
+    tier, still tightened by a request's own tier)."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_keepalive_connections,
     )
-    transport = httpx.AsyncHTTPTransport(
-        http2=settings.http2,
-        limits=limits,
-        trust_env=False,  # no certificate-bundle surprises from the environment either
-    )
+    # No certificate-bundle surprises from the environment either (trust_env=False inside).
+    transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits)
     return httpx.AsyncClient(
         base_url=base_url,
         headers=dict(headers),

@@ -24,6 +24,7 @@ import numpy as np
 from ratatoskr_client.errors import RatatoskrError, Unavailable, Unimplemented
 from ratatoskr_client.types import EmbedResult, Timing
 from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.net.egress import EgressPolicy, Reach, host_of, port_of
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_status
@@ -62,13 +63,27 @@ class HttpProvider(ABC):
     #: ChatOptions fields this wire format carries.
     supported_parameters: ClassVar[frozenset[str]]
 
-    def __init__(self, name: str, settings: ProviderSettings, http: HttpSettings) -> None:
+    def __init__(
+        self, name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
         self.http_settings = http
+        self.egress = egress or EgressPolicy()
         # Adapters build absolute URLs (Azure puts the deployment, {model}, inside the base URL).
-        self.client: httpx.AsyncClient = build_client(http, base_url="", headers=self.default_headers())
+        self.client: httpx.AsyncClient = build_client(
+            http, base_url="", headers=self.default_headers(), egress=self.egress
+        )
         self.scrubber = Scrubber(self.secrets)
+        #: The host and port the base URL names: what the privacy stage checks before a call
+        #: (parsed once: parsing a URL costs more than the whole check).
+        self.origin: tuple[str, int] = (
+            (host_of(settings.base_url), port_of(settings.base_url)) if settings.base_url else ("", 0)
+        )
+
+    async def reach(self) -> Reach:
+        """Where this provider's host resolves (briefly cached) and the tier it satisfies."""
+        return await self.egress.reach(*self.origin)
 
     @property
     def local(self) -> bool:

@@ -39,6 +39,7 @@ import httpx
 from ratatoskr_client.errors import InvalidArgument, RatatoskrError, Unavailable
 from ratatoskr_client.types import ChatEvent, ChatOptions, ClassifyResult, EmbedResult, GenerateResult, LabelScore
 from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.providers.base import embed_result
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status
@@ -52,8 +53,10 @@ class HuggingFaceProvider(OpenAICompatProvider):
     #: The router provider that runs the task pipelines (feature extraction, zero-shot).
     pipeline_provider: ClassVar[str] = "hf-inference"
 
-    def __init__(self, name: str, settings: ProviderSettings, http: HttpSettings) -> None:
-        super().__init__(name, settings, http)
+    def __init__(
+        self, name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+    ) -> None:
+        super().__init__(name, settings, http, egress)
         # Every response passes here, streamed or not, so the "model is loading" answer is mapped
         # once for chat, streaming chat and the pipelines alike.
         hooks = self.client.event_hooks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.providers.anthropic import AnthropicProvider
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.huggingface import HuggingFaceProvider
@@ -17,5 +18,7 @@ ADAPTERS: dict[str, type[HttpProvider]] = {
 }
 
 
-def build_provider(name: str, settings: ProviderSettings, http: HttpSettings) -> HttpProvider:
-    return ADAPTERS[settings.kind](name, settings, http)
+def build_provider(
+    name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+) -> HttpProvider:
+    return ADAPTERS[settings.kind](name, settings, http, egress)

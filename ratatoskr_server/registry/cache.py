@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ratatoskr_server.config import Settings
+from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.registry.models import ModelRecord
 from ratatoskr_server.registry.registry import ModelRegistry, RefreshReport
 
@@ -52,14 +53,23 @@ def load_live(registry: ModelRegistry, path: Path) -> bool:
     return True
 
 
-async def update(registry: ModelRegistry, settings: Settings) -> RefreshReport:
-    """Refresh from OpenRouter and every enabled Ollama provider, then save the live table."""
+async def update(registry: ModelRegistry, settings: Settings, egress: EgressPolicy | None = None) -> RefreshReport:
+    """Refresh from OpenRouter and every enabled Ollama provider, then save the live table.
+
+    Every source is reached through the egress guard at the global privacy tier (``egress``, by
+    default the settings' own rules).
+    """
     reg = settings.registry
     ollama = {
         name: entry.base_url
         for name, entry in settings.providers.items()
         if entry.enabled and entry.kind == "ollama" and reg.refresh_ollama
     }
-    report = await registry.refresh(openrouter_url=reg.openrouter_url or None, ollama=ollama, http=settings.http)
+    report = await registry.refresh(
+        openrouter_url=reg.openrouter_url or None,
+        ollama=ollama,
+        http=settings.http,
+        egress=egress or EgressPolicy.from_settings(settings),
+    )
     await asyncio.to_thread(save_live, registry, reg.cache_file.expanduser())  # file IO: off the loop
     return report

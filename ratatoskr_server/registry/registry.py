@@ -31,6 +31,7 @@ from typing import Any, Final
 import httpx
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.egress import EgressPolicy, EgressRefused
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.registry.models import (
     KNOWN_PARAMETERS,
@@ -264,7 +265,12 @@ class ModelRegistry:
         )
 
     async def refresh(
-        self, *, openrouter_url: str | None, ollama: Mapping[str, str], http: HttpSettings
+        self,
+        *,
+        openrouter_url: str | None,
+        ollama: Mapping[str, str],
+        http: HttpSettings,
+        egress: EgressPolicy | None = None,
     ) -> RefreshReport:
         """Fetch every source, then swap in one new live table.
 
@@ -274,9 +280,11 @@ class ModelRegistry:
         dropped).  A failing source (HTTP error, bad JSON, unexpected shape,
         timeout) keeps its previous data, is logged as a warning and is
         reported; it never raises.  Every source is bounded by
-        ``http.total_timeout_s``.
+        ``http.total_timeout_s``.  Connections pass ``egress`` (the global privacy tier): a source
+        the tier forbids is reported as refused and sent nothing.
         """
-        async with build_client(http, base_url="", headers={"Accept": "application/json"}) as client:
+        headers = {"Accept": "application/json"}
+        async with build_client(http, base_url="", headers=headers, egress=egress) as client:
             limit = http.total_timeout_s
             openrouter, local = await asyncio.gather(
                 _guarded(self._fetch_openrouter(client, openrouter_url), limit) if openrouter_url else _absent(),
@@ -463,7 +471,7 @@ async def _guarded(job: Awaitable[_Fetched], total_timeout_s: float) -> _Outcome
         return f"timed out ({type(err).__name__})"
     except httpx.HTTPError as err:
         return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    except _BadAnswer as err:
+    except (_BadAnswer, EgressRefused) as err:
         return str(err)
     except Exception as err:  # a refresh must never take the daemon down; the old data stays
         log.debug("model registry: unexpected error in a refresh", exc_info=True)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from ratatoskr_client.errors import FailedPrecondition, InvalidArgument, NotFound, RatatoskrError
+from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.pool import LOCAL_PREFIX
+from ratatoskr_server.net.egress import EgressPolicy, Reach
 from ratatoskr_server.pipeline.call import Candidate
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.capabilities import Capability, Provider
@@ -30,11 +32,13 @@ log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, settings: Settings, local: Provider | None = None) -> None:
+    def __init__(self, settings: Settings, local: Provider | None = None, egress: EgressPolicy | None = None) -> None:
         self.aliases: Mapping[str, str] = dict(settings.aliases)
         self.local = local
+        #: The egress rules of this configuration: every provider's connections are checked against them.
+        self.egress = egress or EgressPolicy.from_settings(settings)
         self.providers: dict[str, HttpProvider] = {
-            name: build_provider(name, entry, settings.http)
+            name: build_provider(name, entry, settings.http, self.egress)
             for name, entry in settings.providers.items()
             if entry.enabled
         }
@@ -111,8 +115,11 @@ class Router:
     def _names(self) -> str:
         return ", ".join(sorted(self.providers)) or "none configured"
 
-    async def list_models(self, timeout: float = 5.0) -> dict[str, list[str] | RatatoskrError]:
-        """Each provider's models, or the error that kept it from answering (one bad upstream hides nothing)."""
+    async def list_models(
+        self, timeout: float = 5.0, names: Iterable[str] | None = None
+    ) -> dict[str, list[str] | RatatoskrError]:
+        """Each provider's models (of ``names``, default all), or the error that kept it from
+        answering (one bad upstream hides nothing)."""
 
         async def one(provider: HttpProvider) -> list[str] | RatatoskrError:
             try:
@@ -123,9 +130,28 @@ class Router:
             except TimeoutError:
                 return RatatoskrError(f"{provider.name}: no model list within {timeout:g}s")
 
-        names = list(self.providers)
+        names = list(self.providers) if names is None else [n for n in names if n in self.providers]
         answers = await asyncio.gather(*(one(self.providers[n]) for n in names))
         return dict(zip(names, answers, strict=True))
+
+    async def reaches(self) -> dict[str, Reach | OSError]:
+        """Each provider's resolved addresses and the tier they satisfy (or why its host did not resolve)."""
+
+        async def one(provider: HttpProvider) -> Reach | OSError:
+            try:
+                return await provider.reach()
+            except OSError as err:
+                return err
+
+        names = list(self.providers)
+        found = await asyncio.gather(*(one(self.providers[n]) for n in names))
+        return dict(zip(names, found, strict=True))
+
+    def allowed(self, tier: PrivacyTier, reaches: Mapping[str, Reach | OSError]) -> list[str]:
+        """The providers ``tier`` may use, given ``reaches`` (an unresolvable host is not one)."""
+        if tier is PrivacyTier.STANDARD:
+            return list(self.providers)
+        return [n for n, r in reaches.items() if isinstance(r, Reach) and r.tier.rank <= tier.rank]
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

@@ -128,7 +128,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.ListModelsResponse:
         async def run(ctx: RequestContext) -> gateway_pb2.ListModelsResponse:
             task = convert.task_from_pb(request.task)
-            models = await self.gateway.list_models(task=task, local_only=request.local_only)
+            models = await self.gateway.list_models(task=task, local_only=request.local_only, tier=ctx.privacy_tier)
             return gateway_pb2.ListModelsResponse(
                 models=[convert.model_metadata_to_pb(m) for m in models],
                 timing=convert.timing_to_pb(Timing(total_ms=ctx.elapsed_ms())),

@@ -17,11 +17,13 @@ import grpc.aio
 from ratatoskr_client.client import (
     BUDGET_WARNING_KEY,
     DROPPED_PARAMETERS_KEY,
+    PRIVACY_TIER_KEY,
     REQUEST_ID_KEY,
     RETRY_AFTER_KEY,
     TRUNCATED_KEY,
 )
-from ratatoskr_client.errors import RatatoskrError
+from ratatoskr_client.errors import InvalidArgument, RatatoskrError
+from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
 
@@ -30,13 +32,38 @@ T = TypeVar("T")
 
 
 def request_context(context: Context) -> RequestContext:
-    """The request as the core sees it: the caller's x-request-id when sane, the call's deadline."""
+    """The request as the core sees it: the caller's x-request-id when sane, the call's deadline,
+    its privacy ask (which can only tighten the tier)."""
     given = None
+    asks: list[str] = []
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
-            given = value
-            break
-    return RequestContext.start(timeout=context.time_remaining(), request_id=given)
+            given = value if given is None else given
+        elif key == PRIVACY_TIER_KEY and isinstance(value, str):
+            asks.append(value)  # sent more than once: the strictest counts
+    ctx = RequestContext.start(timeout=context.time_remaining(), request_id=given)
+    for ask in asks:
+        ctx.tighten_privacy(privacy_tier(ask))
+    return ctx
+
+
+def privacy_tier(value: str) -> PrivacyTier:
+    """A request's ``x-ratatoskr-privacy-tier``; an unknown one is refused, never ignored (ignoring
+    it would loosen what the caller asked for)."""
+    try:
+        return PrivacyTier(value.strip().lower())
+    except ValueError:
+        known = ", ".join(t.value for t in PrivacyTier)
+        raise InvalidArgument(f"{PRIVACY_TIER_KEY}: unknown privacy tier {value[:40]!r} (one of {known})") from None
+
+
+async def _request_context(context: Context) -> RequestContext:
+    """``request_context``, or the call aborted with the status of what was wrong in its metadata."""
+    try:
+        return request_context(context)
+    except RatatoskrError as err:
+        await context.abort(grpc.StatusCode[err.code], clip(err.message, MAX_MESSAGE_CHARS))
+        raise AssertionError("unreachable") from None  # abort() raises
 
 
 def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) -> tuple[tuple[str, str], ...]:
@@ -69,7 +96,7 @@ async def unary(
     limited: bool = True,
 ) -> T:
     """One unary RPC through the edge: the answer with its trailing metadata, or an abort."""
-    ctx = request_context(context)
+    ctx = await _request_context(context)
     try:
         async with edge.admit(rpc, ctx, model=model, limited=limited):
             result = await handler(ctx)
@@ -88,7 +115,7 @@ async def stream(
     model: str = "",
 ) -> AsyncIterator[T]:
     """One server-streaming RPC through the edge; a failure after the first message still aborts."""
-    ctx = request_context(context)
+    ctx = await _request_context(context)
     try:
         async for item in edge.stream(rpc, ctx, events(ctx), model=model):
             yield item
