@@ -9,6 +9,7 @@ gRPC sends with the status on success and failure alike.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -18,9 +19,22 @@ from ratatoskr_client.client import DROPPED_PARAMETERS_KEY, REQUEST_ID_KEY, RETR
 from ratatoskr_client.errors import RatatoskrError
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
+from ratatoskr_server.fronts.grpc.auth import Caller, Guard
 
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Front:
+    """What every gRPC call passes through: the transport-neutral edge, then this front's guard
+    (keys, scopes, rates), which the daemon replaces on reload."""
+
+    edge: Edge
+    guard: Guard
+
+    async def authorize(self, rpc: str, context: Context, ctx: RequestContext) -> Caller | None:
+        return await self.guard.admit(rpc, context.peer(), context.invocation_metadata(), ctx)
 
 
 def request_context(context: Context) -> RequestContext:
@@ -52,7 +66,7 @@ async def abort(context: Context, ctx: RequestContext, err: RatatoskrError) -> N
 
 
 async def unary(
-    edge: Edge,
+    front: Front,
     rpc: str,
     context: Context,
     handler: Callable[[RequestContext], Awaitable[T]],
@@ -63,8 +77,10 @@ async def unary(
     """One unary RPC through the edge: the answer with its trailing metadata, or an abort."""
     ctx = request_context(context)
     try:
-        async with edge.admit(rpc, ctx, model=model, limited=limited):
+        async with front.edge.admit(rpc, ctx, model=model, limited=limited):
+            caller = await front.authorize(rpc, context, ctx)
             result = await handler(ctx)
+            await front.guard.settle(caller, result)
     except RatatoskrError as err:
         await abort(context, ctx, err)
     context.set_trailing_metadata(trailing_metadata(ctx))
@@ -72,7 +88,7 @@ async def unary(
 
 
 async def stream(
-    edge: Edge,
+    front: Front,
     rpc: str,
     context: Context,
     events: Callable[[RequestContext], AsyncIterator[T]],
@@ -81,8 +97,16 @@ async def stream(
 ) -> AsyncIterator[T]:
     """One server-streaming RPC through the edge; a failure after the first message still aborts."""
     ctx = request_context(context)
+    guard = front.guard  # the one this call was admitted by, should a reload replace it meanwhile
+
+    async def guarded() -> AsyncIterator[T]:
+        caller = await front.authorize(rpc, context, ctx)
+        async for item in events(ctx):
+            await guard.settle(caller, item)
+            yield item
+
     try:
-        async for item in edge.stream(rpc, ctx, events(ctx), model=model):
+        async for item in front.edge.stream(rpc, ctx, guarded(), model=model):
             yield item
     except RatatoskrError as err:
         await abort(context, ctx, err)

@@ -1,0 +1,1 @@
+"""Shared mutable state behind protocols: in memory by default, Redis when replicas share it."""
