@@ -168,7 +168,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = [
         {
             "name": name,
-            "key_id": caller.stored().key_id,
+            "key_id": key.key_id if (key := caller.stored()) else "",
             "scopes": list(caller.scopes),
             "privacy_ceiling": caller.privacy_ceiling.value if caller.privacy_ceiling else "",
             "budget_scope": caller.budget_scope or name,
@@ -186,8 +186,9 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
             limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "tpm") if row[k] is not None) or "no rate limits"
             state = "" if row["enabled"] else " (disabled)"
             tier = f", ceiling {row['privacy_ceiling']}" if row["privacy_ceiling"] else ""
+            shown = f"rtk_{row['key_id']}_…" if row["key_id"] else "(key_hash unset)"
             print(
-                f"{row['name']}{state}: rtk_{row['key_id']}_…  scopes {','.join(row['scopes'])}{tier}, "
+                f"{row['name']}{state}: {shown}  scopes {','.join(row['scopes'])}{tier}, "
                 f"budget {row['budget_scope']}, {limits}"
             )
 

@@ -131,17 +131,17 @@ class CallerSettings(_Section):
     @field_validator("key_hash")
     @classmethod
     def _stored(cls, value: SecretStr) -> SecretStr:
-        if parse_stored(value.get_secret_value()) is None:
+        # Empty is an unset ${VAR}: that key matches no token, and preflight reports it.
+        if value.get_secret_value() and parse_stored(value.get_secret_value()) is None:
             raise ValueError(
-                "key_hash must be the sha256:<id>:<hex> value `ratatoskr keys create` printed (kept in the "
-                "secrets file and referenced as ${VAR}); an unset ${VAR} leaves it empty"
+                "key_hash must be the sha256:<id>:<hex> value `ratatoskr keys create` printed, kept in the "
+                "secrets file and referenced as ${VAR}"
             )
         return value
 
-    def stored(self) -> StoredKey:
-        stored = parse_stored(self.key_hash.get_secret_value())
-        assert stored is not None  # validated
-        return stored
+    def stored(self) -> StoredKey | None:
+        """The stored key; None while its ${VAR} is unset."""
+        return parse_stored(self.key_hash.get_secret_value())
 
 
 class MetricsSettings(_Section):
@@ -435,7 +435,8 @@ class Settings(BaseSettings):
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
         values = [v for p in self.providers.values() for v in p.secret_values()]
         # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
-        return values + [v for c in self.callers.values() for v in (c.key_hash.get_secret_value(), c.stored().digest)]
+        stored = [key for c in self.callers.values() if (key := c.stored()) is not None]
+        return values + [v for key in stored for v in (str(key), key.digest)]
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets shown as ********."""

@@ -53,7 +53,11 @@ def check_settings(
     """
     path = resolve_config_path(config_path)
     raw = _raw(path)
-    findings = [*_model_names(settings), *_providers(settings, raw, path, serving=serving), *_access(settings)]
+    findings = [
+        *_model_names(settings),
+        *_providers(settings, raw, path, serving=serving),
+        *_access(settings, serving=serving),
+    ]
     return sorted(findings, key=lambda f: f.level is not Level.ERROR)
 
 
@@ -225,10 +229,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _access(settings: Settings) -> Iterator[Finding]:
-    """TCP that nobody could call, or that anybody on the network could; keys sent in clear."""
+def _access(settings: Settings, *, serving: bool) -> Iterator[Finding]:
+    """Keys whose hash is unset; TCP that nobody could call, or that anybody on the network could;
+    keys sent in clear."""
     server = settings.server
     keys = [name for name, caller in settings.callers.items() if caller.enabled]
+    for name in keys:
+        if settings.callers[name].stored() is None:
+            yield Finding(
+                Level.ERROR if serving else Level.WARNING,
+                f"callers.{name}.key_hash",
+                "is empty (an unset ${VAR}?): this key matches no token until its hash is in the secrets file "
+                "or the environment",
+            )
     create = "create one with `ratatoskr keys create NAME --scopes chat,embed` and add its [callers.NAME] table"
     if server.socket_require_auth and not keys:
         yield Finding(

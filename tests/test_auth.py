@@ -7,7 +7,9 @@ import asyncio
 import grp
 import json
 import os
+import signal
 import stat
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,7 +221,7 @@ def test_keys_over_tls_and_mutual_tls(
 
 def test_keys_never_reach_logs_metrics_errors_or_config_check(authd: DaemonProcess, keyring: Keyring) -> None:
     secrets = keyring.secrets()
-    assert len(secrets) == 4 + 2 * 4
+    assert len(secrets) >= 4 + 2 * 4  # 4 tokens; 4 stored lines and their digests
     errors: list[str] = []
     for token in keyring.tokens.values():
         for tampered in (token[:-1] + "x", token + "x", token):
@@ -247,3 +249,26 @@ def test_keys_never_reach_logs_metrics_errors_or_config_check(authd: DaemonProce
     }.items():
         for secret in secrets:
             assert secret not in text, f"a key or its hash is in the {where}"
+
+
+def test_keys_change_on_reload_without_a_restart(model_root: Path, keyring: Keyring, upstream: Upstream) -> None:
+    d = _daemon(model_root, keyring, upstream).start()
+    try:
+        address = d.tcp_address()
+        token, stored = new_token()
+        append_secret(keyring.secrets_file, "KEY_LATE", str(stored))
+        d.config["callers"] = {"late": {"key_hash": "${KEY_LATE}", "scopes": ["embed"]}}  # the others removed
+        d.write_config()
+        with ServiceClient(address, timeout=10, api_key=token) as late:
+            with pytest.raises(Unauthenticated):
+                late.embed(["before the reload"])
+            d.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while not any(r.get("msg") == "configuration reloaded" for r in d.records()):
+                assert time.monotonic() < deadline, d.log()
+                time.sleep(0.05)
+            assert len(late.embed(["after the reload"]).vectors) == 1
+        with ServiceClient(address, timeout=10, api_key=keyring.tokens["ops"]) as ops, pytest.raises(Unauthenticated):
+            ops.embed(["a key removed from the configuration"])
+    finally:
+        d.stop()

@@ -165,7 +165,12 @@ def test_usage_tokens_of_responses_and_stream_events() -> None:
 
 def test_key_hashes_must_be_well_formed_and_are_masked() -> None:
     with pytest.raises(ConfigError, match=r"callers\.a\.key_hash: .*ratatoskr keys create"):
-        load_settings(callers={"a": {"key_hash": "", "scopes": ["chat"]}})
+        load_settings(callers={"a": {"key_hash": "sha256:not-a-digest", "scopes": ["chat"]}})
+    unset = load_settings(local={"preload": []}, callers={"a": {"key_hash": ""}})  # an unset ${VAR}
+    assert len(Guard(unset).keys) == 0
+    for serving, level in ((True, Level.ERROR), (False, Level.WARNING)):
+        (finding,) = [f for f in check_settings(unset, serving=serving) if f.key == "callers.a.key_hash"]
+        assert finding.level is level and "unset ${VAR}" in finding.message
     settings, _ = _settings()
     stored = settings.callers["app"].key_hash.get_secret_value()
     assert stored not in str(settings.masked())

@@ -87,7 +87,7 @@ class Guard:
         self.socket_require_auth = server.socket_require_auth
         self.tcp_require_auth = server.tcp_require_auth
         self.callers: Mapping[str, CallerSettings] = {n: c for n, c in settings.callers.items() if c.enabled}
-        self.keys = KeyRing({name: c.stored() for name, c in self.callers.items()})
+        self.keys = KeyRing({name: key for name, c in self.callers.items() if (key := c.stored()) is not None})
         self.rates: RateCounter = rates if rates is not None else MemoryRates()
 
     def authenticate(self, rpc: str, peer: str, metadata: object) -> Caller | None:
