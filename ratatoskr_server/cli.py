@@ -171,7 +171,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
             "key_id": key.key_id if (key := caller.stored()) else "",
             "scopes": list(caller.scopes),
             "privacy_ceiling": caller.privacy_ceiling.value if caller.privacy_ceiling else "",
-            "budget_scope": caller.budget_scope or name,
+            "budget_scope": caller.budget_scope,
             "rpm": caller.rpm,
             "tpm": caller.tpm,
             "enabled": caller.enabled,
@@ -189,7 +189,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
             shown = f"rtk_{row['key_id']}_…" if row["key_id"] else "(key_hash unset)"
             print(
                 f"{row['name']}{state}: {shown}  scopes {','.join(row['scopes'])}{tier}, "
-                f"budget {row['budget_scope']}, {limits}"
+                f"budget {row['budget_scope'] or '(its own)'}, {limits}"
             )
 
     _print(rows, args.json, human)
@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the caller's name (in logs, metrics and [callers.NAME])")
     p.add_argument("--scopes", default="chat", help="comma-separated: chat, embed, nli, classify, admin")
     p.add_argument("--tier", choices=["sovereign", "private", "standard"], help="privacy ceiling of its requests")
-    p.add_argument("--budget-scope", default="", help="budget its calls are charged to (default: its name)")
+    p.add_argument("--budget-scope", default="", help="budget its calls are charged to (default: its own)")
     p.add_argument("--rpm", type=int, help="calls per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--secrets-file", help="where to add the hash (default: the configuration's secrets_file)")

@@ -113,7 +113,7 @@ class CallerSettings(_Section):
     privacy_ceiling: PrivacyTier | None = Field(
         default=None, description="The loosest tier this caller's requests may use (sovereign, private, standard)."
     )
-    budget_scope: str = Field(default="", description="Budget charged for this caller's calls; empty: its name.")
+    budget_scope: str = Field(default="", description="Budget charged for this caller's calls; empty: its own.")
     rpm: int | None = Field(default=None, ge=1, description="Calls per minute (sliding window); unset: unlimited.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (sliding window); unset: unlimited.")
     enabled: bool = True

@@ -119,6 +119,9 @@ async def test_an_admitted_caller_is_on_the_context_and_counted() -> None:
     assert len(refused) == 2 and refused[0].retry_after_s == 60
     ctx = contexts[0]
     assert (ctx.caller, ctx.budget_scope, ctx.privacy_tier) == ("app", "team-a", PrivacyTier.SOVEREIGN)
+    root = RequestContext.start()
+    assert await guard.admit("Status", TCP, _bearer(tokens["root"]), root) is not None
+    assert (root.caller, root.budget_scope, root.privacy_tier) == ("root", "", None)  # "": its own budget
     anonymous = RequestContext.start()
     assert await guard.admit("Embed", UNIX, [], anonymous) is None and anonymous.caller == ""
     clock.now += 60

@@ -67,7 +67,7 @@ class Caller:
 
 def is_local_peer(peer: str) -> bool:
     """Whether a grpc peer string is the Unix socket ("unix:…"), rather than TCP ("ipv4:…", "ipv6:…")."""
-    return peer.startswith("unix")
+    return peer.startswith("unix:")  # not "unix-abstract:": an abstract socket has no file mode to guard it
 
 
 def bearer_token(metadata: object) -> str | None:
@@ -120,7 +120,7 @@ class Guard:
             return None
         key = caller.settings
         ctx.caller = caller.name
-        ctx.budget_scope = key.budget_scope or caller.name
+        ctx.budget_scope = key.budget_scope  # empty: the caller's own (RequestContext.budget_scope)
         ctx.tighten_privacy(key.privacy_ceiling)
         if key.rpm is not None or key.tpm is not None:
             limited = await self.rates.admit(caller.name, rpm=key.rpm, tpm=key.tpm)
