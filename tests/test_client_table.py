@@ -126,11 +126,15 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, PbMessage, float | None]] = []
+        self.metadata: list[object] = []
 
-    def answer(self, service: str, method: str, request: PbMessage, timeout: float | None) -> PbMessage:
+    def answer(
+        self, service: str, method: str, request: PbMessage, timeout: float | None, metadata: object = None
+    ) -> PbMessage:
         descriptor = SERVICES[service].methods_by_name[method]
         assert isinstance(request, message_factory.GetMessageClass(descriptor.input_type)), (method, request)
         self.calls.append((service, method, request, timeout))
+        self.metadata.append(metadata)
         return message_factory.GetMessageClass(descriptor.output_type)()
 
 
@@ -163,20 +167,22 @@ class _FakeStub:
 
         if descriptor.server_streaming:
 
-            def stream(request: PbMessage, timeout: float | None = None) -> _Stream:
-                return _Stream([recorder.answer(service, method, request, timeout)])
+            def stream(request: PbMessage, timeout: float | None = None, metadata: object = None) -> _Stream:
+                return _Stream([recorder.answer(service, method, request, timeout, metadata)])
 
             return stream
 
         if self._aio:
 
-            async def unary_async(request: PbMessage, timeout: float | None = None) -> PbMessage:
-                return recorder.answer(service, method, request, timeout)
+            async def unary_async(
+                request: PbMessage, timeout: float | None = None, metadata: object = None
+            ) -> PbMessage:
+                return recorder.answer(service, method, request, timeout, metadata)
 
             return unary_async
 
-        def unary(request: PbMessage, timeout: float | None = None) -> PbMessage:
-            return recorder.answer(service, method, request, timeout)
+        def unary(request: PbMessage, timeout: float | None = None, metadata: object = None) -> PbMessage:
+            return recorder.answer(service, method, request, timeout, metadata)
 
         return unary
 
@@ -192,8 +198,8 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     rpc: Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any],
 ) -> None:
     args, kwargs = SAMPLE_CALLS[rpc.name]
-    sync_client = ServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0)
-    async_client = AsyncServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0)
+    sync_client = ServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, api_key="rtk_k")
+    async_client = AsyncServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, api_key="rtk_k")
     try:
         sync_calls = _fake(sync_client, aio=False)
         async_calls = _fake(async_client, aio=True)
@@ -214,6 +220,7 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     assert request == rpc.request(*_positional(rpc, args, kwargs))
     assert timeout == kwargs.get("timeout", 7.0)  # the call's own deadline, else the client's
     assert sync_result == async_result
+    assert sync_calls.metadata == async_calls.metadata == [(("authorization", "Bearer rtk_k"),)]  # the key, on each
 
 
 def _positional(
