@@ -33,8 +33,9 @@ class Front:
     edge: Edge
     guard: Guard
 
-    async def authorize(self, rpc: str, context: Context, ctx: RequestContext) -> Caller | None:
-        return await self.guard.admit(rpc, context.peer(), context.invocation_metadata(), ctx)
+
+async def _authorize(guard: Guard, rpc: str, context: Context, ctx: RequestContext) -> Caller | None:
+    return await guard.admit(rpc, context.peer(), context.invocation_metadata(), ctx)
 
 
 def request_context(context: Context) -> RequestContext:
@@ -76,11 +77,12 @@ async def unary(
 ) -> T:
     """One unary RPC through the edge: the answer with its trailing metadata, or an abort."""
     ctx = request_context(context)
+    guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
     try:
         async with front.edge.admit(rpc, ctx, model=model, limited=limited):
-            caller = await front.authorize(rpc, context, ctx)
+            caller = await _authorize(guard, rpc, context, ctx)
             result = await handler(ctx)
-            await front.guard.settle(caller, result)
+            await guard.settle(caller, result)
     except RatatoskrError as err:
         await abort(context, ctx, err)
     context.set_trailing_metadata(trailing_metadata(ctx))
@@ -97,10 +99,10 @@ async def stream(
 ) -> AsyncIterator[T]:
     """One server-streaming RPC through the edge; a failure after the first message still aborts."""
     ctx = request_context(context)
-    guard = front.guard  # the one this call was admitted by, should a reload replace it meanwhile
+    guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
 
     async def guarded() -> AsyncIterator[T]:
-        caller = await front.authorize(rpc, context, ctx)
+        caller = await _authorize(guard, rpc, context, ctx)
         async for item in events(ctx):
             await guard.settle(caller, item)
             yield item
