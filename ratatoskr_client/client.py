@@ -65,6 +65,67 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+#: A caller key for daemons that require one, when the client is not given ``api_key``.
+API_KEY_ENV = "RATATOSKR_API_KEY"
+Pem = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How both clients reach a daemon: target, TLS credentials, and the metadata sent on every call.
+
+    ``api_key`` (else ``$RATATOSKR_API_KEY``) travels as ``authorization: Bearer …``. TLS is used when
+    ``tls`` is set or any PEM is given: ``root_certificates`` (the CA that signed the daemon's
+    certificate; None: the system's), and ``client_cert``/``client_key`` for mutual TLS. PEMs are
+    file paths or their bytes.
+    """
+
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    metadata: tuple[tuple[str, str], ...] | None
+
+    @classmethod
+    def build(
+        cls,
+        address: str | os.PathLike[str] | None,
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
+    ) -> Transport:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        metadata = (("authorization", f"Bearer {key}"),) if key else None
+        credentials = None
+        if tls or root_certificates is not None or client_cert is not None or client_key is not None:
+            if (client_cert is None) != (client_key is None):
+                raise ValueError("client_cert and client_key go together (mutual TLS): give both, or neither")
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
+        return cls(grpc_target(address), credentials, metadata)
+
+    def sync_channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        return grpc.secure_channel(self.target, self.credentials, options=_CHANNEL_OPTIONS)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self.target, self.credentials, options=_CHANNEL_OPTIONS)
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as file:
+        return file.read()
+
+
 #: What gRPC's client says when nothing accepted the connection (no daemon, or a stale socket).
 _CONNECT_FAILED = "failed to connect to all addresses"
 
@@ -285,8 +346,13 @@ def _privacy_metadata(tier: PrivacyTier | None) -> tuple[tuple[str, str], ...] |
     return None if tier is None else ((PRIVACY_TIER_KEY, PrivacyTier(tier).value),)
 
 
+def _joined(*parts: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
+    joined = tuple(item for part in parts if part for item in part)
+    return joined or None
+
+
 class AsyncServiceClient:
-    """A connection to a daemon over its Unix socket or TCP, for asyncio code."""
+    """A connection to a daemon over its Unix socket or TCP, for asyncio code; TLS and keys: ``Transport``."""
 
     def __init__(
         self,
@@ -294,12 +360,25 @@ class AsyncServiceClient:
         *,
         timeout: float | None = None,
         privacy_tier: PrivacyTier | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
-        self.target = grpc_target(address)
+        transport = Transport.build(
+            address,
+            api_key=api_key,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+        self.target = transport.target
         self.timeout = timeout
-        self._metadata = _privacy_metadata(privacy_tier)
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._metadata = _joined(transport.metadata, _privacy_metadata(privacy_tier))
+        self._channel = transport.aio_channel()
         self._stubs = _stubs(self._channel)
 
     async def _unary(
@@ -321,7 +400,9 @@ class AsyncServiceClient:
     ) -> AsyncIterator[ChatEvent]:
         method = cast("grpc.aio.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         call = method(
-            rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+            rpc.request(*args, **kwargs),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
         )
         try:
             async for message in call:
@@ -447,7 +528,7 @@ class AsyncServiceClient:
 
 
 class ServiceClient:
-    """A blocking connection to a daemon, for code without an event loop."""
+    """A blocking connection to a daemon, for code without an event loop. TLS and caller keys: see ``Transport``."""
 
     def __init__(
         self,
@@ -455,12 +536,25 @@ class ServiceClient:
         *,
         timeout: float | None = None,
         privacy_tier: PrivacyTier | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
-        self.target = grpc_target(address)
+        transport = Transport.build(
+            address,
+            api_key=api_key,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+        self.target = transport.target
         self.timeout = timeout
-        self._metadata = _privacy_metadata(privacy_tier)
-        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._metadata = _joined(transport.metadata, _privacy_metadata(privacy_tier))
+        self._channel = transport.sync_channel()
         self._stubs = _stubs(self._channel)
 
     def _unary(self, rpc: Unary[P, Req, Resp, Out], timeout: float | None, *args: P.args, **kwargs: P.kwargs) -> Out:
@@ -480,7 +574,9 @@ class ServiceClient:
     ) -> Iterator[ChatEvent]:
         method = cast("grpc.UnaryStreamMultiCallable[Req, Resp]", getattr(self._stubs[rpc.service], rpc.method))
         call = method(
-            rpc.request(*args, **kwargs), timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+            rpc.request(*args, **kwargs),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
         )
         try:
             for message in call:

@@ -1,5 +1,5 @@
 """The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list, embed,
-template render, tokens count.
+template render, tokens count, keys create/list.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
 and exits non-zero with a one-line reason (never a traceback) on failure.
@@ -135,6 +135,94 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
     _print(data, args.json, human)
     return EXIT_USAGE if errors else 0
+
+
+def _secrets_variable(name: str) -> str:
+    return "RATATOSKR_CALLER_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    """A new caller key: the token printed once, its hash into the secrets file, the config table to add."""
+    from ratatoskr_server.config import SCOPES, append_secret
+    from ratatoskr_server.keys import new_token
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise ValueError(f"--scopes takes a comma-separated list of {', '.join(SCOPES)}; not {args.scopes!r}")
+    if not args.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"key names are letters, digits, - and _; not {args.name!r}")
+    variable = _secrets_variable(args.name)
+    secrets_file = Path(args.secrets_file).expanduser() if args.secrets_file else None
+    if secrets_file is None:
+        secrets_file = load_settings(args.config).secrets_file
+    token, stored = new_token()
+    if secrets_file is not None:
+        append_secret(secrets_file.expanduser(), variable, str(stored))
+    table: dict[str, Any] = {"key_hash": f"${{{variable}}}", "scopes": scopes}
+    if args.tier:
+        table["privacy_ceiling"] = args.tier
+    if args.budget_scope:
+        table["budget_scope"] = args.budget_scope
+    for limit in ("rpm", "tpm"):
+        if getattr(args, limit) is not None:
+            table[limit] = getattr(args, limit)
+    config_lines = [f"[callers.{args.name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    data = {
+        "name": args.name,
+        "token": token,
+        "key_id": stored.key_id,
+        "secrets_file": str(secrets_file or ""),
+        "secrets_line": "" if secrets_file else f"{variable} = {json.dumps(str(stored))}",
+        "config": "\n".join(config_lines),
+    }
+
+    def human() -> None:
+        print(f"token for {args.name} (shown only now; it is stored nowhere, only its hash):")
+        print(f"  {token}")
+        if secrets_file is not None:
+            print(f"# added {variable} to {secrets_file}")
+        else:
+            print("# add this line to the secrets file (mode 0600):")
+            print(data["secrets_line"])
+        print("# add this table to the configuration, then reload (kill -HUP) or restart:")
+        print(data["config"])
+
+    _print(data, args.json, human)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "key_id": key.key_id if (key := caller.stored()) else "",
+            "scopes": list(caller.scopes),
+            "privacy_ceiling": caller.privacy_ceiling.value if caller.privacy_ceiling else "",
+            "budget_scope": caller.budget_scope,
+            "rpm": caller.rpm,
+            "tpm": caller.tpm,
+            "enabled": caller.enabled,
+        }
+        for name, caller in sorted(settings.callers.items())
+    ]
+
+    def human() -> None:
+        if not rows:
+            print("no caller keys configured ([callers.NAME]; `ratatoskr keys create NAME` makes one)")
+        for row in rows:
+            limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "tpm") if row[k] is not None) or "no rate limits"
+            state = "" if row["enabled"] else " (disabled)"
+            tier = f", ceiling {row['privacy_ceiling']}" if row["privacy_ceiling"] else ""
+            shown = f"rtk_{row['key_id']}_…" if row["key_id"] else "(key_hash unset)"
+            print(
+                f"{row['name']}{state}: {shown}  scopes {','.join(row['scopes'])}{tier}, "
+                f"budget {row['budget_scope'] or '(its own)'}, {limits}"
+            )
+
+    _print(rows, args.json, human)
+    return 0
 
 
 def _cmd_models_import(args: argparse.Namespace) -> int:
@@ -662,6 +750,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="the text to count")
     p.add_argument("--messages", metavar="FILE", help="a JSON list of messages instead of TEXT ('-': standard input)")
     p.set_defaults(func=_cmd_tokens_count)
+
+    keys = sub.add_parser("keys", help="caller API keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", help="a new key: prints the token once, stores only its hash")
+    common(p, config=True)
+    p.add_argument("name", help="the caller's name (in logs, metrics and [callers.NAME])")
+    p.add_argument("--scopes", default="chat", help="comma-separated: chat, embed, nli, classify, admin")
+    p.add_argument("--tier", choices=["sovereign", "private", "standard"], help="privacy ceiling of its requests")
+    p.add_argument("--budget-scope", default="", help="budget its calls are charged to (default: its own)")
+    p.add_argument("--rpm", type=int, help="calls per minute")
+    p.add_argument("--tpm", type=int, help="tokens per minute")
+    p.add_argument("--secrets-file", help="where to add the hash (default: the configuration's secrets_file)")
+    p.set_defaults(func=_cmd_keys_create)
+    p = keys.add_parser("list", help="configured keys (names, ids, scopes, limits; never hashes)")
+    common(p, config=True)
+    p.set_defaults(func=_cmd_keys_list)
 
     p = sub.add_parser(
         "backends",

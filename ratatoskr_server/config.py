@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
 from ratatoskr_client.types import PrivacyTier
+from ratatoskr_server.keys import StoredKey, parse_stored
 from ratatoskr_server.redact import MASK, SENSITIVE_NAME, display_url, url_credentials
 
 CONFIG_ENV = "RATATOSKR_CONFIG"
@@ -53,9 +54,21 @@ class ServerSettings(_Section):
         default=None, description="Unix socket; empty: $XDG_RUNTIME_DIR/ratatoskr/ratatoskr.sock or /tmp/ratatoskr-UID/"
     )
     socket_mode: str = Field(default="0600", description="Octal file mode of the socket.")
+    socket_group: str = Field(
+        default="", description="Group given the socket (and a directory the daemon creates), e.g. with mode 0660."
+    )
+    socket_require_auth: bool = Field(default=False, description="Callers on the Unix socket need a key too.")
     tcp_enabled: bool = False
     tcp_host: str = "127.0.0.1"
     tcp_port: int = Field(default=DEFAULT_TCP_PORT, ge=0, le=65535, description="0 picks a free port.")
+    tcp_require_auth: bool = Field(
+        default=True, description="Callers over TCP need a key ([callers.NAME]); false warns loudly off loopback."
+    )
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: TCP speaks TLS.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle: TCP callers must present a certificate it signed (mutual TLS)."
+    )
     max_in_flight: int = Field(default=256, ge=1, description="Concurrent model calls before RESOURCE_EXHAUSTED.")
     max_receive_message_mb: float = Field(default=16.0, gt=0)
     max_send_message_mb: float = Field(default=64.0, gt=0)
@@ -72,11 +85,66 @@ class ServerSettings(_Section):
             raise ValueError(f"socket_mode {value!r} has bits outside 0777")
         return value
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
     def resolved_socket_path(self) -> Path:
         return (self.socket_path or default_socket_path()).expanduser()
 
     def socket_mode_bits(self) -> int:
         return int(self.socket_mode, 8)
+
+
+Scope = Literal["chat", "embed", "nli", "classify", "admin"]
+SCOPES: tuple[Scope, ...] = ("chat", "embed", "nli", "classify", "admin")
+
+
+class CallerSettings(_Section):
+    """One caller's API key: what it may call, where its data may go, what it may spend and how fast.
+
+    ``key_hash`` is what ``ratatoskr keys create`` printed, kept in the secrets file and referenced
+    here as ``"${NAME}"``; the token itself is stored nowhere.
+    """
+
+    key_hash: SecretStr = Field(description='"${VAR}" naming the sha256:<id>:<hex> line in the secrets file.')
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["chat"]))
+    privacy_ceiling: PrivacyTier | None = Field(
+        default=None, description="The loosest tier this caller's requests may use (sovereign, private, standard)."
+    )
+    budget_scope: str = Field(default="", description="Budget charged for this caller's calls; empty: its own.")
+    rpm: int | None = Field(default=None, ge=1, description="Calls per minute (sliding window); unset: unlimited.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (sliding window); unset: unlimited.")
+    enabled: bool = True
+
+    @field_validator("privacy_ceiling", mode="before")
+    @classmethod
+    def _tier(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return PrivacyTier[value.upper()]
+            except KeyError:
+                raise ValueError(f"privacy_ceiling must be sovereign, private or standard, not {value!r}") from None
+        return value
+
+    @field_validator("key_hash")
+    @classmethod
+    def _stored(cls, value: SecretStr) -> SecretStr:
+        # Empty is an unset ${VAR}: that key matches no token, and preflight reports it.
+        if value.get_secret_value() and parse_stored(value.get_secret_value()) is None:
+            raise ValueError(
+                "key_hash must be the sha256:<id>:<hex> value `ratatoskr keys create` printed, kept in the "
+                "secrets file and referenced as ${VAR}"
+            )
+        return value
+
+    def stored(self) -> StoredKey | None:
+        """The stored key; None while its ${VAR} is unset."""
+        return parse_stored(self.key_hash.get_secret_value())
 
 
 class MetricsSettings(_Section):
@@ -466,6 +534,8 @@ class Settings(BaseSettings):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    #: API keys by caller name; needed on TCP unless server.tcp_require_auth = false.
+    callers: dict[str, CallerSettings] = Field(default_factory=dict)
 
     @field_validator("presets")
     @classmethod
@@ -489,7 +559,10 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
-        return [v for p in self.providers.values() for v in p.secret_values()]
+        values = [v for p in self.providers.values() for v in p.secret_values()]
+        # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
+        stored = [key for c in self.callers.values() if (key := c.stored()) is not None]
+        return values + [v for key in stored for v in (str(key), key.digest)]
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets shown as ********."""
@@ -550,6 +623,27 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     if bad:
         raise ConfigError(f"secrets file {path}: values must be strings; check {', '.join(sorted(bad))}")
     return {str(k): str(v) for k, v in data.items()}
+
+
+def append_secret(path: Path, name: str, value: str) -> None:
+    """Add ``NAME = "value"`` to a secrets file, creating it 0600; an existing NAME is refused, not replaced."""
+    if path.exists():
+        if name in read_secrets_file(path):
+            raise ConfigError(f"secrets file {path} already has {name}; remove that line first to replace the key")
+        text = path.read_text(encoding="utf-8")
+        prefix = "" if not text or text.endswith("\n") else "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    else:
+        prefix = ""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(f"{prefix}{name} = {_toml_string(value)}\n")
+
+
+def _toml_string(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # a JSON string of printable ASCII is a TOML basic string
 
 
 def _expand(value: Any, lookup: Mapping[str, str], unresolved: list[str]) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import logging
 import os
 import shlex
@@ -32,12 +33,14 @@ from grpc_reflection.v1alpha import reflection
 
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from ratatoskr_client.errors import RatatoskrError
-from ratatoskr_client.paths import default_socket_path
+from ratatoskr_client.paths import default_socket_path, unsafe_socket_directory
 from ratatoskr_client.types import ReloadResult, ServerStatus
 from ratatoskr_server import package_version
-from ratatoskr_server.config import ConfigError, Settings, flatten, load_settings
+from ratatoskr_server.config import ConfigError, ServerSettings, Settings, flatten, load_settings
 from ratatoskr_server.edge import Edge
+from ratatoskr_server.fronts.grpc.auth import Guard
 from ratatoskr_server.fronts.grpc.servicers import AdminServicer, GatewayServicer
+from ratatoskr_server.fronts.grpc.status import Front
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.telemetry.logs import configure_logging
@@ -51,7 +54,11 @@ _MAX_SOCKET_PATH = 107
 _RESTART_PREFIXES = (
     "server.socket_path",
     "server.socket_mode",
-    "server.tcp_",
+    "server.socket_group",
+    "server.tcp_enabled",
+    "server.tcp_host",
+    "server.tcp_port",
+    "server.tls_",
     "server.max_receive_message_mb",
     "server.max_send_message_mb",
     "metrics.",
@@ -69,8 +76,16 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def prepare_socket_path(path: Path) -> None:
-    """Make the socket's directory (0700 when we create it) and clear a stale socket file.
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise DaemonError(f"server.socket_group: there is no group {name!r} on this host") from None
+
+
+def prepare_socket_path(path: Path, group: str = "") -> None:
+    """Make the socket's directory (0700 when we create it; 0710 and the group with
+    ``socket_group``), refuse one others could write to, and clear a stale socket file.
 
     A socket file where something still accepts connections belongs to a live
     daemon: we refuse rather than steal it.  Anything that is not a socket is
@@ -80,9 +95,19 @@ def prepare_socket_path(path: Path) -> None:
         raise DaemonError(f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes; choose a shorter one")
     if not path.parent.exists():
         # Ours, so private; an existing directory (a systemd RuntimeDirectory, a mounted
-        # volume) keeps the mode its owner gave it.
+        # volume) keeps the mode its owner gave it, once checked below.
         path.parent.mkdir(parents=True)
         os.chmod(path.parent, 0o700)
+        if group:
+            # The group may pass through to the socket, not list or change the directory.
+            os.chown(path.parent, -1, group_id(group))
+            os.chmod(path.parent, 0o710)
+    reason = unsafe_socket_directory(path.parent)
+    if reason is not None:
+        raise DaemonError(
+            f"refusing the socket directory {path.parent}: {reason}; another user could replace the socket and "
+            "read what clients send. Remove it (the daemon recreates it privately) or set server.socket_path"
+        )
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -104,6 +129,22 @@ def prepare_socket_path(path: Path) -> None:
     raise DaemonError(
         f"another ratatoskr daemon is already listening on {path}; stop it first or set server.socket_path"
     )
+
+
+def tls_credentials(srv: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS for the TCP port from ``tls_cert_file``/``tls_key_file``; mutual with ``tls_client_ca_file``."""
+    if srv.tls_cert_file is None or srv.tls_key_file is None:
+        return None
+
+    def read(path: Path, setting: str) -> bytes:
+        try:
+            return path.expanduser().read_bytes()
+        except OSError as err:
+            raise DaemonError(f"cannot read {setting} {path}: {err.strerror}") from None
+
+    pair = (read(srv.tls_key_file, "server.tls_key_file"), read(srv.tls_cert_file, "server.tls_cert_file"))
+    ca = read(srv.tls_client_ca_file, "server.tls_client_ca_file") if srv.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
 def _bind_failure(err: OSError) -> str:
@@ -167,6 +208,7 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
         self.edge = Edge(self.metrics, settings.server.max_in_flight)
+        self.front = Front(self.edge, Guard(settings))
         self.gateway = Gateway.from_settings(settings, self.metrics)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs predate grpc.aio
         self.listen: list[str] = []
@@ -214,6 +256,7 @@ class Daemon:
         self.settings = new
         configure_logging(new.logging.level, new.logging.format, new.secret_values())
         self.edge.max_in_flight = new.server.max_in_flight
+        self.front.guard = Guard(new, self.front.guard.rates)  # keys change live; rate windows carry on
         awaiting = await self.gateway.apply_settings(new)
         log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
         # Settings loaded models follow only once loaded again (pinning and the budget apply now), in words.
@@ -236,8 +279,8 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.edge), server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.gateway, self, self.edge), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.front), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.gateway, self, self.front), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
@@ -248,7 +291,7 @@ class Daemon:
         if srv.tcp_enabled:
             check_port_free(srv.tcp_host, srv.tcp_port, "server.tcp_port or `serve --tcp HOST:PORT`")
         path = srv.resolved_socket_path()
-        prepare_socket_path(path)
+        prepare_socket_path(path, srv.socket_group)
         old_umask = os.umask(0o777 & ~srv.socket_mode_bits())
         try:
             server.add_insecure_port(f"unix:{path}")
@@ -258,7 +301,12 @@ class Daemon:
         self.listen.append(f"unix:{path}")
         if srv.tcp_enabled:
             try:
-                port = server.add_insecure_port(f"{srv.tcp_host}:{srv.tcp_port}")
+                address = f"{srv.tcp_host}:{srv.tcp_port}"
+                credentials = tls_credentials(srv)
+                if credentials is None:
+                    port = server.add_insecure_port(address)
+                else:
+                    port = server.add_secure_port(address, credentials)
             except RuntimeError:
                 port = 0
             if not port:  # taken between the check and the bind
@@ -309,6 +357,8 @@ class Daemon:
             await server.start()
             if self._socket_path is not None:
                 os.chmod(self._socket_path, self.settings.server.socket_mode_bits())
+                if self.settings.server.socket_group:
+                    os.chown(self._socket_path, -1, group_id(self.settings.server.socket_group))
             metrics_addr = self._serve_metrics()
         except BaseException:
             await server.stop(0)

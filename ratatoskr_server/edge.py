@@ -90,6 +90,8 @@ class Edge:
                 "status": code,
                 "duration_ms": round(elapsed * 1000, 2),
             }
+            if ctx.caller:
+                extra["caller"] = ctx.caller
             notes = ctx.notes
             if notes.dropped_parameters:
                 extra["dropped_parameters"] = ",".join(notes.dropped_parameters)

@@ -9,6 +9,7 @@ warnings; ``config check`` prints both.  Every message names the setting and wha
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -52,7 +53,11 @@ def check_settings(
     """
     path = resolve_config_path(config_path)
     raw = _raw(path)
-    findings = [*_model_names(settings), *_providers(settings, raw, path, serving=serving)]
+    findings = [
+        *_model_names(settings),
+        *_providers(settings, raw, path, serving=serving),
+        *_access(settings, serving=serving),
+    ]
     return sorted(findings, key=lambda f: f.level is not Level.ERROR)
 
 
@@ -212,3 +217,60 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+# ------------------------------------------------------------------------------ who may call
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _access(settings: Settings, *, serving: bool) -> Iterator[Finding]:
+    """Keys whose hash is unset; TCP that nobody could call, or that anybody on the network could;
+    keys sent in clear."""
+    server = settings.server
+    keys = [name for name, caller in settings.callers.items() if caller.enabled]
+    for name in keys:
+        if settings.callers[name].stored() is None:
+            yield Finding(
+                Level.ERROR if serving else Level.WARNING,
+                f"callers.{name}.key_hash",
+                "is empty (an unset ${VAR}?): this key matches no token until its hash is in the secrets file "
+                "or the environment",
+            )
+    create = "create one with `ratatoskr keys create NAME --scopes chat,embed` and add its [callers.NAME] table"
+    if server.socket_require_auth and not keys:
+        yield Finding(
+            Level.ERROR,
+            "server.socket_require_auth",
+            f"the Unix socket requires API keys but no [callers.NAME] key is configured; {create}",
+        )
+    if not server.tcp_enabled:
+        return
+    where = f"{server.tcp_host}:{server.tcp_port}"
+    if server.tcp_require_auth and not keys:
+        # Refusing to start beats a port that answers every call with UNAUTHENTICATED.
+        yield Finding(
+            Level.ERROR,
+            "server.tcp_require_auth",
+            f"TCP ({where}) requires API keys but no [callers.NAME] key is configured; {create}, "
+            "or set server.tcp_require_auth = false on a loopback address",
+        )
+    elif not server.tcp_require_auth and not is_loopback(server.tcp_host):
+        yield Finding(
+            Level.WARNING,
+            "server.tcp_require_auth",
+            f"!!! TCP on {where} accepts calls from the network WITHOUT API KEYS, Admin included: anyone who "
+            "can reach this port can use every model and spend every budget. Set server.tcp_require_auth = true !!!",
+        )
+    if server.tcp_require_auth and server.tls_cert_file is None and not is_loopback(server.tcp_host):
+        yield Finding(
+            Level.WARNING,
+            "server.tls_cert_file",
+            f"TCP on {where} has no TLS: API keys and requests cross the network in clear; "
+            "set server.tls_cert_file and server.tls_key_file",
+        )

@@ -8,7 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 MASK = "********"
 #: Shapes of API keys and bearer tokens, masked even when nobody told us the value.
-_KEY_SHAPES = re.compile(r"(sk-[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}|hf_[A-Za-z0-9]{12,})")
+_KEY_SHAPES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{12,}|rtk_[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}|hf_[A-Za-z0-9]{12,})"
+)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:

@@ -87,7 +87,14 @@ class DaemonProcess:
         self.dir = short_dir()
         self.socket = self.dir / "run" / "r.sock"
         config: dict[str, Any] = {
-            "server": {"socket_path": self.socket, "tcp_enabled": True, "tcp_port": 0, "shutdown_grace_s": 30},
+            # Loopback TCP without keys, said explicitly; tests/test_auth.py covers keys and TLS.
+            "server": {
+                "socket_path": self.socket,
+                "tcp_enabled": True,
+                "tcp_port": 0,
+                "tcp_require_auth": False,
+                "shutdown_grace_s": 30,
+            },
             "metrics": {"port": 0},
             "local": {"model_dir": model_root, "auto_import_default": False, "preload": [MODEL]},
         }

@@ -196,8 +196,12 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     rpc: Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any],
 ) -> None:
     args, kwargs = SAMPLE_CALLS[rpc.name]
-    sync_client = ServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE)
-    async_client = AsyncServiceClient("/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE)
+    sync_client = ServiceClient(
+        "/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE, api_key="rtk_k"
+    )
+    async_client = AsyncServiceClient(
+        "/nonexistent/ratatoskr.sock", timeout=7.0, privacy_tier=PrivacyTier.PRIVATE, api_key="rtk_k"
+    )
     try:
         sync_calls = _fake(sync_client, aio=False)
         async_calls = _fake(async_client, aio=True)
@@ -217,9 +221,10 @@ async def test_each_method_calls_its_entry_the_same_way_on_both_clients(
     _, _, request, timeout = sync_calls.calls[0]
     assert request == rpc.request(*_positional(rpc, args, kwargs))
     assert timeout == kwargs.get("timeout", 7.0)  # the call's own deadline, else the client's
-    # The client's privacy ask rides on every call, sync and async alike.
-    assert sync_calls.metadata == async_calls.metadata == [((PRIVACY_TIER_KEY, "private"),)]
     assert sync_result == async_result
+    # The key and the privacy ask ride on every call, sync and async alike.
+    expected = [(("authorization", "Bearer rtk_k"), (PRIVACY_TIER_KEY, "private"))]
+    assert sync_calls.metadata == async_calls.metadata == expected
 
 
 def _positional(

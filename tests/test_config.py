@@ -112,7 +112,8 @@ def test_example_config_documents_every_setting() -> None:
 
     documented = (REPO / "config.example.toml").read_text(encoding="utf-8")
     parsed = dict(flatten(tomllib.loads(documented)))
-    for key, _ in flatten(Settings().model_dump(mode="json", exclude={"models", "providers", "aliases", "presets"})):
+    tables = {"models", "providers", "aliases", "presets", "callers"}
+    for key, _ in flatten(Settings().model_dump(mode="json", exclude=tables)):
         _section, _, name = key.rpartition(".")
         assert key in parsed or f"# {name} =" in documented, f"{key} is not documented in config.example.toml"
     for field in ("path", "task", "device", "pinned"):
@@ -121,6 +122,8 @@ def test_example_config_documents_every_setting() -> None:
     for field in ("kind", "base_url", "api_key", "api_key_header", "headers", "query", "local", "enabled", "models"):
         assert f"{field} =" in documented, field
     assert "completion_only =" in documented
+    for field in ("key_hash", "scopes", "privacy_ceiling", "budget_scope", "rpm", "tpm", "enabled"):
+        assert f"# {field} =" in documented, f"callers.NAME.{field}"
     assert {"openai", "openrouter", "together", "groq", "fireworks", "deepinfra", "anyscale", "modal", "azure"} <= set(
         providers
     )

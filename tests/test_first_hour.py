@@ -65,7 +65,8 @@ def test_a_bad_flag_shows_the_subcommands_usage() -> None:
 
 def test_tcp_port_in_use_is_one_line_and_leaves_no_socket(model_root: Path, busy_port: int) -> None:
     sock = short_dir() / "r.sock"
-    config = {"server": {"socket_path": sock}, "metrics": {"port": 0}, "local": {"model_dir": model_root}}
+    server = {"socket_path": sock, "tcp_require_auth": False}
+    config = {"server": server, "metrics": {"port": 0}, "local": {"model_dir": model_root}}
     run = _serve(config, "--tcp", f"127.0.0.1:{busy_port}", "--log-format", "text")
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()

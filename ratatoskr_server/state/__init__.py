@@ -1,5 +1,6 @@
-"""Shared state behind protocols (budget ledger; later rate counters, cache, breaker state).
+"""Shared state behind protocols (budget ledger, rate counters; later cache and breaker state).
 
-Each protocol has a memory implementation and a SQLite one, and the scale-out issue adds Redis; the
-stages take an implementation as a dependency, so which one is in use is a wiring decision.
+Each protocol has a memory implementation (and the ledger a SQLite one); the scale-out issue adds
+Redis. The stages and the front take an implementation as a dependency, so which one is in use is a
+wiring decision.
 """

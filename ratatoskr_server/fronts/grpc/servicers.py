@@ -14,8 +14,7 @@ from ratatoskr_client import convert
 from ratatoskr_client._proto.ratatoskr.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, types_pb2
 from ratatoskr_client.types import ReloadResult, ServerStatus, Timing
 from ratatoskr_server.context import RequestContext
-from ratatoskr_server.edge import Edge
-from ratatoskr_server.fronts.grpc.status import Context, stream, unary
+from ratatoskr_server.fronts.grpc.status import Context, Front, stream, unary
 from ratatoskr_server.gateway import Gateway
 
 
@@ -28,9 +27,9 @@ class DaemonControl(Protocol):
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, gateway: Gateway, edge: Edge) -> None:
+    def __init__(self, gateway: Gateway, front: Front) -> None:
         self.gateway = gateway
-        self.edge = edge
+        self.front = front
 
     async def Embed(self, request: gateway_pb2.EmbedRequest, context: Context) -> gateway_pb2.EmbedResponse:
         inputs, model, truncate = convert.embed_request_from_pb(request)
@@ -38,7 +37,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         async def run(ctx: RequestContext) -> gateway_pb2.EmbedResponse:
             return convert.embed_result_to_pb(await self.gateway.embed(ctx, inputs, model=model, truncate=truncate))
 
-        return await unary(self.edge, "Embed", context, run, model=model or self.gateway.default_model("embed"))
+        return await unary(self.front, "Embed", context, run, model=model or self.gateway.default_model("embed"))
 
     async def Chat(self, request: gateway_pb2.ChatRequest, context: Context) -> gateway_pb2.ChatResponse:
         async def run(ctx: RequestContext) -> gateway_pb2.ChatResponse:
@@ -46,7 +45,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             options = convert.chat_options_from_pb(request.options)
             return convert.chat_result_to_pb(await self.gateway.chat(ctx, messages, options))
 
-        return await unary(self.edge, "Chat", context, run, model=request.options.model)
+        return await unary(self.front, "Chat", context, run, model=request.options.model)
 
     async def ChatStream(
         self, request: gateway_pb2.ChatRequest, context: Context
@@ -57,7 +56,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async for event in self.gateway.chat_stream(ctx, messages, options):
                 yield convert.chat_event_to_pb(event)
 
-        async for message in stream(self.edge, "ChatStream", context, events, model=request.options.model):
+        async for message in stream(self.front, "ChatStream", context, events, model=request.options.model):
             yield message
 
     async def Generate(self, request: gateway_pb2.GenerateRequest, context: Context) -> gateway_pb2.GenerateResponse:
@@ -65,7 +64,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             options = convert.chat_options_from_pb(request.options)
             return convert.generate_result_to_pb(await self.gateway.generate(ctx, request.prompt, options))
 
-        return await unary(self.edge, "Generate", context, run, model=request.options.model)
+        return await unary(self.front, "Generate", context, run, model=request.options.model)
 
     async def GenerateStream(
         self, request: gateway_pb2.GenerateRequest, context: Context
@@ -75,7 +74,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async for event in self.gateway.generate_stream(ctx, request.prompt, options):
                 yield convert.chat_event_to_pb(event)
 
-        async for message in stream(self.edge, "GenerateStream", context, events, model=request.options.model):
+        async for message in stream(self.front, "GenerateStream", context, events, model=request.options.model):
             yield message
 
     async def Nli(self, request: gateway_pb2.NliRequest, context: Context) -> gateway_pb2.NliResponse:
@@ -84,7 +83,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         async def run(ctx: RequestContext) -> gateway_pb2.NliResponse:
             return convert.nli_result_to_pb(await self.gateway.nli(ctx, pairs, model=model, truncate=truncate))
 
-        return await unary(self.edge, "Nli", context, run, model=model or self.gateway.default_model("nli"))
+        return await unary(self.front, "Nli", context, run, model=model or self.gateway.default_model("nli"))
 
     async def Classify(self, request: gateway_pb2.ClassifyRequest, context: Context) -> gateway_pb2.ClassifyResponse:
         async def run(ctx: RequestContext) -> gateway_pb2.ClassifyResponse:
@@ -99,7 +98,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             return convert.classify_result_to_pb(result)
 
         model = request.model or self.gateway.default_model("classify")
-        return await unary(self.edge, "Classify", context, run, model=model)
+        return await unary(self.front, "Classify", context, run, model=model)
 
     async def CountTokens(
         self, request: gateway_pb2.CountTokensRequest, context: Context
@@ -112,7 +111,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 result = await self.gateway.count_tokens(ctx, list(request.texts), model=request.model)
             return convert.count_tokens_result_to_pb(result)
 
-        return await unary(self.edge, "CountTokens", context, run, model=request.model)
+        return await unary(self.front, "CountTokens", context, run, model=request.model)
 
     async def Tokenize(self, request: gateway_pb2.TokenizeRequest, context: Context) -> gateway_pb2.TokenizeResponse:
         async def run(ctx: RequestContext) -> gateway_pb2.TokenizeResponse:
@@ -121,7 +120,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
             return convert.tokenize_result_to_pb(result)
 
-        return await unary(self.edge, "Tokenize", context, run, model=request.model)
+        return await unary(self.front, "Tokenize", context, run, model=request.model)
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
@@ -134,7 +133,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 timing=convert.timing_to_pb(Timing(total_ms=ctx.elapsed_ms())),
             )
 
-        return await unary(self.edge, "ListModels", context, run, limited=False)
+        return await unary(self.front, "ListModels", context, run, limited=False)
 
     async def GetModelMetadata(
         self, request: gateway_pb2.GetModelMetadataRequest, context: Context
@@ -142,7 +141,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         async def run(ctx: RequestContext) -> types_pb2.ModelMetadata:
             return convert.model_metadata_to_pb(await self.gateway.model_metadata(request.model))
 
-        return await unary(self.edge, "GetModelMetadata", context, run, model=request.model, limited=False)
+        return await unary(self.front, "GetModelMetadata", context, run, model=request.model, limited=False)
 
     async def RenderChatTemplate(
         self, request: gateway_pb2.RenderChatTemplateRequest, context: Context
@@ -154,32 +153,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
             return convert.rendered_prompt_to_pb(rendered)
 
-        return await unary(self.edge, "RenderChatTemplate", context, run, model=request.model)
+        return await unary(self.front, "RenderChatTemplate", context, run, model=request.model)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, gateway: Gateway, daemon: DaemonControl, edge: Edge) -> None:
+    def __init__(self, gateway: Gateway, daemon: DaemonControl, front: Front) -> None:
         self.gateway = gateway
         self.daemon = daemon
-        self.edge = edge
+        self.front = front
 
     async def Status(self, request: admin_pb2.StatusRequest, context: Context) -> admin_pb2.StatusResponse:
         async def run(ctx: RequestContext) -> admin_pb2.StatusResponse:
             return convert.status_to_pb(self.daemon.status())
 
-        return await unary(self.edge, "Status", context, run, limited=False)
+        return await unary(self.front, "Status", context, run, limited=False)
 
     async def Reload(self, request: admin_pb2.ReloadRequest, context: Context) -> admin_pb2.ReloadResponse:
         async def run(ctx: RequestContext) -> admin_pb2.ReloadResponse:
             return convert.reload_to_pb(await self.daemon.reload())
 
-        return await unary(self.edge, "Reload", context, run, limited=False)
+        return await unary(self.front, "Reload", context, run, limited=False)
 
     async def LoadModel(self, request: admin_pb2.LoadModelRequest, context: Context) -> admin_pb2.LoadedModel:
         async def run(ctx: RequestContext) -> admin_pb2.LoadedModel:
             return convert.loaded_model_to_pb(await self.gateway.admin.load_model(request.model))
 
-        return await unary(self.edge, "LoadModel", context, run, model=request.model)
+        return await unary(self.front, "LoadModel", context, run, model=request.model)
 
     async def UnloadModel(
         self, request: admin_pb2.UnloadModelRequest, context: Context
@@ -189,7 +188,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             message = "unloaded" if unloaded else "the model was not loaded"
             return admin_pb2.UnloadModelResponse(unloaded=unloaded, message=message)
 
-        return await unary(self.edge, "UnloadModel", context, run, model=request.model, limited=False)
+        return await unary(self.front, "UnloadModel", context, run, model=request.model, limited=False)
 
     async def ListLoadedModels(
         self, request: admin_pb2.ListLoadedModelsRequest, context: Context
@@ -203,11 +202,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 memory_used_mb=self.gateway.pool.used_mb(),
             )
 
-        return await unary(self.edge, "ListLoadedModels", context, run, limited=False)
+        return await unary(self.front, "ListLoadedModels", context, run, limited=False)
 
     async def GetBudget(self, request: admin_pb2.GetBudgetRequest, context: Context) -> admin_pb2.GetBudgetResponse:
         async def run(ctx: RequestContext) -> admin_pb2.GetBudgetResponse:
             budgets = await self.gateway.budget(request.scope)
             return admin_pb2.GetBudgetResponse(scopes=[convert.budget_status_to_pb(b) for b in budgets])
 
-        return await unary(self.edge, "GetBudget", context, run, limited=False)
+        return await unary(self.front, "GetBudget", context, run, limited=False)

@@ -9,6 +9,7 @@ gRPC sends with the status on success and failure alike.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -26,9 +27,23 @@ from ratatoskr_client.errors import InvalidArgument, RatatoskrError
 from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
+from ratatoskr_server.fronts.grpc.auth import Caller, Guard
 
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Front:
+    """What every gRPC call passes through: the transport-neutral edge, then this front's guard
+    (keys, scopes, rates), which the daemon replaces on reload."""
+
+    edge: Edge
+    guard: Guard
+
+
+async def _authorize(guard: Guard, rpc: str, context: Context, ctx: RequestContext) -> Caller | None:
+    return await guard.admit(rpc, context.peer(), context.invocation_metadata(), ctx)
 
 
 def request_context(context: Context) -> RequestContext:
@@ -87,7 +102,7 @@ async def abort(context: Context, ctx: RequestContext, err: RatatoskrError) -> N
 
 
 async def unary(
-    edge: Edge,
+    front: Front,
     rpc: str,
     context: Context,
     handler: Callable[[RequestContext], Awaitable[T]],
@@ -97,9 +112,12 @@ async def unary(
 ) -> T:
     """One unary RPC through the edge: the answer with its trailing metadata, or an abort."""
     ctx = await _request_context(context)
+    guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
     try:
-        async with edge.admit(rpc, ctx, model=model, limited=limited):
+        async with front.edge.admit(rpc, ctx, model=model, limited=limited):
+            caller = await _authorize(guard, rpc, context, ctx)
             result = await handler(ctx)
+            await guard.settle(caller, result)
     except RatatoskrError as err:
         await abort(context, ctx, err)
     context.set_trailing_metadata(trailing_metadata(ctx))
@@ -107,7 +125,7 @@ async def unary(
 
 
 async def stream(
-    edge: Edge,
+    front: Front,
     rpc: str,
     context: Context,
     events: Callable[[RequestContext], AsyncIterator[T]],
@@ -116,8 +134,16 @@ async def stream(
 ) -> AsyncIterator[T]:
     """One server-streaming RPC through the edge; a failure after the first message still aborts."""
     ctx = await _request_context(context)
+    guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
+
+    async def guarded() -> AsyncIterator[T]:
+        caller = await _authorize(guard, rpc, context, ctx)
+        async for item in events(ctx):
+            await guard.settle(caller, item)
+            yield item
+
     try:
-        async for item in edge.stream(rpc, ctx, events(ctx), model=model):
+        async for item in front.edge.stream(rpc, ctx, guarded(), model=model):
             yield item
     except RatatoskrError as err:
         await abort(context, ctx, err)
