@@ -74,7 +74,8 @@ Pem = str | os.PathLike[str] | bytes
 class Transport:
     """How both clients reach a daemon: target, TLS credentials, and the metadata sent on every call.
 
-    ``api_key`` (else ``$RATATOSKR_API_KEY``) travels as ``authorization: Bearer …``. TLS is used when
+    ``api_key`` (else ``$RATATOSKR_API_KEY``) travels as ``authorization: Bearer …``, ``privacy_tier``
+    as ``x-ratatoskr-privacy-tier`` (it can only tighten the daemon's own tier). TLS is used when
     ``tls`` is set or any PEM is given: ``root_certificates`` (the CA that signed the daemon's
     certificate; None: the system's), and ``client_cert``/``client_key`` for mutual TLS. PEMs are
     file paths or their bytes.
@@ -94,9 +95,13 @@ class Transport:
         root_certificates: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
+        privacy_tier: PrivacyTier | None = None,
     ) -> Transport:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
-        metadata = (("authorization", f"Bearer {key}"),) if key else None
+        sent = [("authorization", f"Bearer {key}")] if key else []
+        if privacy_tier is not None:
+            sent.append((PRIVACY_TIER_KEY, PrivacyTier(privacy_tier).value))
+        metadata = tuple(sent) or None
         credentials = None
         if tls or root_certificates is not None or client_cert is not None or client_key is not None:
             if (client_cert is None) != (client_key is None):
@@ -342,15 +347,6 @@ def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, object]:
     }
 
 
-def _privacy_metadata(tier: PrivacyTier | None) -> tuple[tuple[str, str], ...] | None:
-    return None if tier is None else ((PRIVACY_TIER_KEY, PrivacyTier(tier).value),)
-
-
-def _joined(*parts: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
-    joined = tuple(item for part in parts if part for item in part)
-    return joined or None
-
-
 class AsyncServiceClient:
     """A connection to a daemon over its Unix socket or TCP, for asyncio code; TLS and keys: ``Transport``."""
 
@@ -366,7 +362,6 @@ class AsyncServiceClient:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
         transport = Transport.build(
             address,
             api_key=api_key,
@@ -374,10 +369,11 @@ class AsyncServiceClient:
             root_certificates=root_certificates,
             client_cert=client_cert,
             client_key=client_key,
+            privacy_tier=privacy_tier,
         )
         self.target = transport.target
         self.timeout = timeout
-        self._metadata = _joined(transport.metadata, _privacy_metadata(privacy_tier))
+        self._metadata = transport.metadata
         self._channel = transport.aio_channel()
         self._stubs = _stubs(self._channel)
 
@@ -542,7 +538,6 @@ class ServiceClient:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        """``privacy_tier``: asked for on every call (it can only tighten the daemon's own tier)."""
         transport = Transport.build(
             address,
             api_key=api_key,
@@ -550,10 +545,11 @@ class ServiceClient:
             root_certificates=root_certificates,
             client_cert=client_cert,
             client_key=client_key,
+            privacy_tier=privacy_tier,
         )
         self.target = transport.target
         self.timeout = timeout
-        self._metadata = _joined(transport.metadata, _privacy_metadata(privacy_tier))
+        self._metadata = transport.metadata
         self._channel = transport.sync_channel()
         self._stubs = _stubs(self._channel)
 

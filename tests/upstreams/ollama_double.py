@@ -147,9 +147,10 @@ async def _answer(request: web.Request, upstream: Upstream, chat: bool) -> web.S
             if not await send(piece):
                 return response
         last = _fragment(chat, {"content": ""})
+        if model == "linger":  # paused from before the final line goes out: a client may read it at once
+            upstream.state["paused"] = True
         await write_or_notice(response, _line(_final(model, done_reason, len(pieces), **last)), upstream)
         if model == "linger":  # the connection held open after the final line, shorter than the drain bound
-            upstream.state["paused"] = True
             await asyncio.sleep(upstream.state.get("linger_s", 0.8))
             upstream.state["paused"] = False
     await response.write_eof()

@@ -147,6 +147,9 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
                 await asyncio.sleep(0.05)
             upstream.state["paused"] = False
             continue
+        if model == "linger" and event == "[DONE]":
+            # Paused from before the end goes out: a client may read it before this thread runs again.
+            upstream.state["paused"] = True
         if not await write_or_notice(response, sse(event), upstream):
             return response
     await response.write_eof()
