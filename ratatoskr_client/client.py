@@ -54,6 +54,9 @@ DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 TRUNCATED_KEY = "x-ratatoskr-truncated"
 #: Trailing metadata: budgets the call brought to or past budget.warn_at (``Notes.budget_warning``).
 BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
+#: Request metadata "on" (cache this deterministic chat answer, or serve it from the cache) or "off"
+#: (bypass the response cache); trailing metadata: how many items were served from the cache.
+CACHE_KEY = "x-ratatoskr-cache"
 #: Request metadata asking for a privacy tier (sovereign, private, standard); it can only tighten
 #: what the daemon's setting and the caller's key allow.
 PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"

@@ -106,7 +106,9 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
 
 
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
-    pb = types_pb2.Notes(dropped_parameters=n.dropped_parameters, budget_warning=n.budget_warning)
+    pb = types_pb2.Notes(
+        dropped_parameters=n.dropped_parameters, budget_warning=n.budget_warning, cache_hits=n.cache_hits
+    )
     t = n.truncation
     if t is not None:
         pb.truncation.CopyFrom(
@@ -136,7 +138,12 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
             reserve=t.reserve,
             estimated=t.estimated,
         )
-    return Notes(dropped_parameters=list(n.dropped_parameters), truncation=truncation, budget_warning=n.budget_warning)
+    return Notes(
+        dropped_parameters=list(n.dropped_parameters),
+        truncation=truncation,
+        budget_warning=n.budget_warning,
+        cache_hits=n.cache_hits,
+    )
 
 
 def usage_to_pb(u: Usage) -> types_pb2.Usage:

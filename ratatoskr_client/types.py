@@ -111,7 +111,8 @@ class Notes:
 
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
     ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
-    ``budget_warning``: the budgets this call brought near their limit.
+    ``budget_warning``: the budgets this call brought near their limit; ``cache_hits``: the items
+    (inputs, pairs, the one answer) served from the response cache instead of computed.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
@@ -120,9 +121,16 @@ class Notes:
     truncation: Truncation | None = None
     #: Budgets this call brought to or past their warning threshold (``budget.warn_at``), one line.
     budget_warning: str = ""
+    #: Items of this call answered from the response cache (0: none; a chat answer counts as one).
+    cache_hits: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.dropped_parameters) or self.truncation is not None or bool(self.budget_warning)
+        return (
+            bool(self.dropped_parameters)
+            or self.truncation is not None
+            or bool(self.budget_warning)
+            or self.cache_hits > 0
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,6 +206,24 @@ class ContextSettings(_Section):
         return value
 
 
+class CacheSettings(_Section):
+    """The response cache (exact match): the same request to the same model revision is answered once."""
+
+    enabled: bool = Field(default=True, description="Serve repeated embed, NLI and classify requests from memory.")
+    chat: bool = Field(
+        default=False,
+        description="Cache chat and generate answers without the caller asking (x-ratatoskr-cache: on); only ever "
+        "deterministic ones (temperature 0 and a seed).",
+    )
+    ttl_s: float = Field(default=3600.0, gt=0, description="How long an entry is served.")
+    max_mb: float = Field(default=64.0, gt=0, description="Bytes held, keys and values; least recently used go first.")
+    share_between_callers: bool = Field(
+        default=False,
+        description="One entry for every caller; off, each caller key has its own, so a hit's speed cannot tell one "
+        "caller what another asked.",
+    )
+
+
 class BatchingSettings(_Section):
     """Dynamic micro-batching limits; ``[models.NAME]`` may override any of them."""
 
@@ -534,6 +552,7 @@ class Settings(BaseSettings):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     #: API keys by caller name; needed on TCP unless server.tcp_require_auth = false.
     callers: dict[str, CallerSettings] = Field(default_factory=dict)
 

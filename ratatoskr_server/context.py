@@ -62,6 +62,9 @@ class RequestContext:
     _dropped: list[str] = field(default_factory=list)
     _truncation: Truncation | None = None
     _budget_warning: str = ""
+    #: The caller's ask of the response cache (x-ratatoskr-cache): True "on", False "off", None the config's.
+    cache: bool | None = None
+    _cache_hits: int = 0
 
     @classmethod
     def start(
@@ -107,12 +110,18 @@ class RequestContext:
     def note_budget_warning(self, warning: str) -> None:
         self._budget_warning = warning
 
+    def note_cache_hits(self, hits: int) -> None:
+        self._cache_hits += hits
+
     @property
     def notes(self) -> Notes:
-        if not self._dropped and self._truncation is None and not self._budget_warning:
+        if not self._dropped and self._truncation is None and not self._budget_warning and not self._cache_hits:
             return _NO_NOTES
         return Notes(
-            dropped_parameters=list(self._dropped), truncation=self._truncation, budget_warning=self._budget_warning
+            dropped_parameters=list(self._dropped),
+            truncation=self._truncation,
+            budget_warning=self._budget_warning,
+            cache_hits=self._cache_hits,
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ class Edge:
                 extra["truncated"] = notes.truncation.summary()
             if notes.budget_warning:
                 extra["budget_warning"] = notes.budget_warning
+            if notes.cache_hits:
+                extra["cache_hits"] = notes.cache_hits
             log.info("request", extra=extra)
 
     async def stream(

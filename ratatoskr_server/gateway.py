@@ -48,6 +48,7 @@ from ratatoskr_server.local.pool import LocalModelPool
 from ratatoskr_server.net.egress import EgressPolicy, Resolver
 from ratatoskr_server.pipeline.call import (
     Call,
+    Candidate,
     ChatInput,
     ClassifyInput,
     EmbedInput,
@@ -61,6 +62,7 @@ from ratatoskr_server.pipeline.dispatch import Dispatch
 from ratatoskr_server.policy.budget.report import budget_report
 from ratatoskr_server.policy.budget.stage import BudgetStage
 from ratatoskr_server.policy.budget.windows import utc_now
+from ratatoskr_server.policy.cache.stage import CacheStage
 from ratatoskr_server.policy.context import ContextStage
 from ratatoskr_server.policy.limits import LimitsStage
 from ratatoskr_server.policy.params import ParameterGuard, ParamsStage
@@ -76,6 +78,7 @@ from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.plan import PlanStage
 from ratatoskr_server.routing.router import Router
 from ratatoskr_server.state.budget import BudgetLedger
+from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
 from ratatoskr_server.state.factory import budget_ledger
 from ratatoskr_server.telemetry.metrics import Metrics
 
@@ -113,6 +116,7 @@ class Gateway:
         executor: Executor,
         owned_executors: Sequence[ThreadPoolExecutor] = (),
         ledger: BudgetLedger | None = None,
+        cache: ResponseCache | None = None,
         clock: Callable[[], datetime] = utc_now,
         resolver: Resolver | None = None,
     ) -> None:
@@ -130,6 +134,8 @@ class Gateway:
         self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         #: The budget ledger, made when a budget is first configured and kept across reloads.
         self.ledger = ledger
+        #: The response cache's store, made when the cache is first enabled and kept across reloads.
+        self.cache = cache
         self.clock = clock
         self._routing = self._build(settings)
         self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
@@ -143,6 +149,7 @@ class Gateway:
         resolver: Resolver | None = None,
         *,
         clock: Callable[[], datetime] = utc_now,
+        cache: ResponseCache | None = None,
     ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
         executor = ThreadPoolExecutor(
@@ -160,6 +167,7 @@ class Gateway:
             owned_executors=(executor, loader),
             clock=clock,
             resolver=resolver,
+            cache=cache,
         )
 
     def _build(self, settings: Settings) -> _Routing:
@@ -172,10 +180,27 @@ class Gateway:
             PrivacyStage(egress),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
+            # After the stages that make the request final (its key), before budget (a hit spends nothing).
+            *self._cache(settings),
             *self._budget(settings),
             TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
+
+    def _cache(self, settings: Settings) -> list[CacheStage]:
+        """The response cache stage when enabled; its store is made on first need and kept across reloads."""
+        if not settings.cache.enabled:
+            return []
+        if self.cache is None:
+            self.cache = MemoryResponseCache(
+                ttl_s=settings.cache.ttl_s, max_bytes=int(settings.cache.max_mb * 1024 * 1024)
+            )
+        return [CacheStage(settings.cache, self.cache, self.metrics, self._revision)]
+
+    def _revision(self, target: Candidate) -> str:
+        """A local model's file revision (a swapped model must not answer from old entries); remote
+        models are known by name only."""
+        return self.pool.revision(target.model) if isinstance(target.provider, LocalProvider) else ""
 
     def _budget(self, settings: Settings) -> list[BudgetStage]:
         """The budget stage when any budget is configured (its ledger opened on first need)."""

@@ -44,6 +44,7 @@ from ratatoskr_server.local.discovery import find_default_model_source, local_mo
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.model import LocalModel, open_local_model
+from ratatoskr_server.local.revision import model_revision
 from ratatoskr_server.local.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class LocalModelPool:
         self._closed = False
         #: Loads performed per model name, for the operators' status and the tests.
         self.load_counts: Counter[str] = Counter()
+        #: Model name -> the revision of its files when last loaded (``local/revision.py``).
+        self._revisions: dict[str, str] = {}
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -257,6 +260,11 @@ class LocalModelPool:
 
     def _decl(self, name: str) -> ModelSettings | None:
         return self._settings.models.get(name)
+
+    def revision(self, name: str) -> str:
+        """The revision of ``name``'s files as last loaded ("" before its first load): kept after an
+        unload, replaced by the next load, so what it names is what the pool last served."""
+        return self._revisions.get(self.canonical(name), "")
 
     def available(self) -> dict[str, Path]:
         return local_models(self._settings)
@@ -470,6 +478,7 @@ class LocalModelPool:
                 _settled(slot.ready, Unavailable(f"model '{slot.name}' was discarded while it loaded"))
                 _settled(slot.gone)
                 return
+            revision = await loop.run_in_executor(self._loader, model_revision, slot.path, model.manifest)
             decl = self._decl(slot.name)
             if decl and decl.task and decl.task != model.manifest.task:
                 raise FailedPrecondition(
@@ -490,6 +499,7 @@ class LocalModelPool:
         slot.state = ModelState.READY
         slot.last_used = self._clock()
         self.load_counts[slot.name] += 1
+        self._revisions[slot.name] = revision
         _settled(slot.ready)
         log.info(
             "model loaded",

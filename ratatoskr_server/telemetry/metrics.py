@@ -52,6 +52,18 @@ class Metrics:
             ["scope"],
             registry=self.registry,
         )
+        self.cache_hits = Counter(
+            "ratatoskr_cache_hits",
+            "Items (inputs, pairs, answers) served from the response cache, by task.",
+            ["task"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "ratatoskr_cache_misses",
+            "Cacheable items the response cache did not hold (computed, then kept when allowed), by task.",
+            ["task"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None

@@ -17,6 +17,7 @@ import grpc.aio
 
 from ratatoskr_client.client import (
     BUDGET_WARNING_KEY,
+    CACHE_KEY,
     DROPPED_PARAMETERS_KEY,
     PRIVACY_TIER_KEY,
     REQUEST_ID_KEY,
@@ -51,12 +52,16 @@ def request_context(context: Context) -> RequestContext:
     its privacy ask (which can only tighten the tier)."""
     given = None
     asks: list[str] = []
+    cache: bool | None = None
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
             given = value if given is None else given
         elif key == PRIVACY_TIER_KEY and isinstance(value, str):
             asks.append(value)  # sent more than once: the strictest counts
+        elif key == CACHE_KEY and isinstance(value, str):
+            cache = cache_ask(value)
     ctx = RequestContext.start(timeout=context.time_remaining(), request_id=given)
+    ctx.cache = cache
     for ask in asks:
         ctx.tighten_privacy(privacy_tier(ask))
     return ctx
@@ -70,6 +75,14 @@ def privacy_tier(value: str) -> PrivacyTier:
     except ValueError:
         known = ", ".join(t.value for t in PrivacyTier)
         raise InvalidArgument(f"{PRIVACY_TIER_KEY}: unknown privacy tier {value[:40]!r} (one of {known})") from None
+
+
+def cache_ask(value: str) -> bool:
+    """A request's ``x-ratatoskr-cache``: "on" or "off"; anything else is refused, never guessed."""
+    asked = value.strip().lower()
+    if asked not in ("on", "off"):
+        raise InvalidArgument(f"{CACHE_KEY}: {value[:40]!r} is neither 'on' nor 'off'")
+    return asked == "on"
 
 
 async def _request_context(context: Context) -> RequestContext:
@@ -90,6 +103,8 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((TRUNCATED_KEY, notes.truncation.summary()))
     if notes.budget_warning:  # metadata values are ASCII: anything else is escaped, not dropped
         trailing.append((BUDGET_WARNING_KEY, notes.budget_warning.encode("ascii", "backslashreplace").decode()))
+    if notes.cache_hits:
+        trailing.append((CACHE_KEY, str(notes.cache_hits)))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     return tuple(trailing)

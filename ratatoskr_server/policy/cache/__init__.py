@@ -1,0 +1,1 @@
+"""The response cache: exact-match keys (``key``), value encodings (``codec``) and the stage (``stage``)."""
