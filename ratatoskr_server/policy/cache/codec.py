@@ -9,6 +9,8 @@ value written by another process sharing a store (Redis) can at worst fail to de
 from __future__ import annotations
 
 import json
+import struct
+import sys
 from array import array
 from dataclasses import asdict
 from typing import Any
@@ -50,20 +52,31 @@ def _load(value: bytes) -> Any:
 
 
 # -- embeddings: one entry per input ------------------------------------------------------------------
+#: tokens, normalized, length of the model name; then the name, then the float64 vector.
+_EMBED_HEAD = struct.Struct("<IBH")
+
+
 def embed_item(vector: list[float], tokens: int, model: str, normalized: bool) -> bytes:
-    header = _json({"t": tokens, "m": model, "n": normalized})
-    return header + b"\n" + array("d", vector).tobytes()
+    name = model.encode()
+    head = _EMBED_HEAD.pack(tokens, normalized, len(name))
+    return head + name + struct.pack(f"<{len(vector)}d", *vector)
 
 
 def read_embed_item(value: bytes) -> tuple[list[float], int, str, bool]:
     """(vector, tokens, model, normalized)."""
-    head, sep, raw = value.partition(b"\n")
-    if not sep or len(raw) % 8:
+    try:
+        tokens, normalized, size = _EMBED_HEAD.unpack_from(value)
+    except struct.error:
+        raise Undecodable("not an embedding entry") from None
+    start = _EMBED_HEAD.size + size
+    raw = memoryview(value)[start:]
+    if len(raw) % 8:
         raise Undecodable("not an embedding entry")
-    header = _load(head)
     vector = array("d")
     vector.frombytes(raw)
-    return vector.tolist(), int(header["t"]), str(header["m"]), bool(header["n"])
+    if sys.byteorder == "big":  # stored little-endian, as a shared store's other readers expect
+        vector.byteswap()
+    return vector.tolist(), tokens, value[_EMBED_HEAD.size : start].decode(), bool(normalized)
 
 
 # -- NLI: one entry per pair ---------------------------------------------------------------------------
