@@ -39,8 +39,13 @@ def footprint(tiny_root: Path) -> float:
 
 
 def _settings(root: Path, **local: Any) -> Settings:
+    """The response cache is off: these tests count what reaches the pool, and repeat their inputs."""
     models = local.pop("models", {})
-    return load_settings(local={"model_dir": root, "preload": [], "auto_import_default": False, **local}, models=models)
+    return load_settings(
+        local={"model_dir": root, "preload": [], "auto_import_default": False, **local},
+        models=models,
+        cache={"enabled": False},
+    )
 
 
 def _gateway(root: Path, **local: Any) -> EmbeddedGateway:
