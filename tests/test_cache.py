@@ -49,7 +49,7 @@ def _settings(model_root: Path, upstream: Upstream, **cache: Any) -> dict[str, A
     return {
         "local": {"model_dir": model_root, "auto_import_default": False, "preload": []},
         "providers": {"openai": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
-        "cache": cache,
+        "cache": {"enabled": True, **cache},
     }
 
 
