@@ -54,6 +54,10 @@ DROPPED_PARAMETERS_KEY = "x-ratatoskr-dropped-parameters"
 TRUNCATED_KEY = "x-ratatoskr-truncated"
 #: Trailing metadata: budgets the call brought to or past budget.warn_at (``Notes.budget_warning``).
 BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
+#: Trailing metadata: how often transient upstream failures were tried again (``Notes.retries``).
+RETRIES_KEY = "x-ratatoskr-retries"
+#: Trailing metadata: the route's candidates the call moved past, comma-separated (``Notes.failed_over``).
+FAILED_OVER_KEY = "x-ratatoskr-failed-over"
 #: Request metadata asking for a privacy tier (sovereign, private, standard); it can only tighten
 #: what the daemon's setting and the caller's key allow.
 PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"

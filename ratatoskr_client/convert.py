@@ -106,7 +106,12 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
 
 
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
-    pb = types_pb2.Notes(dropped_parameters=n.dropped_parameters, budget_warning=n.budget_warning)
+    pb = types_pb2.Notes(
+        dropped_parameters=n.dropped_parameters,
+        budget_warning=n.budget_warning,
+        retries=n.retries,
+        failed_over=n.failed_over,
+    )
     t = n.truncation
     if t is not None:
         pb.truncation.CopyFrom(
@@ -136,7 +141,13 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
             reserve=t.reserve,
             estimated=t.estimated,
         )
-    return Notes(dropped_parameters=list(n.dropped_parameters), truncation=truncation, budget_warning=n.budget_warning)
+    return Notes(
+        dropped_parameters=list(n.dropped_parameters),
+        truncation=truncation,
+        budget_warning=n.budget_warning,
+        retries=n.retries,
+        failed_over=list(n.failed_over),
+    )
 
 
 def usage_to_pb(u: Usage) -> types_pb2.Usage:

@@ -111,7 +111,8 @@ class Notes:
 
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
     ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
-    ``budget_warning``: the budgets this call brought near their limit.
+    ``budget_warning``: the budgets this call brought near their limit; ``retries``: tries again
+    after transient upstream failures; ``failed_over``: the route's candidates left, in order.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
@@ -120,9 +121,19 @@ class Notes:
     truncation: Truncation | None = None
     #: Budgets this call brought to or past their warning threshold (``budget.warn_at``), one line.
     budget_warning: str = ""
+    #: Tries again after transient upstream failures (connect errors, 5xx, 429, overloads).
+    retries: int = 0
+    #: The route's candidates ("provider/model") the call moved past, in the order it left them.
+    failed_over: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.dropped_parameters) or self.truncation is not None or bool(self.budget_warning)
+        return (
+            bool(self.dropped_parameters)
+            or self.truncation is not None
+            or bool(self.budget_warning)
+            or bool(self.retries)
+            or bool(self.failed_over)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ class RequestContext:
     _dropped: list[str] = field(default_factory=list)
     _truncation: Truncation | None = None
     _budget_warning: str = ""
+    _retries: int = 0
+    _failed_over: list[str] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -107,12 +109,29 @@ class RequestContext:
     def note_budget_warning(self, warning: str) -> None:
         self._budget_warning = warning
 
+    def note_retry(self) -> None:
+        self._retries += 1
+
+    def note_failover(self, candidate: str) -> None:
+        """The route moved past ``candidate`` ("provider/model")."""
+        self._failed_over.append(candidate)
+
     @property
     def notes(self) -> Notes:
-        if not self._dropped and self._truncation is None and not self._budget_warning:
+        if (
+            not self._dropped
+            and self._truncation is None
+            and not self._budget_warning
+            and not self._retries
+            and not self._failed_over
+        ):
             return _NO_NOTES
         return Notes(
-            dropped_parameters=list(self._dropped), truncation=self._truncation, budget_warning=self._budget_warning
+            dropped_parameters=list(self._dropped),
+            truncation=self._truncation,
+            budget_warning=self._budget_warning,
+            retries=self._retries,
+            failed_over=list(self._failed_over),
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

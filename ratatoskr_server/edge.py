@@ -99,6 +99,10 @@ class Edge:
                 extra["truncated"] = notes.truncation.summary()
             if notes.budget_warning:
                 extra["budget_warning"] = notes.budget_warning
+            if notes.retries:
+                extra["retries"] = notes.retries
+            if notes.failed_over:
+                extra["failed_over"] = ",".join(notes.failed_over)
             log.info("request", extra=extra)
 
     async def stream(

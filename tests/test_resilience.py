@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import Unauthenticated, Unavailable
+from ratatoskr_client.client import FAILED_OVER_KEY, RETRIES_KEY
+from ratatoskr_client.convert import notes_from_pb, notes_to_pb
 from ratatoskr_client.errors import InvalidArgument, ResourceExhausted
-from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
+from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, Notes
 from ratatoskr_server.config import BreakerSettings, ResilienceSettings, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
+from ratatoskr_server.fronts.grpc.status import trailing_metadata
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.pipeline.call import Call, ChatInput, Result
 from ratatoskr_server.providers.capabilities import Capability
@@ -105,6 +108,7 @@ async def test_a_transient_failure_is_retried_until_it_answers(
     assert result.message.content == openai_double.assembled_text()
     assert calls(up, "flaky-2") == 3
     assert len(time.sleeps) == 2 and all(0 <= gap <= 0.5 for gap in time.sleeps)  # jittered, under base * 2
+    assert result.notes.retries == 2 and result.notes.failed_over == []
 
 
 @pytest.mark.parametrize(("model", "error"), [("auth", Unauthenticated), ("bad-request", InvalidArgument)])
@@ -182,6 +186,7 @@ async def test_a_route_answers_from_the_second_candidate_when_the_first_fails_tr
     assert (result.provider, result.model) == ("up", "gpt-test")
     assert calls(up, "unavailable") == 2  # its retries first
     assert calls(up, "gpt-test") == 1
+    assert result.notes.failed_over == ["up/unavailable"] and result.notes.retries == 1
 
 
 @pytest.mark.parametrize("route", ["missing", "too-long"])
@@ -204,6 +209,7 @@ async def test_a_stream_fails_over_before_its_first_content(routed: EmbeddedGate
     assert text == openai_double.assembled_text()
     assert (done.provider, done.model) == ("up", "gpt-test")
     assert calls(up, "early-overload-99") == 2
+    assert done.notes.failed_over == ["up/early-overload-99"]
 
 
 # -- circuit breakers ------------------------------------------------------------------------------
@@ -263,3 +269,13 @@ def test_old_failures_slide_out_of_the_window() -> None:
     assert breakers.phases()["p/m"] is Phase.CLOSED
     breakers.record("p/m", True)
     assert breakers.phases()["p/m"] is Phase.OPEN
+
+
+def test_retries_and_failovers_travel_in_the_wire_notes_and_trailing_metadata() -> None:
+    notes = Notes(retries=2, failed_over=["up/unavailable", "up/too-long"])
+    assert notes_from_pb(notes_to_pb(notes)) == notes
+    ctx = RequestContext.start()
+    ctx.note_retry()
+    ctx.note_failover("up/unavailable")
+    trailing = dict(trailing_metadata(ctx))
+    assert trailing[RETRIES_KEY] == "1" and trailing[FAILED_OVER_KEY] == "up/unavailable"

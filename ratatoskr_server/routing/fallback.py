@@ -52,6 +52,7 @@ class FallbackStage(Stage):
         return usable or list(call.candidates[:1])
 
     def _moved_on(self, candidate: Candidate, err: RatatoskrError, ctx: RequestContext) -> None:
+        ctx.note_failover(candidate.id)
         if self.metrics is not None:
             self.metrics.fallbacks.labels(provider=candidate.provider.name).inc()
         if not isinstance(err, CircuitOpen):

@@ -64,7 +64,8 @@ class RetryStage(Stage):
             return None  # it would wake at or past the deadline: no time for another try
         return wait
 
-    async def _wait(self, call: Call, wait: float) -> None:
+    async def _wait(self, call: Call, ctx: RequestContext, wait: float) -> None:
+        ctx.note_retry()
         if self.metrics is not None and call.target is not None:
             self.metrics.retries.labels(provider=call.target.provider.name).inc()
         await self.sleep(wait)
@@ -78,7 +79,7 @@ class RetryStage(Stage):
                 wait = self.pause(err, attempt, ctx)
                 if wait is None:
                     raise
-            await self._wait(call, wait)
+            await self._wait(call, ctx, wait)
             attempt += 1
 
     async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
@@ -98,5 +99,5 @@ class RetryStage(Stage):
                     async for event in events:
                         yield event
                     return
-            await self._wait(call, wait)
+            await self._wait(call, ctx, wait)
             attempt += 1
