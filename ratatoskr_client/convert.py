@@ -252,6 +252,7 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         state=s.state,
         models=[loaded_model_to_pb(m) for m in s.models],
         config_path=s.config_path,
+        breakers=s.breakers,
     )
 
 
@@ -266,6 +267,7 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         state=s.state,
         models=[loaded_model_from_pb(m) for m in s.models],
         config_path=s.config_path,
+        breakers=dict(s.breakers),
     )
 
 

@@ -186,6 +186,8 @@ class ServerStatus:
     state: str
     models: list[LoadedModel]
     config_path: str = ""
+    #: Circuit breakers by "provider/model": "closed", "half_open" or "open".
+    breakers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,15 +7,16 @@ breakers read too, so no test waits for a backoff or a cooldown.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ratatoskr_client import Unauthenticated, Unavailable
 from ratatoskr_client.client import FAILED_OVER_KEY, RETRIES_KEY
-from ratatoskr_client.convert import notes_from_pb, notes_to_pb
+from ratatoskr_client.convert import notes_from_pb, notes_to_pb, status_from_pb, status_to_pb
 from ratatoskr_client.errors import InvalidArgument, ResourceExhausted
-from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, Notes
+from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, Notes, ServerStatus
 from ratatoskr_server.config import BreakerSettings, ResilienceSettings, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
@@ -63,7 +64,11 @@ def calls(up: Upstream, model: str) -> int:
 
 
 def gateway(up: Upstream, time: FakeTime, **overrides: Any) -> EmbeddedGateway:
-    providers = {"up": {"kind": "openai_compat", "base_url": f"{up.base_url}/v1", "local": True}}
+    providers = {
+        "up": {"kind": "openai_compat", "base_url": f"{up.base_url}/v1", "local": True},
+        # The same double as a paid API: budgets apply to it.
+        "paid": {"kind": "openai_compat", "base_url": f"{up.base_url}/v1"},
+    }
     settings = load_settings(local={"preload": [], "auto_import_default": False}, providers=providers, **overrides)
     return EmbeddedGateway(settings, gateway=Gateway.from_settings(settings, monotonic=time, sleep=time.sleep))
 
@@ -279,3 +284,38 @@ def test_retries_and_failovers_travel_in_the_wire_notes_and_trailing_metadata() 
     ctx.note_failover("up/unavailable")
     trailing = dict(trailing_metadata(ctx))
     assert trailing[RETRIES_KEY] == "1" and trailing[FAILED_OVER_KEY] == "up/unavailable"
+
+
+async def test_an_embed_route_puts_the_local_model_first_and_a_remote_one_behind_it(
+    up: Upstream, time: FakeTime
+) -> None:
+    routes = {"embeds": {"candidates": ["not-installed-here", "up/text-embed"]}}
+    gw = gateway(up, time, routes=routes)
+    try:
+        result = await gw.embed(["a", "bcd"], model="embeds")
+        assert result.model == "up/text-embed" and [v[0] for v in result.vectors] == [1.0, 3.0]
+        assert result.notes.failed_over == ["local/not-installed-here"]
+    finally:
+        await gw.close()
+
+
+async def test_a_route_skips_a_candidate_the_budget_cannot_cover(up: Upstream, time: FakeTime, tmp_path: Path) -> None:
+    budget = {
+        "ledger_path": str(tmp_path / "budget.sqlite3"),
+        "daily_usd": "0.000001",  # less than one priced call
+        "prices": {"paid/free": {"input_per_million": "0", "output_per_million": "0"},
+                   "paid/*": {"input_per_million": "1", "output_per_million": "2"}},
+    }  # fmt: skip
+    routes = {"thrifty": {"candidates": ["paid/gpt-test", "paid/free"]}}
+    gw = gateway(up, time, routes=routes, budget=budget)
+    try:
+        result = await gw.chat(HI, ChatOptions(model="thrifty", max_tokens=4))
+        assert result.model == "free" and calls(up, "gpt-test") == 0
+        assert result.notes.failed_over == ["paid/gpt-test"]
+    finally:
+        await gw.close()
+
+
+def test_breakers_travel_in_the_daemon_status() -> None:
+    status = ServerStatus("1", 1, 0.0, [], 0, 1, "serving", [], breakers={"up/m": "open", "up/n": "closed"})
+    assert status_from_pb(status_to_pb(status)) == status
