@@ -7,7 +7,8 @@ answer; an open breaker skips it without a call.  Closed → open when, over a s
 through at once, the first success closes it and a failure opens it again.  Only transient
 failures count against an upstream: a 400 or 401 proves it is up (the caller or the key is wrong).
 
-The stage sits just above dispatch, below retry, so every try counts as one call.
+The stage sits just above dispatch, below retry, so every try counts as one call.  The in-process
+ONNX pool has no breaker: it is not an upstream that can be down while this process is up.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, Candidate, Result
 from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
 from ratatoskr_server.providers.errors import transient
+from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.state.breakers import BreakerStore, Circuit, Phase
 from ratatoskr_server.telemetry.metrics import Metrics
 
@@ -164,7 +166,10 @@ class BreakerStage(Stage):
         return key
 
     async def unary(self, call: Call, ctx: RequestContext, next: Next) -> Result:
-        key = self._admitted(_target(call))
+        target = _target(call)
+        if isinstance(target.provider, LocalProvider):
+            return await next(call, ctx)
+        key = self._admitted(target)
         try:
             result = await next(call, ctx)
         except RatatoskrError as err:
@@ -176,7 +181,12 @@ class BreakerStage(Stage):
         self.breakers.record(key, False)
         return result
 
-    async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+    def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+        if isinstance(_target(call).provider, LocalProvider):
+            return next(call, ctx)
+        return self._watched(call, ctx, next)
+
+    async def _watched(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         key = self._admitted(_target(call))
         events = next(call, ctx)
         try:

@@ -6,6 +6,9 @@ many callers' retries instead of synchronising them; when the upstream says how 
 (``providers.errors.transient``), never a refusal that would fail the same way; an open circuit
 breaker is not retried either (its cooldown is far longer than a backoff: the fallback moves on).
 No wait runs past the call's deadline: when the wait would reach it, the failure is final now.
+The in-process ONNX pool is not retried: its failures (a full queue, a model unloaded under the
+call) are this process's own load, which a second try only adds to; a route's fallback still
+moves past it.
 
 The stage sits just above the breaker and dispatch, so stages that depend on the target (budget,
 context, template) ran once for this candidate and are not repeated.  A stream is retried only
@@ -26,11 +29,17 @@ from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, Result
 from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
 from ratatoskr_server.providers.errors import transient
+from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.routing.breaker import CircuitOpen
 from ratatoskr_server.routing.commit import opening
 from ratatoskr_server.telemetry.metrics import Metrics
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def in_process(call: Call) -> bool:
+    """Whether the call goes to the in-process pool, which neither retries nor breakers watch."""
+    return call.target is not None and isinstance(call.target.provider, LocalProvider)
 
 
 class RetryStage(Stage):
@@ -71,6 +80,8 @@ class RetryStage(Stage):
         await self.sleep(wait)
 
     async def unary(self, call: Call, ctx: RequestContext, next: Next) -> Result:
+        if in_process(call):
+            return await next(call, ctx)
         attempt = 1
         while True:
             try:
@@ -82,7 +93,12 @@ class RetryStage(Stage):
             await self._wait(call, ctx, wait)
             attempt += 1
 
-    async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+    def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+        if in_process(call):
+            return next(call, ctx)
+        return self._tries(call, ctx, next)
+
+    async def _tries(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         attempt = 1
         while True:
             events = next(call, ctx)
