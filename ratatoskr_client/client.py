@@ -57,6 +57,10 @@ BUDGET_WARNING_KEY = "x-ratatoskr-budget-warning"
 #: Request metadata "on" (cache this deterministic chat answer, or serve it from the cache) or "off"
 #: (bypass the response cache); trailing metadata: how many items were served from the cache.
 CACHE_KEY = "x-ratatoskr-cache"
+#: Trailing metadata: how often transient upstream failures were tried again (``Notes.retries``).
+RETRIES_KEY = "x-ratatoskr-retries"
+#: Trailing metadata: the route's candidates the call moved past, comma-separated (``Notes.failed_over``).
+FAILED_OVER_KEY = "x-ratatoskr-failed-over"
 #: Request metadata asking for a privacy tier (sovereign, private, standard); it can only tighten
 #: what the daemon's setting and the caller's key allow.
 PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"

@@ -107,7 +107,11 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
 
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
     pb = types_pb2.Notes(
-        dropped_parameters=n.dropped_parameters, budget_warning=n.budget_warning, cache_hits=n.cache_hits
+        dropped_parameters=n.dropped_parameters,
+        budget_warning=n.budget_warning,
+        cache_hits=n.cache_hits,
+        retries=n.retries,
+        failed_over=n.failed_over,
     )
     t = n.truncation
     if t is not None:
@@ -143,6 +147,8 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
         truncation=truncation,
         budget_warning=n.budget_warning,
         cache_hits=n.cache_hits,
+        retries=n.retries,
+        failed_over=list(n.failed_over),
     )
 
 
@@ -248,6 +254,7 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         state=s.state,
         models=[loaded_model_to_pb(m) for m in s.models],
         config_path=s.config_path,
+        breakers=s.breakers,
     )
 
 
@@ -262,6 +269,7 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         state=s.state,
         models=[loaded_model_from_pb(m) for m in s.models],
         config_path=s.config_path,
+        breakers=dict(s.breakers),
     )
 
 

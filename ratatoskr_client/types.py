@@ -112,7 +112,8 @@ class Notes:
     ``dropped_parameters``: generation parameters the model cannot take, dropped under
     ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
     ``budget_warning``: the budgets this call brought near their limit; ``cache_hits``: the items
-    (inputs, pairs, the one answer) served from the response cache instead of computed.
+    (inputs, pairs, the one answer) served from the response cache instead of computed; ``retries``:
+    tries again after transient upstream failures; ``failed_over``: the route's candidates left, in order.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
@@ -123,6 +124,10 @@ class Notes:
     budget_warning: str = ""
     #: Items of this call answered from the response cache (0: none; a chat answer counts as one).
     cache_hits: int = 0
+    #: Tries again after transient upstream failures (connect errors, 5xx, 429, overloads).
+    retries: int = 0
+    #: The route's candidates ("provider/model") the call moved past, in the order it left them.
+    failed_over: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return (
@@ -130,6 +135,8 @@ class Notes:
             or self.truncation is not None
             or bool(self.budget_warning)
             or self.cache_hits > 0
+            or bool(self.retries)
+            or bool(self.failed_over)
         )
 
 
@@ -183,6 +190,8 @@ class ServerStatus:
     state: str
     models: list[LoadedModel]
     config_path: str = ""
+    #: Circuit breakers by "provider/model": "closed", "half_open" or "open".
+    breakers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"in flight: {status.in_flight}/{status.max_in_flight}")
         for m in status.models:
             print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
+        tripped = {key: phase for key, phase in status.breakers.items() if phase != "closed"}
+        if tripped:
+            print("circuit breakers not closed:")
+            for key, phase in sorted(tripped.items()):
+                print(f"  {key:<40} {phase}")
 
     _print(data, args.json, human)
     return 0

@@ -422,6 +422,39 @@ class HttpSettings(_Section):
     http2: bool = True
 
 
+class BreakerSettings(_Section):
+    """Per provider and model: stop calling an upstream that keeps failing, and try it again later."""
+
+    enabled: bool = True
+    window_s: float = Field(default=60.0, gt=0, description="Sliding window the failure rate is measured over.")
+    min_calls: int = Field(default=10, ge=1, description="Calls in the window before the rate can open the breaker.")
+    failure_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="Share of transient failures in the window that opens the breaker."
+    )
+    cooldown_s: float = Field(default=30.0, gt=0, description="How long an open breaker skips its candidate.")
+    half_open_probes: int = Field(
+        default=1, ge=1, description="Trial calls let through at once after the cooldown; a success closes it."
+    )
+
+
+class ResilienceSettings(_Section):
+    """Retries of transient upstream failures (same candidate) before a route falls back to the next."""
+
+    attempts: int = Field(default=3, ge=1, description="Tries per candidate, the first included.")
+    backoff_base_s: float = Field(default=0.25, gt=0, description="First retry waits up to this (full jitter).")
+    backoff_max_s: float = Field(default=8.0, gt=0, description="No computed wait is longer than this.")
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, description="A longer Retry-After than this is not waited for: fall back instead."
+    )
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+
+class RouteSettings(_Section):
+    """An ordered fallback chain: each candidate is a provider/model, an alias or a local model."""
+
+    candidates: list[str] = Field(min_length=1)
+
+
 def _no_float_money(value: Any) -> Any:
     # A float has already lost the exact amount (0.1 is 0.1000000000000000055...): refuse it.
     if isinstance(value, bool | float):
@@ -547,6 +580,9 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     #: Short names for "provider/model" strings, e.g. fast = "groq/llama-3.1-8b-instant".
     aliases: dict[str, str] = Field(default_factory=dict)
+    #: Fallback chains: [routes.NAME] candidates = ["provider/model", "alias", "local-model", ...].
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     parameters: ParametersSettings = Field(default_factory=ParametersSettings)

@@ -65,6 +65,8 @@ class RequestContext:
     #: The caller's ask of the response cache (x-ratatoskr-cache): True "on", False "off", None the config's.
     cache: bool | None = None
     _cache_hits: int = 0
+    _retries: int = 0
+    _failed_over: list[str] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -113,15 +115,31 @@ class RequestContext:
     def note_cache_hits(self, hits: int) -> None:
         self._cache_hits += hits
 
+    def note_retry(self) -> None:
+        self._retries += 1
+
+    def note_failover(self, candidate: str) -> None:
+        """The route moved past ``candidate`` ("provider/model")."""
+        self._failed_over.append(candidate)
+
     @property
     def notes(self) -> Notes:
-        if not self._dropped and self._truncation is None and not self._budget_warning and not self._cache_hits:
+        if (
+            not self._dropped
+            and self._truncation is None
+            and not self._budget_warning
+            and not self._cache_hits
+            and not self._retries
+            and not self._failed_over
+        ):
             return _NO_NOTES
         return Notes(
             dropped_parameters=list(self._dropped),
             truncation=self._truncation,
             budget_warning=self._budget_warning,
             cache_hits=self._cache_hits,
+            retries=self._retries,
+            failed_over=list(self._failed_over),
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

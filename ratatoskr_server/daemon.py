@@ -230,6 +230,7 @@ class Daemon:
             state=self.state,
             models=self.gateway.admin.loaded_models(),
             config_path=str(self.config_path or ""),
+            breakers={key: phase.value for key, phase in self.gateway.breaker_phases().items()},
         )
 
     async def reload(self) -> ReloadResult:

@@ -101,6 +101,10 @@ class Edge:
                 extra["budget_warning"] = notes.budget_warning
             if notes.cache_hits:
                 extra["cache_hits"] = notes.cache_hits
+            if notes.retries:
+                extra["retries"] = notes.retries
+            if notes.failed_over:
+                extra["failed_over"] = ",".join(notes.failed_over)
             log.info("request", extra=extra)
 
     async def stream(

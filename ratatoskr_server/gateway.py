@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
@@ -75,8 +76,12 @@ from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.registry import ModelRegistry, RefreshReport
 from ratatoskr_server.registry.cache import load_live
 from ratatoskr_server.registry.cache import update as update_registry
+from ratatoskr_server.routing.breaker import Breakers, BreakerStage
+from ratatoskr_server.routing.fallback import FallbackStage
 from ratatoskr_server.routing.plan import PlanStage
+from ratatoskr_server.routing.retry import RetryStage, Sleep
 from ratatoskr_server.routing.router import Router
+from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
 from ratatoskr_server.state.factory import budget_ledger
@@ -119,8 +124,16 @@ class Gateway:
         cache: ResponseCache | None = None,
         clock: Callable[[], datetime] = utc_now,
         resolver: Resolver | None = None,
+        breakers: BreakerStore | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
+        #: Circuit breaker state, kept across reloads (an upstream's failures outlive a config edit).
+        self.breakers = breakers or MemoryBreakers()
+        #: The clock breakers measure windows and cooldowns on, and how retries wait (tests inject both).
+        self.monotonic = monotonic
+        self.sleep = sleep
         #: How hostnames become addresses for the egress guard (tests inject one; None: the system's).
         self.resolver = resolver
         self.pool = pool
@@ -150,6 +163,8 @@ class Gateway:
         *,
         clock: Callable[[], datetime] = utc_now,
         cache: ResponseCache | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
         executor = ThreadPoolExecutor(
@@ -168,22 +183,28 @@ class Gateway:
             clock=clock,
             resolver=resolver,
             cache=cache,
+            monotonic=monotonic,
+            sleep=sleep,
         )
 
     def _build(self, settings: Settings) -> _Routing:
         egress = EgressPolicy.from_settings(settings, self.resolver)
         router = Router(settings, self.local, egress)
+        breakers = Breakers(settings.resilience.breaker, self.breakers, self.monotonic, self.metrics)
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
             PlanStage(router),
             PrivacyStage(egress),
+            FallbackStage(breakers, self.metrics),
             ParamsStage(self.params, self.registry),
             ContextStage(settings.context, self.registry, self.templates),
             # After the stages that make the request final (its key), before budget (a hit spends nothing).
             *self._cache(settings),
             *self._budget(settings),
             TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
+            RetryStage(settings.resilience, sleep=self.sleep, metrics=self.metrics),
+            BreakerStage(breakers),
         ]
         return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
 
@@ -219,6 +240,10 @@ class Gateway:
                 self.clock,
             )
         ]
+
+    def breaker_phases(self) -> dict[str, Phase]:
+        """Each provider/model's circuit breaker, for status, ListModels and tests."""
+        return Breakers(self.settings.resilience.breaker, self.breakers, self.monotonic).phases()
 
     @property
     def router(self) -> Router:

@@ -112,7 +112,7 @@ def test_example_config_documents_every_setting() -> None:
 
     documented = (REPO / "config.example.toml").read_text(encoding="utf-8")
     parsed = dict(flatten(tomllib.loads(documented)))
-    tables = {"models", "providers", "aliases", "presets", "callers"}
+    tables = {"models", "providers", "aliases", "presets", "callers", "routes"}
     for key, _ in flatten(Settings().model_dump(mode="json", exclude=tables)):
         _section, _, name = key.rpartition(".")
         assert key in parsed or f"# {name} =" in documented, f"{key} is not documented in config.example.toml"
@@ -122,6 +122,7 @@ def test_example_config_documents_every_setting() -> None:
     for field in ("kind", "base_url", "api_key", "api_key_header", "headers", "query", "local", "enabled", "models"):
         assert f"{field} =" in documented, field
     assert "completion_only =" in documented
+    assert "# candidates =" in documented  # [routes.NAME]
     for field in ("key_hash", "scopes", "privacy_ceiling", "budget_scope", "rpm", "tpm", "enabled"):
         assert f"# {field} =" in documented, f"callers.NAME.{field}"
     assert {"openai", "openrouter", "together", "groq", "fireworks", "deepinfra", "anyscale", "modal", "azure"} <= set(

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from ratatoskr_client.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -119,6 +120,17 @@ def error_in_stream(provider: str, message: str, code: str = "", secrets: Iterab
     if "invalid_request" in lowered:
         return InvalidArgument(text)
     return Unavailable(text)
+
+
+#: What may go better on another try: nothing answered, it answered too slowly, it was overloaded
+#: (5xx, 529, an overload inside a stream) or it asked us to slow down (429).  Auth, bad requests,
+#: unknown models, too-long inputs and content filters fail the same way every time.
+TRANSIENT: tuple[type[RatatoskrError], ...] = (Unavailable, ResourceExhausted, DeadlineExceeded)
+
+
+def transient(err: BaseException) -> bool:
+    """Whether ``err`` (as a provider raised it) is worth another try: the one place that decides."""
+    return isinstance(err, TRANSIENT)
 
 
 #: Answers larger than this are parsed off the event loop (a 2048 x 1536 embedding answer is ~30 MB).

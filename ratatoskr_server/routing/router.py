@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 class Router:
     def __init__(self, settings: Settings, local: Provider | None = None, egress: EgressPolicy | None = None) -> None:
         self.aliases: Mapping[str, str] = dict(settings.aliases)
+        #: Fallback chains by name: candidate names (provider/model, alias, local model) in order.
+        self.routes: Mapping[str, tuple[str, ...]] = {
+            name: tuple(route.candidates) for name, route in settings.routes.items()
+        }
         self.local = local
         #: The egress rules of this configuration: every provider's connections are checked against them.
         self.egress = egress or EgressPolicy.from_settings(settings)
@@ -87,22 +91,38 @@ class Router:
         return None
 
     def plan(self, model: str, capability: Capability) -> tuple[Candidate, ...]:
-        """Where a call for ``model`` may go, in order of preference (one candidate until fallback
-        chains are configured)."""
+        """Where a call for ``model`` may go, in order of preference: a route's candidates (those
+        that offer ``capability``), else the one place the name or its alias points to."""
         if not model:
             raise InvalidArgument(
                 f"no model given: name one as provider/model (providers: {self._names()}) or an alias"
             )
+        route = self.routes.get(model)
+        if route is None:
+            return (self._candidate(model, capability),)
+        found: list[Candidate] = []
+        refused: RatatoskrError | None = None
+        for name in route:
+            try:
+                found.append(self._candidate(name, capability))
+            except RatatoskrError as err:  # this member cannot serve the task; the others may
+                refused = refused or err
+        if not found:
+            assert refused is not None
+            raise type(refused)(f"route '{model}' has no candidate for {capability.value}: {refused}")
+        return tuple(found)
+
+    def _candidate(self, model: str, capability: Capability) -> Candidate:
         found = self.split(model)
         if found is not None:
             name, upstream_model = found
             provider = self.providers[name]
             if capability not in provider.capabilities:
                 raise FailedPrecondition(f"provider '{name}' ({provider.kind}) does not offer {capability.value}")
-            return (Candidate(provider, upstream_model),)
+            return Candidate(provider, upstream_model)
         target = self.target(model)
         if self.local is not None and capability in self.local.capabilities:
-            return (Candidate(self.local, target),)
+            return Candidate(self.local, target)
         if target.startswith(LOCAL_PREFIX):
             raise FailedPrecondition(
                 f"'{model}' is a local ONNX model; they serve embed, nli and classify, not {capability.value}"

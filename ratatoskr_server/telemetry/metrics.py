@@ -64,6 +64,30 @@ class Metrics:
             ["task"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "ratatoskr_retries",
+            "Upstream calls tried again after a transient failure, by provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "ratatoskr_fallbacks",
+            "Calls a route moved past a candidate, by the provider left.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "ratatoskr_breaker_state",
+            "Circuit breaker per provider/model: 0 closed, 1 half-open, 2 open.",
+            ["target"],
+            registry=self.registry,
+        )
+        self.breaker_opens = Counter(
+            "ratatoskr_breaker_opens",
+            "Times a circuit breaker opened, by provider/model.",
+            ["target"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None

@@ -1,7 +1,9 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
 Behaviour is chosen by the requested model name, so one server covers every
-case a test needs.  A client that sends ``X-Double-Echo`` (a provider configured
+case a test needs ("flaky-N" fails its first N calls with 503, "early-overload-N" its first N
+streams with an in-stream overload before any content; calls are counted per model in
+``upstream.state["calls"]``).  A client that sends ``X-Double-Echo`` (a provider configured
 with that header) gets the key it authenticated with echoed back, as a careless
 or hostile upstream might: in the 401 body ("error"), in answers ("answer": the
 content split across stream chunks, the reasoning, the model field) and as a
@@ -105,9 +107,29 @@ def chunk(model: str, delta: dict[str, Any] | None, finish: str | None = None, *
     }
 
 
+def failing_now(model: str, upstream: Upstream) -> bool:
+    """For "flaky-N" and "early-overload-N": whether this call is one of the first N to this model
+    (counted per upstream in ``state["calls"]``), which fail; later ones answer."""
+    calls: dict[str, int] = upstream.state.setdefault("calls", {})
+    calls[model] = calls.get(model, 0) + 1
+    prefix, _, count = model.rpartition("-")
+    return prefix in ("flaky", "early-overload") and count.isdigit() and calls[model] <= int(count)
+
+
 async def chat_completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model", "")
+    failing = failing_now(model, upstream)
+    if failing and model.startswith("flaky-"):  # the first N calls: 503 overloaded, then answers
+        status, payload, headers = ERRORS["unavailable"]
+        return web.json_response(payload, status=status, headers=headers)
+    if failing and model.startswith("early-overload-") and body.get("stream"):
+        # The first N streams: HTTP 200, the role chunk, then an overload before any content.
+        response = await start_stream(request, "text/event-stream")
+        await response.write(sse(chunk(model, {"role": "assistant", "content": ""})))
+        await response.write(sse({"error": {"message": "Overloaded", "type": "overloaded_error"}}))
+        await response.write_eof()
+        return response
     if model in ERRORS:
         status, payload, headers = ERRORS[model]
         key = echoes(request, "error")

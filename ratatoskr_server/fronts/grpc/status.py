@@ -19,8 +19,10 @@ from ratatoskr_client.client import (
     BUDGET_WARNING_KEY,
     CACHE_KEY,
     DROPPED_PARAMETERS_KEY,
+    FAILED_OVER_KEY,
     PRIVACY_TIER_KEY,
     REQUEST_ID_KEY,
+    RETRIES_KEY,
     RETRY_AFTER_KEY,
     TRUNCATED_KEY,
 )
@@ -105,6 +107,10 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((BUDGET_WARNING_KEY, notes.budget_warning.encode("ascii", "backslashreplace").decode()))
     if notes.cache_hits:
         trailing.append((CACHE_KEY, str(notes.cache_hits)))
+    if notes.retries:
+        trailing.append((RETRIES_KEY, str(notes.retries)))
+    if notes.failed_over:  # candidate ids are caller-named model strings: ASCII-escaped like the warning
+        trailing.append((FAILED_OVER_KEY, ",".join(notes.failed_over).encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     return tuple(trailing)
