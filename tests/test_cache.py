@@ -17,7 +17,7 @@ import pytest
 
 from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from ratatoskr_client.client import CACHE_KEY
-from ratatoskr_client.errors import ResourceExhausted
+from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
@@ -242,10 +242,11 @@ async def test_chat_is_cached_only_when_asked_and_deterministic(
 
 
 async def test_an_error_is_never_served_from_the_cache(gw: EmbeddedGateway, upstream: Upstream) -> None:
-    options = ChatOptions(model="openai/rate-limited", temperature=0, seed=7)
+    # A refusal that is not retried (a 400), so each call is exactly one upstream request.
+    options = ChatOptions(model="openai/bad-request", temperature=0, seed=7)
     before = len(_sent(upstream, "/chat/completions"))
     for _ in range(2):
-        with pytest.raises(ResourceExhausted):
+        with pytest.raises(InvalidArgument):
             await gw.chat(HELLO, options)
     assert len(_sent(upstream, "/chat/completions")) - before == 2
 
