@@ -153,6 +153,17 @@ class MetricsSettings(_Section):
     port: int = Field(default=9742, ge=0, le=65535, description="Prometheus endpoint; 0 picks a free port.")
 
 
+class HttpFrontSettings(_Section):
+    """The OpenAI-compatible HTTP front (``/v1/chat/completions`` …): off unless enabled, on its own
+    address, in the daemon's process and event loop, through the same keys, limits and pipeline as gRPC.
+    It is TCP, so ``server.tcp_require_auth`` decides whether a call without a key is let through."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9743, ge=0, le=65535, description="0 picks a free port (logged at start).")
+    max_body_mb: float = Field(default=16.0, gt=0, description="Largest request body; larger ones get 413.")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "text"] = Field(
@@ -573,6 +584,7 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(default=None, description="TOML of NAME = value for ${NAME}; mode 0600 or 0400.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    http_front: HttpFrontSettings = Field(default_factory=HttpFrontSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)

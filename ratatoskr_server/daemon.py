@@ -41,6 +41,7 @@ from ratatoskr_server.edge import Edge
 from ratatoskr_server.fronts.grpc.auth import Guard
 from ratatoskr_server.fronts.grpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.fronts.grpc.status import Front
+from ratatoskr_server.fronts.openai_http.server import HttpFront
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.telemetry.logs import configure_logging
@@ -62,6 +63,7 @@ _RESTART_PREFIXES = (
     "server.max_receive_message_mb",
     "server.max_send_message_mb",
     "metrics.",
+    "http_front.",
     "local.inference_workers",
     "local.load_workers",
     "budget.ledger",  # and budget.ledger_path: the ledger is opened once and kept across reloads
@@ -217,6 +219,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._socket_path: Path | None = None
         self._background: set[asyncio.Task[object]] = set()
+        #: The OpenAI-compatible front, when ``http_front.enabled``; it shares ``front`` (edge and guard).
+        self.http_front: HttpFront | None = None
 
     # -- DaemonControl -------------------------------------------------------------------------
     def status(self) -> ServerStatus:
@@ -316,6 +320,20 @@ class Daemon:
                 )
             self.listen.append(f"{srv.tcp_host}:{port}")
 
+    async def _start_http_front(self) -> None:
+        settings = self.settings.http_front
+        if not settings.enabled:
+            return
+        check_port_free(settings.host, settings.port, "http_front.port")
+        self.http_front = HttpFront(settings, self.gateway, self.front, self.settings.server.shutdown_grace_s)
+        try:
+            self.listen.append(await self.http_front.start())
+        except OSError as err:
+            raise DaemonError(
+                f"cannot serve the HTTP front on {settings.host}:{settings.port}: {_bind_failure(err)}; "
+                "change http_front.port (0 picks a free port) or set http_front.enabled = false"
+            ) from None
+
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ("", *_SERVICES):
             await self.health.set(name, status)
@@ -361,8 +379,11 @@ class Daemon:
                 if self.settings.server.socket_group:
                     os.chown(self._socket_path, -1, group_id(self.settings.server.socket_group))
             metrics_addr = self._serve_metrics()
+            await self._start_http_front()
         except BaseException:
             await server.stop(0)
+            if self.http_front is not None:
+                await self.http_front.stop()
             self._remove_socket()  # a daemon that could not start leaves nothing behind
             raise
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -414,7 +435,11 @@ class Daemon:
         grace = self.settings.server.shutdown_grace_s
         log.info("draining", extra={"in_flight": self.edge.in_flight, "grace_s": grace})
         await self.health.enter_graceful_shutdown()
-        await server.stop(grace)
+        # Both fronts stop taking calls at once and share the grace for the ones in flight.
+        stopping = [server.stop(grace)]
+        if self.http_front is not None:
+            stopping.append(self.http_front.stop())
+        await asyncio.gather(*stopping)
         self.metrics.stop()
         await self.gateway.close()
         self._remove_socket()

@@ -1,146 +1,33 @@
-"""Who is calling over gRPC, and whether they may: API keys, scopes, per-key rates.
+"""The gRPC side of the guard: tokens counted from a protobuf response's ``usage`` field.
 
-Each Gateway and Admin RPC passes through ``Guard.admit`` (called by ``status.unary``/``stream``,
-which know the RPC's name); health and reflection never do, so probes and ``grpcurl list`` stay
-open.  The rules:
-
-- a key is sent as ``authorization: Bearer rtk_…`` metadata; a key that is sent is always checked,
-  on any transport: an unknown one is UNAUTHENTICATED, never quietly ignored;
-- without a key, a call is let through only where the transport does not require one (the Unix
-  socket by default, whose file mode and group decide who may connect; TCP only when
-  ``server.tcp_require_auth = false``), and then with every scope;
-- a key carries scopes (``SCOPE_BY_RPC``); a missing one is PERMISSION_DENIED.  The Admin service
-  needs the ``admin`` scope, except on the Unix socket, where reaching the socket is enough;
-- an authenticated caller's name, budget scope and privacy ceiling go on the RequestContext, and its
-  rpm/tpm limits are enforced by a ``RateCounter`` (RESOURCE_EXHAUSTED with retry-after).
-
-Tokens never appear in a message, a log line or a metric: errors name the key's caller or nothing.
+Keys, scopes and rates are the transport-neutral ``fronts.guard.Guard`` (the HTTP front uses the
+same one); only reading a protobuf message's usage is gRPC-shaped, so only that lives here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from google.protobuf.message import Message as ProtoMessage
 
-from ratatoskr_client.errors import PermissionDenied, ResourceExhausted, Unauthenticated
-from ratatoskr_server.config import CallerSettings, Scope, ServerSettings, Settings
-from ratatoskr_server.context import RequestContext
-from ratatoskr_server.keys import KeyRing
-from ratatoskr_server.state.rates import MemoryRates, RateCounter
+from ratatoskr_server.fronts.guard import (
+    AUTHORIZATION_KEY,
+    SCOPE_BY_RPC,
+    Caller,
+    bearer_token,
+    is_local_peer,
+)
+from ratatoskr_server.fronts.guard import Guard as _Guard
 
-AUTHORIZATION_KEY = "authorization"
-_BEARER = "bearer "
-
-#: The scope each RPC needs; "" is any valid key.  An RPC missing here needs ``admin`` (fail closed).
-SCOPE_BY_RPC: dict[str, Scope | str] = {
-    "Chat": "chat",
-    "ChatStream": "chat",
-    "Generate": "chat",
-    "GenerateStream": "chat",
-    "RenderChatTemplate": "chat",
-    "CountTokens": "chat",
-    "Embed": "embed",
-    "Tokenize": "embed",
-    "Nli": "nli",
-    "Classify": "classify",
-    "ListModels": "",
-    "GetModelMetadata": "",
-    "Status": "admin",
-    "Reload": "admin",
-    "LoadModel": "admin",
-    "UnloadModel": "admin",
-    "ListLoadedModels": "admin",
-    "GetBudget": "admin",
-}
+__all__ = ["AUTHORIZATION_KEY", "SCOPE_BY_RPC", "Caller", "Guard", "bearer_token", "is_local_peer", "usage_tokens"]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated caller: its name and the settings of its key."""
-
-    name: str
-    settings: CallerSettings
-
-
-def is_local_peer(peer: str) -> bool:
-    """Whether a grpc peer string is the Unix socket ("unix:…"), rather than TCP ("ipv4:…", "ipv6:…")."""
-    return peer.startswith("unix:")  # not "unix-abstract:": an abstract socket has no file mode to guard it
-
-
-def bearer_token(metadata: object) -> str | None:
-    """The token of the call's ``authorization`` metadata, "" for a malformed value, None when absent."""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == AUTHORIZATION_KEY:
-            text = value if isinstance(value, str) else ""
-            return text[len(_BEARER) :].strip() if text.lower().startswith(_BEARER) else ""
-    return None
-
-
-class Guard:
-    """Authentication, scopes and rates for one configuration; replaced whole on reload."""
-
-    def __init__(self, settings: Settings, rates: RateCounter | None = None) -> None:
-        server: ServerSettings = settings.server
-        self.socket_require_auth = server.socket_require_auth
-        self.tcp_require_auth = server.tcp_require_auth
-        self.callers: Mapping[str, CallerSettings] = {n: c for n, c in settings.callers.items() if c.enabled}
-        self.keys = KeyRing({name: key for name, c in self.callers.items() if (key := c.stored()) is not None})
-        self.rates: RateCounter = rates if rates is not None else MemoryRates()
-
-    def authenticate(self, rpc: str, peer: str, metadata: object) -> Caller | None:
-        """The caller, None for an anonymous one the transport allows; raises when neither."""
-        local = is_local_peer(peer)
-        token = bearer_token(metadata)
-        if token is None:
-            if self.socket_require_auth if local else self.tcp_require_auth:
-                where = "the Unix socket" if local else "TCP"
-                raise Unauthenticated(
-                    f"{rpc} over {where} needs an API key: send `authorization: Bearer <key>` metadata "
-                    "(ServiceClient(api_key=…) or RATATOSKR_API_KEY)"
-                )
-            return None
-        name = self.keys.match(token)
-        if name is None:
-            raise Unauthenticated("the API key is not valid (unknown, malformed or revoked)")
-        caller = Caller(name, self.callers[name])
-        needed = SCOPE_BY_RPC.get(rpc, "admin")
-        if needed == "admin" and local:
-            return caller  # reaching the socket is what Admin asks there
-        if needed and needed not in caller.settings.scopes:
-            raise PermissionDenied(f"caller {name!r} lacks the {needed!r} scope needed by {rpc}")
-        return caller
-
-    async def admit(self, rpc: str, peer: str, metadata: object, ctx: RequestContext) -> Caller | None:
-        """Authenticate, put the caller on ``ctx`` and count the call against its rates."""
-        caller = self.authenticate(rpc, peer, metadata)
-        if caller is None:
-            return None
-        key = caller.settings
-        ctx.caller = caller.name
-        ctx.budget_scope = key.budget_scope  # empty: the caller's own (RequestContext.budget_scope)
-        ctx.tighten_privacy(key.privacy_ceiling)
-        if key.rpm is not None or key.tpm is not None:
-            limited = await self.rates.admit(caller.name, rpm=key.rpm, tpm=key.tpm)
-            if limited is not None:
-                per_minute = key.rpm if limited.limit == "rpm" else key.tpm
-                unit = "calls" if limited.limit == "rpm" else "tokens"
-                raise ResourceExhausted(
-                    f"caller {caller.name!r} is at its limit of {per_minute} {unit} per minute ({limited.limit}); "
-                    f"retry in {limited.retry_after_s:.1f}s",
-                    retry_after_s=math.ceil(limited.retry_after_s * 1000) / 1000,
-                )
-        return caller
+class Guard(_Guard):
+    """The transport-neutral guard, settling tpm from protobuf responses and stream events."""
 
     async def settle(self, caller: Caller | None, message: object) -> None:
         """Count the tokens a finished call (or one stream event) reports against its caller's tpm."""
         if caller is None or caller.settings.tpm is None:
             return
-        tokens = usage_tokens(message)
-        if tokens:
-            await self.rates.record_tokens(caller.name, tokens)
+        await self.settle_tokens(caller, usage_tokens(message))
 
 
 def usage_tokens(message: object) -> int:
