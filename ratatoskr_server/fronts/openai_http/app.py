@@ -29,7 +29,7 @@ from ratatoskr_client.errors import InvalidArgument, RatatoskrError
 from ratatoskr_client.types import ChatEvent, Done, Usage, UsageEvent
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.fronts.grpc.status import Front, privacy_tier
-from ratatoskr_server.fronts.guard import Caller
+from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Caller, Guard
 from ratatoskr_server.fronts.openai_http import errors, sse, wire
 from ratatoskr_server.gateway import Gateway
 
@@ -52,8 +52,16 @@ def _peer(request: web.Request) -> str:
     return f"tcp:{request.remote or ''}"
 
 
-def _metadata(request: web.Request) -> list[tuple[str, str]]:
-    return [(key.lower(), value) for key, value in request.headers.items()]
+def _metadata(request: web.Request, guard: Guard) -> list[tuple[str, str]]:
+    """The headers as the guard reads metadata.
+
+    OpenAI's SDKs and most tools refuse to run without an API key and always send one, so where no
+    caller keys are configured at all and TCP callers need none (``server.tcp_require_auth = false``),
+    the placeholder key is left out rather than refused: it could name no caller, and it grants
+    nothing an anonymous call does not.  Once any key is configured, a sent key is always checked.
+    """
+    anonymous_ok = not len(guard.keys) and not guard.tcp_require_auth
+    return [(k.lower(), v) for k, v in request.headers.items() if not (anonymous_ok and k.lower() == AUTHORIZATION_KEY)]
 
 
 def note_headers(ctx: RequestContext, err: RatatoskrError | None = None) -> dict[str, str]:
@@ -98,7 +106,7 @@ async def unary(
     front = request.app[FRONT_KEY]
     guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
     async with front.edge.admit(rpc, ctx, model=model, limited=limited):
-        caller = await guard.admit(rpc, _peer(request), _metadata(request), ctx)
+        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
         result = await handler(ctx)
         if usage is not None:
             await guard.settle_tokens(caller, _tokens(usage(result)))
@@ -219,7 +227,7 @@ async def _stream(
     caller: list[Caller | None] = [None]
 
     async def guarded() -> AsyncIterator[ChatEvent]:
-        caller[0] = await guard.admit(rpc, _peer(request), _metadata(request), ctx)
+        caller[0] = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
         async for event in events(ctx):
             if isinstance(event, UsageEvent):
                 await guard.settle_tokens(caller[0], _tokens(event.usage))

@@ -1,0 +1,255 @@
+"""The OpenAI-compatible HTTP front (issue 16), driven by the official ``openai`` SDK against a real
+daemon whose provider is the OpenAI double: what the SDK assembles must be what the double sent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from ratatoskr_client.types import Done, Notes, ToolCallStart, Truncation, Usage, UsageEvent
+from ratatoskr_server.config import append_secret
+from ratatoskr_server.fronts.openai_http import errors, wire
+from ratatoskr_server.keys import new_token
+from ratatoskr_server.providers.openai_compat import usage_from_openai
+from tests.conftest import MODEL, DaemonProcess, short_dir
+from tests.upstreams import openai_double
+from tests.upstreams.harness import Upstream, serve
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with serve(openai_double.routes()) as up:
+        yield up
+
+
+def http_address(daemon: DaemonProcess) -> str:
+    for record in daemon.records():
+        if record.get("msg") == "listening":
+            return next(a for a in record["listen"] if a.startswith("http://"))
+    raise AssertionError("no 'listening' line in the daemon log")
+
+
+def _provider(upstream: Upstream) -> dict[str, object]:
+    return {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "local": True}}
+
+
+@pytest.fixture(scope="module")
+def httpd(model_root: Path, upstream: Upstream) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(model_root, http_front={"enabled": True, "port": 0}, providers=_provider(upstream)).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def sdk(httpd: DaemonProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{http_address(httpd)}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        yield client
+
+
+HI = [{"role": "user", "content": "hi"}]
+TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+}
+
+
+def test_chat_unary_is_the_doubles_answer(sdk: openai.OpenAI) -> None:
+    raw = sdk.chat.completions.with_raw_response.create(model="up/gpt-test", messages=HI, temperature=0.2)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == openai_double.assembled_text()
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.total_tokens == 19
+    assert completion.usage.prompt_tokens_details is not None
+    assert completion.usage.prompt_tokens_details.cached_tokens == 4
+    assert raw.headers["x-request-id"] and completion.id == f"chatcmpl-{raw.headers['x-request-id']}"
+
+
+def test_chat_stream_assembles_to_the_doubles_text(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="up/gpt-test", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == openai_double.assembled_text()
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 19
+
+
+def test_streamed_tool_calls_assemble_in_the_sdk(sdk: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    with sdk.chat.completions.stream(model="up/tools", messages=HI, tools=tools) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["weather", "time"]  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments) == openai_double.tool_arguments()  # type: ignore[union-attr]
+    assert json.loads(calls[1].function.arguments) == {"tz": "CET"}  # type: ignore[union-attr]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("model", "exception", "status"),
+    [
+        ("up/rate-limited", openai.RateLimitError, 429),
+        ("up/bad-request", openai.BadRequestError, 400),
+        ("up/server-error", openai.InternalServerError, 503),
+        ("nowhere/model", openai.NotFoundError, 404),
+    ],
+)
+def test_errors_are_the_sdks_classes(sdk: openai.OpenAI, model: str, exception: type[Exception], status: int) -> None:
+    with pytest.raises(exception) as caught:
+        sdk.chat.completions.create(model=model, messages=HI)
+    err = caught.value
+    assert isinstance(err, openai.APIStatusError) and err.status_code == status
+    assert isinstance(err.body, dict) and err.body["type"] == TYPE_BY_STATUS[status]
+    if status == 429:
+        assert int(err.response.headers["retry-after"]) >= 1
+
+
+def test_streams_refused_before_the_first_event_get_their_status(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="up/rate-limited", messages=HI, stream=True)
+
+
+def test_a_midstream_error_is_an_sdk_error_never_a_clean_end(sdk: openai.OpenAI) -> None:
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="crashed"):
+        for chunk in sdk.chat.completions.create(model="up/midstream-error", messages=HI, stream=True):
+            received.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(received) == "".join(openai_double.TEXT_PIECES[:2])
+
+
+def test_completions_unary_and_streamed(sdk: openai.OpenAI) -> None:
+    unary = sdk.completions.create(model="up/gpt-test", prompt="Tell me")
+    assert unary.choices[0].text == "Once upon a time" and unary.choices[0].finish_reason == "length"
+    streamed = list(sdk.completions.create(model="up/gpt-test", prompt="Tell me", stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == "Once upon a time"
+
+
+def test_local_embeddings_float_and_base64_are_the_same_vectors(sdk: openai.OpenAI) -> None:
+    texts = ["the cat sat", "a dog ran"]
+    floats = sdk.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    encoded = sdk.embeddings.create(model=MODEL, input=texts, encoding_format="base64")
+    assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 384
+    for a, b in zip(floats.data, encoded.data, strict=True):
+        raw = base64.b64decode(str(b.embedding))  # little-endian float32, as OpenAI sends it
+        decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+        assert decoded == pytest.approx(a.embedding, abs=1e-6)
+    single = sdk.embeddings.create(model=MODEL, input="the cat sat")
+    assert single.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError, match="384"):
+        sdk.embeddings.create(model=MODEL, input="x", dimensions=64)
+    assert len(sdk.embeddings.create(model=MODEL, input="x", dimensions=384).data[0].embedding) == 384
+
+
+def test_models_list_and_get_local_and_remote(sdk: openai.OpenAI) -> None:
+    ids = [m.id for m in sdk.models.list()]
+    assert f"local/{MODEL}" in ids or MODEL in ids
+    local_id = f"local/{MODEL}" if f"local/{MODEL}" in ids else MODEL
+    model = sdk.models.retrieve(local_id)
+    assert model.id == local_id and model.object == "model"
+    extra = model.model_extra or {}
+    assert extra["ratatoskr"]["embedding_dimension"] == 384 and extra["ratatoskr"]["info"]["local"] is True
+    remote = sdk.models.retrieve("up/gpt-test")
+    assert remote.id == "up/gpt-test" and remote.owned_by == "up"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("nowhere/model")
+
+
+def test_bad_requests_are_400_with_the_field_named(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="n: only 1"):
+        sdk.chat.completions.create(model="up/gpt-test", messages=HI, n=2)
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
+    with pytest.raises(openai.BadRequestError, match="only text parts"):
+        sdk.chat.completions.create(model="up/gpt-test", messages=image)  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        sdk.get("/nothing-here", cast_to=object)
+
+
+def test_keys_are_checked_when_configured(model_root: Path, upstream: Upstream) -> None:
+    directory = short_dir()
+    secrets = directory / "secrets.toml"
+    token, stored = new_token()
+    append_secret(secrets, "KEY_APP", str(stored))
+    embed_token, embed_stored = new_token()
+    append_secret(secrets, "KEY_EMB", str(embed_stored))
+    d = DaemonProcess(
+        model_root,
+        secrets_file=secrets,
+        server={"tcp_require_auth": True},
+        http_front={"enabled": True, "port": 0},
+        callers={
+            "app": {"key_hash": "${KEY_APP}", "scopes": ["chat"]},
+            "emb": {"key_hash": "${KEY_EMB}", "scopes": ["embed"]},
+        },
+        providers=_provider(upstream),
+    ).start()
+    try:
+        base = f"{http_address(d)}/v1"
+        # No key at all (the SDK cannot be made to send none): a plain request.
+        request = urllib.request.Request(
+            f"{base}/chat/completions",
+            data=json.dumps({"model": "up/gpt-test", "messages": HI}).encode(),
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+        assert json.loads(refused.value.read())["error"]["type"] == "authentication_error"
+        wrong = openai.OpenAI(base_url=base, api_key="rtk_not_a_key", max_retries=0)
+        with wrong, pytest.raises(openai.AuthenticationError) as caught:
+            wrong.chat.completions.create(model="up/gpt-test", messages=HI)
+        assert caught.value.status_code == 401 and "not valid" in caught.value.message
+        with openai.OpenAI(base_url=base, api_key=token, max_retries=0) as client:
+            answer = client.chat.completions.create(model="up/gpt-test", messages=HI)
+            assert answer.choices[0].message.content == openai_double.assembled_text()
+        embedder = openai.OpenAI(base_url=base, api_key=embed_token, max_retries=0)
+        with embedder, pytest.raises(openai.PermissionDeniedError, match="'chat' scope"):
+            embedder.chat.completions.create(model="up/gpt-test", messages=HI)
+    finally:
+        d.stop()
+    assert token not in d.log() and embed_token not in d.log()
+
+
+# -- the wire, without a daemon ------------------------------------------------------------------
+
+
+def test_usage_json_is_what_the_upstream_adapter_reads_back() -> None:
+    usage = Usage(prompt_tokens=12, completion_tokens=7, total_tokens=19, cached_tokens=4, reasoning_tokens=2)
+    assert usage_from_openai(wire.usage_to_json(usage)) == usage
+
+
+def test_chunks_put_the_finish_then_the_usage_chunk_last() -> None:
+    chunks = wire.ChatChunks("r1", "m", include_usage=True)
+    truncation = Truncation("sliding_window", [1], 10, 5, 8, 3)
+    out = [
+        *chunks.chunks(ToolCallStart(0, "call_a", "weather")),
+        *chunks.chunks(UsageEvent(Usage(1, 2, 3))),
+        *chunks.chunks(Done("tool_calls", notes=Notes(truncation=truncation))),
+    ]
+    assert out[0]["choices"][0]["delta"]["tool_calls"][0] == {
+        "index": 0,
+        "id": "call_a",
+        "type": "function",
+        "function": {"name": "weather", "arguments": ""},
+    }
+    assert out[1]["choices"][0]["finish_reason"] == "tool_calls" and out[1]["ratatoskr"]["notes"]["truncation"]
+    assert out[2]["choices"] == [] and out[2]["usage"]["total_tokens"] == 3
+
+
+def test_every_error_kind_has_an_http_status() -> None:
+    from ratatoskr_client.errors import ERROR_BY_CODE
+
+    assert set(ERROR_BY_CODE) <= set(errors.HTTP_BY_CODE)
+    assert {e.status for e in errors.HTTP_BY_CODE.values()} >= {400, 401, 403, 404, 408, 422, 429, 500, 503}
