@@ -130,6 +130,17 @@ def test_a_midstream_error_is_an_sdk_error_never_a_clean_end(sdk: openai.OpenAI)
     assert "".join(received) == "".join(openai_double.TEXT_PIECES[:2])
 
 
+def test_a_deadline_that_passes_mid_stream_is_an_in_band_timeout(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="up/slow", messages=HI, stream=True, extra_headers={"x-ratatoskr-timeout": "0.5"}
+    )
+    with pytest.raises(openai.APIError) as caught:
+        list(stream)
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "timeout"
+    with pytest.raises(openai.BadRequestError, match="x-ratatoskr-timeout"):
+        sdk.chat.completions.create(model="up/gpt-test", messages=HI, extra_headers={"x-ratatoskr-timeout": "soon"})
+
+
 def test_completions_unary_and_streamed(sdk: openai.OpenAI) -> None:
     unary = sdk.completions.create(model="up/gpt-test", prompt="Tell me")
     assert unary.choices[0].text == "Once upon a time" and unary.choices[0].finish_reason == "length"

@@ -39,9 +39,27 @@ GATEWAY_KEY = web.AppKey("gateway", Gateway)
 FRONT_KEY = web.AppKey("front", Front)
 
 
+#: The caller's deadline in seconds (HTTP has no standard one; gRPC's is the call's own).
+TIMEOUT_KEY = "x-ratatoskr-timeout"
+
+
+def _timeout(request: web.Request) -> float | None:
+    value = request.headers.get(TIMEOUT_KEY)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise InvalidArgument(f"{TIMEOUT_KEY}: expected a positive number of seconds, not {value[:40]!r}")
+    return seconds
+
+
 def request_context(request: web.Request) -> RequestContext:
-    """The caller's x-request-id when sane, and its privacy ask (which can only tighten the tier)."""
-    ctx = RequestContext.start(timeout=None, request_id=request.headers.get(REQUEST_ID_KEY))
+    """The caller's x-request-id when sane, its deadline (``x-ratatoskr-timeout``, seconds) and its
+    privacy ask (which can only tighten the tier)."""
+    ctx = RequestContext.start(timeout=_timeout(request), request_id=request.headers.get(REQUEST_ID_KEY))
     for ask in request.headers.getall(PRIVACY_TIER_KEY, ()):
         ctx.tighten_privacy(privacy_tier(ask))
     return ctx
@@ -122,7 +140,7 @@ def route(handler: Route) -> Callable[[web.Request], Awaitable[web.StreamRespons
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             ctx = request_context(request)
-        except RatatoskrError as err:  # an unknown privacy tier: refused, never ignored
+        except RatatoskrError as err:  # an unknown privacy tier or a bad timeout: refused, never ignored
             return error_response(None, err)
         try:
             return await handler(request, ctx)
