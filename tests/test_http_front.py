@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import struct
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -264,3 +267,33 @@ def test_every_error_kind_has_an_http_status() -> None:
 
     assert set(ERROR_BY_CODE) <= set(errors.HTTP_BY_CODE)
     assert {e.status for e in errors.HTTP_BY_CODE.values()} >= {400, 401, 403, 404, 408, 422, 429, 500, 503}
+
+
+def test_sigterm_lets_an_in_flight_http_call_finish_then_closes_the_port(model_root: Path) -> None:
+    d = DaemonProcess(model_root, http_front={"enabled": True, "port": 0}).start()
+    base = f"{http_address(d)}/v1"
+    texts = [f"sentence number {i} of a batch large enough to take a while" for i in range(1500)]
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        with openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60) as client:
+            try:
+                outcome["result"] = client.embeddings.create(model=MODEL, input=texts)
+            except BaseException as err:
+                outcome["result"] = err
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    deadline = time.monotonic() + 30
+    with d.client(timeout=5) as grpc_client:
+        while grpc_client.status().in_flight < 1:
+            assert time.monotonic() < deadline, "the HTTP call never showed up as in flight"
+            time.sleep(0.005)
+    d.signal(signal.SIGTERM)
+    worker.join(timeout=60)
+    assert d.stop(timeout=60) == 0, d.log()
+    result = outcome.get("result")
+    assert isinstance(result, openai.types.CreateEmbeddingResponse), f"{result!r}\n{d.log()}"
+    assert len(result.data) == len(texts)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{base}/models", timeout=5)
