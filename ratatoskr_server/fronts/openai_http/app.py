@@ -25,11 +25,11 @@ from ratatoskr_client.client import (
     RETRY_AFTER_KEY,
     TRUNCATED_KEY,
 )
-from ratatoskr_client.errors import InvalidArgument, RatatoskrError
+from ratatoskr_client.errors import Internal, InvalidArgument, RatatoskrError
 from ratatoskr_client.types import ChatEvent, Done, Usage, UsageEvent
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.fronts.grpc.status import Front, privacy_tier
-from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Caller, Guard
+from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Guard
 from ratatoskr_server.fronts.openai_http import errors, sse, wire
 from ratatoskr_server.gateway import Gateway
 
@@ -187,7 +187,7 @@ async def chat_completions(request: web.Request, ctx: RequestContext) -> web.Str
     options = wire.options_from_json(body)
     stream, include_usage = wire.stream_flags(body)
     if stream:
-        chunks = wire.ChatChunks("", options.model, include_usage)
+        chunks = wire.ChatChunks(ctx.request_id, options.model, include_usage)
         return await _stream(
             request, ctx, "ChatStream", lambda ctx: gateway.chat_stream(ctx, messages, options), chunks, options.model
         )
@@ -209,7 +209,7 @@ async def completions(request: web.Request, ctx: RequestContext) -> web.StreamRe
     options = wire.options_from_json(body)
     stream, include_usage = wire.stream_flags(body)
     if stream:
-        chunks = wire.TextChunks("", options.model, include_usage)
+        chunks = wire.TextChunks(ctx.request_id, options.model, include_usage)
         return await _stream(
             request,
             ctx,
@@ -241,17 +241,16 @@ async def _stream(
     an in-band error event and the body ends without ``[DONE]``."""
     front = request.app[FRONT_KEY]
     guard = front.guard
-    chunks.id = f"{chunks.id}{ctx.request_id}"
-    caller: list[Caller | None] = [None]
 
     async def guarded() -> AsyncIterator[ChatEvent]:
-        caller[0] = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
+        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
         async for event in events(ctx):
             if isinstance(event, UsageEvent):
-                await guard.settle_tokens(caller[0], _tokens(event.usage))
+                await guard.settle_tokens(caller, _tokens(event.usage))
             yield event
 
     response: web.StreamResponse | None = None
+    finished = False
     try:
         async with aclosing(front.edge.stream(rpc, ctx, guarded(), model=model)) as relayed:  # type: ignore[type-var]
             async for event in relayed:
@@ -264,12 +263,14 @@ async def _stream(
                     await response.write(sse.event(chunk))
                 if isinstance(event, Done):
                     await response.write(sse.DONE)
+                    finished = True
+        if not finished:  # no Done: never let the client take what it got for the whole answer
+            raise Internal(f"the stream ended before its end (request id {ctx.request_id})")
     except RatatoskrError as err:
         if response is None:
             return error_response(ctx, err)
         await response.write(sse.event(errors.error_json(err)))
-    if response is None:  # a stream that ended without one event: no Done, so not a clean end either
-        return error_response(ctx, RatatoskrError("the stream ended without an answer"))
+    assert response is not None  # a stream without one event became an error response above
     await response.write_eof()
     return response
 
