@@ -144,6 +144,21 @@ def test_a_deadline_that_passes_mid_stream_is_an_in_band_timeout(sdk: openai.Ope
         sdk.chat.completions.create(model="up/gpt-test", messages=HI, extra_headers={"x-ratatoskr-timeout": "soon"})
 
 
+def test_a_client_leaving_mid_stream_closes_the_upstream_call_quietly(
+    sdk: openai.OpenAI, httpd: DaemonProcess, upstream: Upstream
+) -> None:
+    upstream.disconnected.clear()
+    stream = sdk.chat.completions.create(model="up/slow", messages=HI, stream=True)
+    for _, _chunk in zip(range(3), stream, strict=False):
+        pass
+    stream.close()
+    assert upstream.disconnected.wait(10), "the upstream call outlived its client"
+    time.sleep(0.2)
+    assert not [r for r in httpd.records() if r.get("level") == "error"], httpd.log()
+    cancelled = [r for r in httpd.records() if r.get("rpc") == "ChatStream" and r.get("status") == "CANCELLED"]
+    assert cancelled, httpd.log()
+
+
 def test_completions_unary_and_streamed(sdk: openai.OpenAI) -> None:
     unary = sdk.completions.create(model="up/gpt-test", prompt="Tell me")
     assert unary.choices[0].text == "Once upon a time" and unary.choices[0].finish_reason == "length"

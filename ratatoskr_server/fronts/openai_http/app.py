@@ -10,6 +10,7 @@ fails before it (auth, routing, the upstream's refusal) still gets its real stat
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -251,6 +252,7 @@ async def _stream(
 
     response: web.StreamResponse | None = None
     finished = False
+    tail = b""
     try:
         async with aclosing(front.edge.stream(rpc, ctx, guarded(), model=model)) as relayed:  # type: ignore[type-var]
             async for event in relayed:
@@ -262,16 +264,23 @@ async def _stream(
                 for chunk in chunks.chunks(event):
                     await response.write(sse.event(chunk))
                 if isinstance(event, Done):
-                    await response.write(sse.DONE)
+                    tail = sse.DONE
                     finished = True
         if not finished:  # no Done: never let the client take what it got for the whole answer
             raise Internal(f"the stream ended before its end (request id {ctx.request_id})")
+    except ConnectionResetError:
+        # The client went away (a cancel, a closed tab): the relay is closed, which closed the upstream
+        # call, and the edge logged the request as CANCELLED. Nobody is left to answer.
+        assert response is not None
+        return response
     except RatatoskrError as err:
         if response is None:
             return error_response(ctx, err)
-        await response.write(sse.event(errors.error_json(err)))
+        tail = sse.event(errors.error_json(err))
     assert response is not None  # a stream without one event became an error response above
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # a client that left once it had the last event
+        await response.write(tail)
+        await response.write_eof()
     return response
 
 
