@@ -18,18 +18,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from ratatoskr_client.client import (
-    BUDGET_WARNING_KEY,
-    DROPPED_PARAMETERS_KEY,
-    PRIVACY_TIER_KEY,
-    REQUEST_ID_KEY,
-    RETRY_AFTER_KEY,
-    TRUNCATED_KEY,
-)
+from ratatoskr_client.client import PRIVACY_TIER_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
 from ratatoskr_client.errors import Internal, InvalidArgument, RatatoskrError
 from ratatoskr_client.types import ChatEvent, Done, Usage, UsageEvent
 from ratatoskr_server.context import RequestContext
-from ratatoskr_server.fronts.grpc.status import Front, privacy_tier
+from ratatoskr_server.fronts.grpc.status import Front, privacy_tier, trailing_metadata
 from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Guard
 from ratatoskr_server.fronts.openai_http import errors, sse, wire
 from ratatoskr_server.gateway import Gateway
@@ -84,15 +77,9 @@ def _metadata(request: web.Request, guard: Guard) -> list[tuple[str, str]]:
 
 
 def note_headers(ctx: RequestContext, err: RatatoskrError | None = None) -> dict[str, str]:
-    """Our notes as ``x-ratatoskr-*`` headers (ASCII only, as HTTP headers must be)."""
-    headers = {REQUEST_ID_KEY: ctx.request_id}
-    notes = ctx.notes
-    if notes.dropped_parameters:
-        headers[DROPPED_PARAMETERS_KEY] = ",".join(notes.dropped_parameters)
-    if notes.truncation is not None:
-        headers[TRUNCATED_KEY] = notes.truncation.summary()
-    if notes.budget_warning:
-        headers[BUDGET_WARNING_KEY] = notes.budget_warning.encode("ascii", "backslashreplace").decode()
+    """Our notes as ``x-ratatoskr-*`` headers: the very pairs gRPC sends as trailing metadata (one
+    list of notes for both fronts, ASCII-escaped there already), with HTTP's whole-second retry-after."""
+    headers = dict(trailing_metadata(ctx))
     if err is not None and (after := errors.retry_after(err)) is not None:
         headers[RETRY_AFTER_KEY] = after
     return headers
