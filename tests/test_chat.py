@@ -58,6 +58,9 @@ def chat_daemon(model_root: Path, upstream: Upstream) -> Iterator[DaemonProcess]
     d = DaemonProcess(
         model_root,
         local={"preload": []},
+        # These tests map one upstream answer each; retries (which would wait out retry-after: 3 twice)
+        # are test_resilience's.
+        resilience={"attempts": 1},
         providers={
             # Its upstream quotes the whole key in 401 bodies, so "KEY not in the message" can fail.
             "openai": {
