@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from stage_timing import timed
 
 from ratatoskr_client.types import EmbedResult
 from ratatoskr_server.config import CacheSettings, load_settings
@@ -41,24 +40,13 @@ MODEL = "all-minilm-l6-v2"
 DIM = 384
 
 
-async def timed(name: str, rounds: int, step: Callable[[], Awaitable[object]]) -> float:
-    for _ in range(10):
-        await step()
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await step()
-        samples.append((time.perf_counter() - started) * 1e6)
-    samples.sort()
-    p50 = statistics.median(samples)
-    p99 = samples[max(int(len(samples) * 0.99) - 1, 0)]
-    print(f"{name:<56} p50 {p50:9.1f} µs   p99 {p99:9.1f} µs")
-    return p50
-
-
 async def end_to_end(rounds: int, root: Path) -> None:
     fresh = (f"a sentence about the weather, number {i}" for i in itertools.count())
-    on = EmbeddedGateway(load_settings(local={"model_dir": root, "preload": [MODEL], "auto_import_default": False}))
+    on = EmbeddedGateway(
+        load_settings(
+            local={"model_dir": root, "preload": [MODEL], "auto_import_default": False}, cache={"enabled": True}
+        )
+    )
     off = EmbeddedGateway(
         load_settings(
             local={"model_dir": root, "preload": [MODEL], "auto_import_default": False}, cache={"enabled": False}
