@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from stage_timing import percentiles, timed
 
 from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, ContentDelta, Done, Message, Usage, UsageEvent
 from ratatoskr_server.config import load_settings
@@ -55,23 +56,6 @@ async def events(call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         yield ContentDelta(f"w{i} ")
     yield UsageEvent(Usage(120, 18, 138))
     yield Done("stop")
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    samples.sort()
-    return statistics.median(samples), samples[max(int(len(samples) * 0.99) - 1, 0)]
-
-
-async def timed(name: str, rounds: int, step: Callable[[], Awaitable[object]]) -> None:
-    for _ in range(50):
-        await step()
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await step()
-        samples.append((time.perf_counter() - started) * 1e6)
-    p50, p99 = percentiles(samples)
-    print(f"{name:<62} p50 {p50:8.1f} µs   p99 {p99:8.1f} µs")
 
 
 async def concurrent(name: str, rounds: int, width: int, step: Callable[[], Awaitable[object]]) -> None:

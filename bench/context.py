@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import statistics
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from stage_timing import timed
 
 from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import load_settings
@@ -41,19 +40,6 @@ def conversation(turns: int) -> list[Message]:
         messages.append(Message("user", f"Question {i}: what is {i} times {i + 1}, and why does it matter to us?"))
         messages.append(Message("assistant", f"It is {i * (i + 1)}. It matters because products grow fast, {i}."))
     return messages
-
-
-async def timed(name: str, rounds: int, step: Callable[[], Awaitable[object]]) -> None:
-    for _ in range(20):
-        await step()
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await step()
-        samples.append((time.perf_counter() - started) * 1e6)
-    samples.sort()
-    p99 = samples[max(int(len(samples) * 0.99) - 1, 0)]
-    print(f"{name:<58} p50 {statistics.median(samples):8.1f} µs   p99 {p99:8.1f} µs")
 
 
 async def main() -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import httpcore
+from stage_timing import timed
 
 from ratatoskr_client.types import ChatOptions, ChatResult, Message, PrivacyTier
 from ratatoskr_server.config import load_settings
@@ -34,19 +33,6 @@ from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.routing.router import Router
 
 ANSWER = ChatResult(message=Message("assistant", "hi"), finish_reason="stop")
-
-
-async def timed(name: str, rounds: int, step: Callable[[], Awaitable[object]]) -> None:
-    for _ in range(50):
-        await step()
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await step()
-        samples.append((time.perf_counter() - started) * 1e6)
-    samples.sort()
-    p99 = samples[max(int(len(samples) * 0.99) - 1, 0)]
-    print(f"{name:<62} p50 {statistics.median(samples):8.1f} µs   p99 {p99:8.1f} µs")
 
 
 async def resolver(host: str, port: int) -> Sequence[str]:
