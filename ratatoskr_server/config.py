@@ -314,6 +314,39 @@ class ModelSettings(_Section):
     max_wait_ms: float | None = Field(default=None, ge=0)
     max_queue: int | None = Field(default=None, ge=1)
     max_queue_tokens: int | None = Field(default=None, ge=1)
+    # -- store (issue 13): per-model overrides of [store] --
+    require_signature: bool | None = Field(default=None, description="Overrides store.require_signature.")
+    key_file: Path | None = Field(default=None, description="Overrides store.key_file for this encrypted model.")
+    passphrase: SecretStr | None = Field(default=None, description='Overrides store.passphrase; use "${VAR}".')
+
+
+class StoreSettings(_Section):
+    """The trusted model store: what a model folder must prove before its bytes reach ONNX Runtime."""
+
+    verify: bool = Field(
+        default=True, description="Hash every file (BLAKE3) at load and check it against content.json."
+    )
+    require_manifest: bool = Field(
+        default=False,
+        description="Refuse folders without content.json (otherwise hashed at load and reported unverified).",
+    )
+    require_signature: bool = Field(
+        default=False, description="Refuse models not signed (model.sig) by a key in trusted_keys."
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="PEM public keys (ECDSA P-256 or Ed25519) whose signatures are trusted."
+    )
+    allow_symlinks: bool = Field(default=False, description="Follow symlinks inside model folders.")
+    key_file: Path | None = Field(default=None, description="Raw 32-byte key file decrypting encrypted models.")
+    passphrase: SecretStr | None = Field(
+        default=None, description='Passphrase (Argon2id) decrypting encrypted models; use "${VAR}".'
+    )
+
+    @model_validator(mode="after")
+    def _signatures_need_verification(self) -> StoreSettings:
+        if self.require_signature and not self.verify:
+            raise ValueError("store.require_signature = true needs store.verify = true")
+        return self
 
 
 class ProviderSettings(_Section):
@@ -605,6 +638,7 @@ class Settings(BaseSettings):
     context: ContextSettings = Field(default_factory=ContextSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     #: API keys by caller name; needed on TCP unless server.tcp_require_auth = false.
     callers: dict[str, CallerSettings] = Field(default_factory=dict)
 
@@ -631,6 +665,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
         values = [v for p in self.providers.values() for v in p.secret_values()]
+        passphrases = [self.store.passphrase, *(m.passphrase for m in self.models.values())]
+        values += [p.get_secret_value() for p in passphrases if p is not None and p.get_secret_value()]
         # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
         stored = [key for c in self.callers.values() if (key := c.stored()) is not None]
         return values + [v for key in stored for v in (str(key), key.digest)]

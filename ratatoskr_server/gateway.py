@@ -85,6 +85,7 @@ from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
 from ratatoskr_server.state.factory import budget_ledger
+from ratatoskr_server.store.store import ModelStore
 from ratatoskr_server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Gateway:
         load_live(registry, settings.registry.cache_file.expanduser())
         return cls(
             settings,
-            pool=LocalModelPool(settings, executor, loader),
+            pool=LocalModelPool(settings, executor, loader, store=ModelStore(settings)),
             registry=registry,
             metrics=metrics or Metrics(),
             executor=executor,

@@ -17,6 +17,7 @@ from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.policy.params import MAX_REMEMBERED_REJECTIONS, ParameterGuard
+from ratatoskr_server.store.store import hash_folder
 from ratatoskr_server.telemetry.metrics import MAX_MODEL_LABELS, Metrics
 from tests.tiny_bert import make_tiny_bert_checkpoint
 
@@ -51,6 +52,7 @@ async def test_a_manifest_pointing_outside_its_folder_is_refused(tmp_path: Path)
     manifest = json.loads((tmp_path / "models" / "escape" / "manifest.json").read_text())
     manifest["onnx_file"] = "../good/model.onnx"
     (tmp_path / "models" / "escape" / "manifest.json").write_text(json.dumps(manifest))
+    hash_folder(tmp_path / "models" / "escape").write(tmp_path / "models" / "escape")  # hashed: still refused
     gw = EmbeddedGateway(
         load_settings(local={"model_dir": tmp_path / "models", "preload": [], "auto_import_default": False})
     )

@@ -7,7 +7,6 @@ recorded requests, so "served from the cache" is proven by work not done, not by
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.state.cache import ENTRY_OVERHEAD, MemoryResponseCache
+from ratatoskr_server.store.files import CONTENT_FILE
+from ratatoskr_server.store.store import hash_folder
 from tests.conftest import MODEL, TINY_NLI, DaemonProcess
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
@@ -175,12 +176,18 @@ async def test_a_reloaded_model_with_changed_files_never_serves_old_entries(
 ) -> None:
     await gw.embed(["revision check"])
     assert (await gw.embed(["revision check"])).notes.cache_hits == 1
-    manifest = model_root / MODEL / "manifest.json"
-    stat = manifest.stat()
+    folder = model_root / MODEL
+    manifest, content = folder / "manifest.json", folder / CONTENT_FILE
+    saved = manifest.read_bytes(), content.read_bytes()
     await gw.unload_model(MODEL)
-    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # the files were replaced
-    await gw.load_model(MODEL)
-    assert (await gw.embed(["revision check"])).notes.cache_hits == 0
+    try:
+        manifest.write_bytes(saved[0] + b"\n")  # the files were replaced (and hashed again)
+        hash_folder(folder).write(folder)
+        await gw.load_model(MODEL)
+        assert (await gw.embed(["revision check"])).notes.cache_hits == 0
+    finally:
+        manifest.write_bytes(saved[0])
+        content.write_bytes(saved[1])
 
 
 async def test_nli_pairs_are_cached_one_by_one_and_classify_per_request(gw: EmbeddedGateway) -> None:

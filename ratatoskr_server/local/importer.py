@@ -36,6 +36,7 @@ from safetensors.numpy import load_file
 
 from ratatoskr_server.local.discovery import find_default_model_source
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
+from ratatoskr_server.store.store import hash_folder
 
 __all__ = [
     "QUANTIZATION_CHECK_SENTENCES",
@@ -652,6 +653,8 @@ def import_bert_checkpoint(
         onnx.checker.check_model(staging / _ONNX_FILE, full_check=True)
         shutil.copyfile(source / _TOKENIZER_FILE, staging / _TOKENIZER_FILE)
         manifest.write(staging)
+        # The content manifest last, over every file: the store checks them against it at load.
+        hash_folder(staging).write(staging)
         _publish(staging, target, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -802,6 +805,7 @@ def quantize_model(
         shutil.copyfile(tokenizer_file, copied_tokenizer)
         update = {"name": name, "onnx_file": _ONNX_FILE, "quantization": QUANTIZATION_SCHEME}
         manifest.model_copy(update=update).write(staging)
+        hash_folder(staging).write(staging)
         # Measured before publishing: a quantized graph that does not even load never appears.
         drift = _measure_drift(manifest, fp32_file, int8_file, tokenizer_file)
         sizes = fp32_file.stat().st_size / 2**20, int8_file.stat().st_size / 2**20

@@ -24,6 +24,8 @@ from ratatoskr_server.local.encoder import sentence_vectors
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.session import SessionHandle, create_session
 from ratatoskr_server.local.tokenization import TextInput, TextTokenizer
+from ratatoskr_server.store.provenance import Provenance
+from ratatoskr_server.store.store import ModelFiles
 
 #: Requests with more inputs than this are tokenized in the executor rather than on the event loop.
 _INLINE_TOKENIZE_MAX = 16
@@ -50,8 +52,11 @@ class LocalModel:
         tokenizer: TextTokenizer,
         executor: Executor,
         limits: BatchLimits,
+        provenance: Provenance | None = None,
     ) -> None:
         self.name = name
+        #: What the store proved of the files this model was built from.
+        self.provenance = provenance
         self.path = path
         self.manifest = manifest
         self.handle = handle
@@ -147,6 +152,7 @@ class LocalModel:
 def open_local_model(
     name: str,
     path: Path,
+    files: ModelFiles,
     *,
     device: str,
     require_device: bool,
@@ -155,19 +161,14 @@ def open_local_model(
     executor: Executor,
     limits: BatchLimits,
 ) -> LocalModel:
-    """Read the manifest, create the session and tokenizer (blocking: run it in the executor)."""
-    try:
-        manifest = ModelManifest.read(path)
-    except (OSError, ValueError) as err:
-        raise FailedPrecondition(f"model '{name}' at {path}: unreadable manifest.json: {err}") from None
+    """Create the session and tokenizer from files the store checked (blocking: run it in the executor)."""
+    manifest = files.manifest
     if manifest.pad_to is not None and manifest.max_length > manifest.pad_to:
         raise FailedPrecondition(
             f"model '{name}': max_length {manifest.max_length} exceeds pad_to {manifest.pad_to}, "
             "the graph's fixed sequence length"
         )
-    for file in (manifest.onnx_file, manifest.tokenizer_file):
-        if not (path / file).is_file():
-            raise FailedPrecondition(f"model '{name}': {path / file} is missing")
+    graph = files.graph
     try:
         handle = create_session(
             path / manifest.onnx_file,
@@ -175,10 +176,19 @@ def open_local_model(
             require_device=require_device,
             intra_op_threads=intra_op_threads,
             spin_wait=spin_wait,
+            graph=graph if isinstance(graph, bytes) else None,
         )
     except FailedPrecondition:
         raise
     except Exception as err:  # onnxruntime raises its own exception types for bad graphs
         raise FailedPrecondition(f"model '{name}': onnxruntime cannot load {manifest.onnx_file}: {err}") from None
-    tokenizer = TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name, pad_to=manifest.pad_to)
-    return LocalModel(name, path, manifest, handle, tokenizer, executor, limits)
+    tokenizer = build_tokenizer(name, files)
+    return LocalModel(name, path, manifest, handle, tokenizer, executor, limits, files.provenance)
+
+
+def build_tokenizer(name: str, files: ModelFiles) -> TextTokenizer:
+    manifest = files.manifest
+    try:
+        return TextTokenizer(files.tokenizer_json, manifest.max_length, name, pad_to=manifest.pad_to)
+    except Exception as err:  # the tokenizers library raises plain Exceptions for bad JSON
+        raise FailedPrecondition(f"model '{name}': {manifest.tokenizer_file} is not a tokenizer: {err}") from None

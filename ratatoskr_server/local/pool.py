@@ -42,10 +42,11 @@ from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ModelSettings, Settings
 from ratatoskr_server.local.batcher import BatchLimits
 from ratatoskr_server.local.discovery import find_default_model_source, local_models
 from ratatoskr_server.local.importer import import_bert_checkpoint
-from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
-from ratatoskr_server.local.model import LocalModel, open_local_model
-from ratatoskr_server.local.revision import model_revision
+from ratatoskr_server.local.manifest import MANIFEST_FILE
+from ratatoskr_server.local.model import LocalModel, build_tokenizer, open_local_model
 from ratatoskr_server.local.tokenization import TextTokenizer
+from ratatoskr_server.store.provenance import Provenance
+from ratatoskr_server.store.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class _Slot:
     def __post_init__(self) -> None:
         self.drained.set()
 
+    provenance: Provenance | None = None
+
     def describe(self, now: float) -> LoadedModel:
         model = self.model
         return LoadedModel(
@@ -143,8 +146,11 @@ class LocalModelPool:
         executor: Executor,
         loader: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: ModelStore | None = None,
     ) -> None:
         self._settings = settings
+        #: The only way model files are read: checked (and decrypted) before any byte is parsed.
+        self._store = store or ModelStore(settings)
         #: Idle time is measured on this clock (seconds); the tests drive it by hand.
         self._clock = clock
         #: Inference (batches, big tokenizations) and loading (imports, sessions, tokenizer files) run
@@ -162,8 +168,9 @@ class LocalModelPool:
         self._closed = False
         #: Loads performed per model name, for the operators' status and the tests.
         self.load_counts: Counter[str] = Counter()
-        #: Model name -> the revision of its files when last loaded (``local/revision.py``).
-        self._revisions: dict[str, str] = {}
+        #: Model name -> what the store proved of its files when last loaded (the content address
+        #: is the revision the response cache keys by).
+        self._provenance: dict[str, Provenance] = {}
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -176,6 +183,7 @@ class LocalModelPool:
         of appearing to have applied it.
         """
         self._settings = settings
+        self._store.update_settings(settings)
         self._tokenizers.clear()
         self._restart_reaper()
         for slot in self._slots.values():
@@ -264,7 +272,12 @@ class LocalModelPool:
     def revision(self, name: str) -> str:
         """The revision of ``name``'s files as last loaded ("" before its first load): kept after an
         unload, replaced by the next load, so what it names is what the pool last served."""
-        return self._revisions.get(self.canonical(name), "")
+        known = self._provenance.get(self.canonical(name))
+        return known.address if known else ""
+
+    def provenance(self, name: str) -> Provenance | None:
+        """What the store proved of ``name``'s files when it was last loaded (None before)."""
+        return self._provenance.get(self.canonical(name))
 
     def available(self) -> dict[str, Path]:
         return local_models(self._settings)
@@ -317,9 +330,8 @@ class LocalModelPool:
         if cached is None:
             path = await self.locate(name)
 
-            def build() -> TextTokenizer:  # file IO and parsing a tokenizer.json: off the event loop
-                manifest = ModelManifest.read(path)
-                return TextTokenizer(path / manifest.tokenizer_file, manifest.max_length, name, pad_to=manifest.pad_to)
+            def build() -> TextTokenizer:  # file IO, hashing and parsing a tokenizer.json: off the event loop
+                return build_tokenizer(name, self._store.open_tokenizer(name, path))
 
             cached = await asyncio.get_running_loop().run_in_executor(self._loader, build)
             self._tokenizers[name] = cached
@@ -458,11 +470,14 @@ class LocalModelPool:
         started = time.perf_counter()
         before = rss_mb()
         try:
+            # Checked first, in the same executor job: ONNX Runtime and the tokenizer parse only what
+            # the store verified (and decrypted in memory).
             model = await loop.run_in_executor(
                 self._loader,
                 lambda: open_local_model(
                     slot.name,
                     slot.path,
+                    self._store.open_model(slot.name, slot.path),
                     device=plan.device,
                     require_device=plan.require_device,
                     intra_op_threads=plan.intra_op_threads,
@@ -478,7 +493,6 @@ class LocalModelPool:
                 _settled(slot.ready, Unavailable(f"model '{slot.name}' was discarded while it loaded"))
                 _settled(slot.gone)
                 return
-            revision = await loop.run_in_executor(self._loader, model_revision, slot.path, model.manifest)
             decl = self._decl(slot.name)
             if decl and decl.task and decl.task != model.manifest.task:
                 raise FailedPrecondition(
@@ -499,7 +513,9 @@ class LocalModelPool:
         slot.state = ModelState.READY
         slot.last_used = self._clock()
         self.load_counts[slot.name] += 1
-        self._revisions[slot.name] = revision
+        assert model.provenance is not None
+        slot.provenance = model.provenance
+        self._provenance[slot.name] = model.provenance
         _settled(slot.ready)
         log.info(
             "model loaded",

@@ -2,8 +2,8 @@
 
 The size and modification time (ns) of the manifest, the graph and the tokenizer: replacing any of
 them (a swap, a re-import, a re-quantisation) changes the revision, so a swapped model never
-answers with the old model's cached vectors.  Three ``stat`` calls, no hashing of gigabytes; when
-``store/`` keeps a per-file BLAKE3 manifest, its digest is the better revision.
+answers with the old model's cached vectors.  Three ``stat`` calls, no hashing. Only the fallback when
+``store.verify = false``: normally the store's content address (BLAKE3 over every file) is the revision.
 """
 
 from __future__ import annotations

@@ -48,9 +48,20 @@ def nvidia_gpu_present() -> bool:
 
 
 def create_session(
-    path: Path, *, device: str, require_device: bool = False, intra_op_threads: int = 0, spin_wait: bool = True
+    path: Path,
+    *,
+    device: str,
+    require_device: bool = False,
+    intra_op_threads: int = 0,
+    spin_wait: bool = True,
+    graph: bytes | None = None,
 ) -> SessionHandle:
-    """A session on ``device`` ("auto", "cpu", "cuda"), falling back to CPU unless ``require_device``."""
+    """A session on ``device`` ("auto", "cpu", "cuda"), falling back to CPU unless ``require_device``.
+
+    ``graph``: the model's bytes (a decrypted model, never written to disk); ``path`` then only
+    names it in messages.
+    """
+    source: str | bytes = graph if graph is not None else str(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = _ORT_ERROR
@@ -71,7 +82,7 @@ def create_session(
             # own error line and report the outcome ourselves.
             ort.set_default_logger_severity(_ORT_FATAL)
             try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=[CUDA, CPU])
+                session = ort.InferenceSession(source, sess_options=options, providers=[CUDA, CPU])
             finally:
                 ort.set_default_logger_severity(_ORT_ERROR)
             used = session.get_providers()[0]
@@ -85,5 +96,5 @@ def create_session(
                     'set device = "cpu" or require_device = false'
                 )
             log.warning("cuda requested, running on cpu", extra={"model": path.parent.name, "reason": reason})
-    session = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+    session = ort.InferenceSession(source, sess_options=options, providers=[CPU])
     return SessionHandle(session, session.get_providers()[0], reason if device == "cuda" else "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -32,18 +31,19 @@ class TokenizedBatch:
 
 
 class TextTokenizer:
-    def __init__(self, path: Path, max_length: int, model_name: str, *, pad_to: int | None = None) -> None:
+    def __init__(self, tokenizer_json: str, max_length: int, model_name: str, *, pad_to: int | None = None) -> None:
+        """``tokenizer_json`` is the file's text as the store checked (and maybe decrypted) it."""
         self.max_length = max_length
         self.model_name = model_name
         self.pad_to = pad_to
-        self._full = Tokenizer.from_file(str(path))
+        self._full = Tokenizer.from_str(tokenizer_json)
         padding = self._full.padding
         self.pad_id = int(padding["pad_id"]) if padding else (self._full.token_to_id("[PAD]") or 0)
         self._full.no_padding()
         self._full.no_truncation()
         # A second instance that truncates, so a cut input keeps its closing special tokens
         # (and a cut pair is shortened from its longer side, as HF does).
-        self._cut = Tokenizer.from_file(str(path))
+        self._cut = Tokenizer.from_str(tokenizer_json)
         self._cut.no_padding()
         self._cut.enable_truncation(max_length)
 

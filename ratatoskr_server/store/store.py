@@ -1,0 +1,228 @@
+"""The one door to model files: verify, then hand over bytes the runtime may parse.
+
+Everything here blocks (file IO, hashing, decryption): the pool calls it in its loader executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ratatoskr_client.errors import FailedPrecondition
+from ratatoskr_server.config import Settings
+from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
+from ratatoskr_server.local.revision import model_revision
+from ratatoskr_server.store.content import ContentManifest, FileEntry, content_address
+from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_file
+from ratatoskr_server.store.files import CONTENT_FILE, covered_files
+from ratatoskr_server.store.provenance import Provenance, SignatureState, SignatureStatus, Verification
+
+
+@dataclass(frozen=True, slots=True)
+class StorePolicy:
+    """The [store] settings as they apply to one model (per-model overrides folded in)."""
+
+    verify: bool = True
+    require_manifest: bool = False
+    require_signature: bool = False
+    trusted_keys: tuple[Path, ...] = ()
+    allow_symlinks: bool = False
+
+    @classmethod
+    def for_model(cls, settings: Settings, name: str) -> StorePolicy:
+        store = settings.store
+        decl = settings.models.get(name)
+        required = decl.require_signature if decl and decl.require_signature is not None else store.require_signature
+        return cls(
+            verify=store.verify,
+            require_manifest=store.require_manifest,
+            require_signature=required,
+            trusted_keys=tuple(p.expanduser() for p in store.trusted_keys),
+            allow_symlinks=store.allow_symlinks,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    """What the runtime gets: the parsed manifest, the graph and the tokenizer, all checked."""
+
+    manifest: ModelManifest
+    #: A path for plain graphs; the decrypted bytes for encrypted ones (never written to disk).
+    graph: Path | bytes
+    tokenizer_json: str
+    provenance: Provenance
+
+
+def _short(digest: str) -> str:
+    return f"blake3:{digest}"
+
+
+class ModelStore:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def update_settings(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def policy(self, name: str) -> StorePolicy:
+        return StorePolicy.for_model(self._settings, name)
+
+    # -- the pool's two doors ----------------------------------------------------------------
+    def open_model(self, name: str, folder: Path) -> ModelFiles:
+        """Everything to build a session from, after every covered file was checked."""
+        return self._open(name, folder, tokenizer_only=False)
+
+    def open_tokenizer(self, name: str, folder: Path) -> ModelFiles:
+        """The manifest and tokenizer alone (Tokenize, CountTokens before the model loads).
+
+        With a content manifest only those two files (and content.json) are hashed, checked
+        against it: the graph is checked when the model loads.
+        """
+        return self._open(name, folder, tokenizer_only=True)
+
+    # -- verification ------------------------------------------------------------------------
+    def _open(self, name: str, folder: Path, *, tokenizer_only: bool) -> ModelFiles:
+        policy = self.policy(name)
+        if not policy.verify:
+            return self._open_unchecked(name, folder)
+        names = covered_files(folder, model=name, allow_symlinks=policy.allow_symlinks)
+        content = self._read_content(name, folder, policy)
+        digests: dict[str, FileDigest] = {}
+        if MANIFEST_FILE not in names:
+            raise FailedPrecondition(f"model '{name}' at {folder}: {MANIFEST_FILE} is missing")
+        digests[MANIFEST_FILE] = self._hash(name, folder, MANIFEST_FILE, keep=True)
+        if content is not None:  # checked before it is parsed, like every other file
+            self._compare(name, folder, content, digests, complete=False)
+        manifest = self._parse_manifest(name, folder, digests[MANIFEST_FILE])
+        for file in (manifest.onnx_file, manifest.tokenizer_file):
+            if file not in names:
+                raise FailedPrecondition(f"model '{name}': {folder / file} is missing")
+        # The tokenizer alone needs only its own file checked; a model needs every covered file.
+        wanted = [manifest.tokenizer_file] if tokenizer_only else names
+        for file in wanted:
+            if file not in digests:
+                digests[file] = self._hash(name, folder, file, keep=file == manifest.tokenizer_file)
+        if content is not None:
+            self._compare(name, folder, content, digests, complete=not tokenizer_only)
+            address = content.address
+            verification = Verification.VERIFIED
+        else:
+            address = "" if tokenizer_only else content_address(self._entries(digests))
+            verification = Verification.UNVERIFIED
+        signature = SignatureState()
+        tokenizer = digests.get(manifest.tokenizer_file)
+        tokenizer_json = self._text(name, folder, manifest.tokenizer_file, tokenizer)
+        return ModelFiles(
+            manifest=manifest,
+            graph=folder / manifest.onnx_file,
+            tokenizer_json=tokenizer_json,
+            provenance=Provenance(address=address, verification=verification, signature=signature),
+        )
+
+    def _open_unchecked(self, name: str, folder: Path) -> ModelFiles:
+        try:
+            data = (folder / MANIFEST_FILE).read_bytes()
+        except OSError as err:
+            raise FailedPrecondition(f"model '{name}' at {folder}: unreadable {MANIFEST_FILE}: {err}") from None
+        manifest = self._parse_manifest(name, folder, FileDigest(MANIFEST_FILE, len(data), {}, data))
+        for file in (manifest.onnx_file, manifest.tokenizer_file):
+            if not (folder / file).is_file():
+                raise FailedPrecondition(f"model '{name}': {folder / file} is missing")
+        revision = "stat:" + model_revision(folder, manifest)
+        return ModelFiles(
+            manifest=manifest,
+            graph=folder / manifest.onnx_file,
+            tokenizer_json=self._text(name, folder, manifest.tokenizer_file, None),
+            provenance=Provenance(
+                address=revision,
+                verification=Verification.SKIPPED,
+                signature=SignatureState(SignatureStatus.UNCHECKED),
+            ),
+        )
+
+    @staticmethod
+    def _hash(name: str, folder: Path, file: str, *, keep: bool) -> FileDigest:
+        try:
+            return hash_file(folder / file, [BLAKE3], keep=keep)
+        except OSError as err:
+            raise FailedPrecondition(f"model '{name}': cannot read {folder / file}: {err.strerror}") from None
+
+    @staticmethod
+    def _entries(digests: dict[str, FileDigest]) -> list[FileEntry]:
+        return [FileEntry(name=d.name, size=d.size, blake3=d.digests[BLAKE3]) for d in digests.values()]
+
+    @staticmethod
+    def _read_content(name: str, folder: Path, policy: StorePolicy) -> ContentManifest | None:
+        path = folder / CONTENT_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if policy.require_manifest:
+                raise FailedPrecondition(
+                    f"model '{name}' at {folder} has no {CONTENT_FILE} and store.require_manifest is true; "
+                    f"write one with `ratatoskr models hash {folder}`"
+                ) from None
+            return None
+        except OSError as err:
+            raise FailedPrecondition(f"model '{name}': cannot read {path}: {err.strerror}") from None
+        try:
+            return ContentManifest.parse(data, path)
+        except ValueError as err:
+            raise FailedPrecondition(f"model '{name}': {err}") from None
+
+    @staticmethod
+    def _compare(
+        name: str, folder: Path, content: ContentManifest, digests: dict[str, FileDigest], *, complete: bool
+    ) -> None:
+        """Refuse on the first difference, naming the file and both digests."""
+        listed = content.by_name()
+        for file, got in digests.items():
+            entry = listed.get(file)
+            if entry is None:
+                raise FailedPrecondition(
+                    f"model '{name}': {folder / file} is not listed in {CONTENT_FILE}; remove it, or run "
+                    f"`ratatoskr models hash {folder}` if it belongs to the model"
+                )
+            actual = got.digests[BLAKE3]
+            if actual != entry.blake3 or got.size != entry.size:
+                raise FailedPrecondition(
+                    f"model '{name}': {file} does not match {CONTENT_FILE}: expected {_short(entry.blake3)} "
+                    f"({entry.size} bytes), found {_short(actual)} ({got.size} bytes); the file changed since "
+                    "it was hashed: restore it or re-import the model"
+                )
+        if complete:
+            missing = sorted(set(listed) - set(digests))
+            if missing:
+                raise FailedPrecondition(
+                    f"model '{name}': {', '.join(missing)} listed in {folder / CONTENT_FILE} "
+                    f"{'is' if len(missing) == 1 else 'are'} missing"
+                )
+
+    @staticmethod
+    def _parse_manifest(name: str, folder: Path, digest: FileDigest) -> ModelManifest:
+        if digest.data is None:
+            raise FailedPrecondition(f"model '{name}' at {folder}: {MANIFEST_FILE} is too large to be a manifest")
+        try:
+            return ModelManifest.model_validate_json(digest.data)
+        except ValueError as err:
+            raise FailedPrecondition(f"model '{name}' at {folder}: unreadable {MANIFEST_FILE}: {err}") from None
+
+    @staticmethod
+    def _text(name: str, folder: Path, file: str, digest: FileDigest | None) -> str:
+        try:
+            data = digest.data if digest is not None and digest.data is not None else (folder / file).read_bytes()
+            return data.decode("utf-8")
+        except OSError as err:
+            raise FailedPrecondition(f"model '{name}': cannot read {folder / file}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise FailedPrecondition(f"model '{name}': {folder / file} is not UTF-8 text") from None
+
+
+def hash_folder(folder: Path, *, allow_symlinks: bool = False) -> ContentManifest:
+    """A fresh content manifest of ``folder`` (for ``models import`` and ``models hash``)."""
+    names = covered_files(folder, model=folder.name, allow_symlinks=allow_symlinks)
+    entries = []
+    for file in names:
+        d = hash_file(folder / file, [BLAKE3])
+        entries.append(FileEntry(name=file, size=d.size, blake3=d.digests[BLAKE3]))
+    return ContentManifest.of(entries)
