@@ -14,8 +14,17 @@ from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.revision import model_revision
 from ratatoskr_server.store.content import ContentManifest, FileEntry, content_address
 from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_file
-from ratatoskr_server.store.files import CONTENT_FILE, covered_files
+from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE, covered_files
+from ratatoskr_server.store.keys import KeyFileError, TrustedKey, load_public_key
 from ratatoskr_server.store.provenance import Provenance, SignatureState, SignatureStatus, Verification
+from ratatoskr_server.store.signature import (
+    Envelope,
+    SignatureError,
+    compare_signed,
+    default_ignored,
+    read_signature,
+    signed_digests,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +96,13 @@ class ModelStore:
             return self._open_unchecked(name, folder)
         names = covered_files(folder, model=name, allow_symlinks=policy.allow_symlinks)
         content = self._read_content(name, folder, policy)
+        envelope = self._read_envelope(name, folder, policy)
+        # A signature's own digest (SHA-256 from the model_signing CLI) is computed in the same read.
+        algorithms = [BLAKE3] if envelope is None else [BLAKE3, envelope.hash_type]
         digests: dict[str, FileDigest] = {}
         if MANIFEST_FILE not in names:
             raise FailedPrecondition(f"model '{name}' at {folder}: {MANIFEST_FILE} is missing")
-        digests[MANIFEST_FILE] = self._hash(name, folder, MANIFEST_FILE, keep=True)
+        digests[MANIFEST_FILE] = self._hash(name, folder, MANIFEST_FILE, algorithms, keep=True)
         if content is not None:  # checked before it is parsed, like every other file
             self._compare(name, folder, content, digests, complete=False)
         manifest = self._parse_manifest(name, folder, digests[MANIFEST_FILE])
@@ -101,7 +113,7 @@ class ModelStore:
         wanted = [manifest.tokenizer_file] if tokenizer_only else names
         for file in wanted:
             if file not in digests:
-                digests[file] = self._hash(name, folder, file, keep=file == manifest.tokenizer_file)
+                digests[file] = self._hash(name, folder, file, algorithms, keep=file == manifest.tokenizer_file)
         if content is not None:
             self._compare(name, folder, content, digests, complete=not tokenizer_only)
             address = content.address
@@ -110,6 +122,11 @@ class ModelStore:
             address = "" if tokenizer_only else content_address(self._entries(digests))
             verification = Verification.UNVERIFIED
         signature = SignatureState()
+        if envelope is not None:
+            signed_files = dict(digests)
+            if content is not None:  # signed with the files (it was there when the model was signed)
+                signed_files[CONTENT_FILE] = self._hash(name, folder, CONTENT_FILE, algorithms, keep=False)
+            signature = self._check_signature(name, policy, envelope, signed_files, complete=not tokenizer_only)
         tokenizer = digests.get(manifest.tokenizer_file)
         tokenizer_json = self._text(name, folder, manifest.tokenizer_file, tokenizer)
         return ModelFiles(
@@ -141,11 +158,74 @@ class ModelStore:
         )
 
     @staticmethod
-    def _hash(name: str, folder: Path, file: str, *, keep: bool) -> FileDigest:
+    def _hash(name: str, folder: Path, file: str, algorithms: list[str], *, keep: bool) -> FileDigest:
         try:
-            return hash_file(folder / file, [BLAKE3], keep=keep)
+            return hash_file(folder / file, algorithms, keep=keep)
         except OSError as err:
             raise FailedPrecondition(f"model '{name}': cannot read {folder / file}: {err.strerror}") from None
+
+    @staticmethod
+    def _read_envelope(name: str, folder: Path, policy: StorePolicy) -> Envelope | None:
+        path = folder / SIGNATURE_FILE
+        if not path.exists():
+            if policy.require_signature:
+                raise FailedPrecondition(
+                    f"model '{name}' is unsigned ({path} is missing) and a signature is required "
+                    f"(store.require_signature or models.{name}.require_signature); sign it with "
+                    f"`ratatoskr models sign {folder} --key KEY` using a key listed in store.trusted_keys"
+                )
+            return None
+        try:
+            return read_signature(path)
+        except SignatureError as err:
+            raise FailedPrecondition(f"model '{name}': {err}") from None
+
+    @staticmethod
+    def _trusted(policy: StorePolicy) -> list[TrustedKey]:
+        try:
+            return [load_public_key(path) for path in policy.trusted_keys]
+        except KeyFileError as err:
+            raise FailedPrecondition(f"store.trusted_keys: {err}") from None
+
+    def _check_signature(
+        self,
+        name: str,
+        policy: StorePolicy,
+        envelope: Envelope,
+        digests: dict[str, FileDigest],
+        *,
+        complete: bool,
+    ) -> SignatureState:
+        """A signature by a trusted key must match every file; one by another key is only reported
+        (and refused when a signature is required): it cannot be checked without the key."""
+        keys = self._trusted(policy)
+        candidates = [k for k in keys if k.id == envelope.key_id] if envelope.key_id else keys
+        if not candidates:
+            if policy.require_signature:
+                signer = f"key {envelope.key_id}" if envelope.key_id else "a key it does not name"
+                raise FailedPrecondition(
+                    f"model '{name}' is signed by {signer}, which is not in store.trusted_keys; add that "
+                    "public key to the trust list or sign the model with a trusted key"
+                )
+            return SignatureState(SignatureStatus.UNTRUSTED, key_id=envelope.key_id)
+        error: SignatureError | None = None
+        for key in candidates:
+            try:
+                signed = signed_digests(envelope, key)
+            except SignatureError as err:
+                error = err
+                continue
+            actual = {
+                file: d.digests[envelope.hash_type]
+                for file, d in digests.items()
+                if not default_ignored(file, envelope)
+            }
+            try:
+                compare_signed(name, signed, actual, envelope.hash_type, complete=complete)
+            except SignatureError as err:
+                raise FailedPrecondition(str(err)) from None
+            return SignatureState(SignatureStatus.VALID, key_id=key.id, algorithm=key.kind)
+        raise FailedPrecondition(f"model '{name}': {error}")
 
     @staticmethod
     def _entries(digests: dict[str, FileDigest]) -> list[FileEntry]:
