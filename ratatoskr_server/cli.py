@@ -1,5 +1,5 @@
-"""The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list, embed,
-template render, tokens count, keys create/list.
+"""The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list/keygen/
+hash/sign/verify, embed, template render, tokens count, keys create/list.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
 and exits non-zero with a one-line reason (never a traceback) on failure.
@@ -19,6 +19,7 @@ from ratatoskr_client.client import ServiceClient
 from ratatoskr_client.errors import RatatoskrError, Unavailable
 from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server import package_version
+from ratatoskr_server.cli_store import add_store_commands, sign_model
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ConfigError, flatten, load_settings, resolve_config_path
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 
@@ -265,6 +266,11 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
                 f"imported {name}: {manifest.architecture} {manifest.task} model, {shape}, "
                 f"max {manifest.max_length} tokens, into {target}"
             )
+        if args.sign:
+            address, key_id = sign_model(target, Path(args.sign).expanduser(), allow_symlinks=False)
+            data.update(address=address, signed_by=key_id)
+            if not args.json:
+                print(f"signed {name} ({address}) with key {key_id[:16]}")
     if args.quantize:
         quantized = dest / f"{name}-int8"
         if args.if_missing and (quantized / MANIFEST_FILE).is_file():
@@ -282,6 +288,7 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from ratatoskr_server.local.discovery import local_models
     from ratatoskr_server.local.pool import dir_mb
+    from ratatoskr_server.store.inspect import summarize
 
     settings = load_settings(args.config)
     loaded: dict[str, Any] = {}
@@ -297,6 +304,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
             continue
         manifest = ModelManifest.read(path)
         live = loaded.get(name)
+        stored = summarize(path, settings.store.trusted_keys)
         rows.append(
             {
                 "name": name,
@@ -307,6 +315,9 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
                 "state": live.state if live else "not loaded",
                 "device": live.device if live else "",
                 "path": str(path),
+                "address": stored.address,
+                "signature": stored.signature,
+                "encrypted": stored.encrypted,
             }
         )
 
@@ -329,6 +340,9 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
                 print(f"{r['name']:<40} {r['task']:<8} remote")
             else:
                 print(f"{r['name']:<40} {r['task']:<8} {r['size_mb']:>7} MB  {r['state']:<10} {r['device']}")
+                address = r["address"] or "no content.json (unverified)"
+                locked = ", encrypted" if r["encrypted"] else ""
+                print(f"{'':<4}{address}  {r['signature']}{locked}")
 
     _print(rows, args.json, human)
     return 0
@@ -704,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["int8"],
         help="also write NAME-int8: dynamic per-channel int8, with an accuracy check against fp32",
     )
+    p.add_argument("--sign", metavar="KEY", help="sign the imported model with this PEM private key")
     p.set_defaults(func=_cmd_models_import)
 
     p = models.add_parser("list", help="models on disk (state in a running daemon) and providers' models")
@@ -715,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, socket=True, config=True)
     p.add_argument("model", help="local/NAME, provider/model, an alias or a preset")
     p.set_defaults(func=_cmd_models_info)
+    add_store_commands(models, common)
 
     registry = sub.add_parser("registry", help="model metadata").add_subparsers(dest="registry_command", required=True)
     p = registry.add_parser("update", help="fetch live metadata (OpenRouter, Ollama) and save it for the daemon")
