@@ -19,7 +19,7 @@ from ratatoskr_client.client import ServiceClient
 from ratatoskr_client.errors import RatatoskrError, Unavailable
 from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server import package_version
-from ratatoskr_server.cli_store import add_store_commands, sign_model
+from ratatoskr_server.cli_store import add_store_commands, key_source, sign_model
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ConfigError, flatten, load_settings, resolve_config_path
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 
@@ -266,6 +266,13 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
                 f"imported {name}: {manifest.architecture} {manifest.task} model, {shape}, "
                 f"max {manifest.max_length} tokens, into {target}"
             )
+        if args.encrypt:
+            from ratatoskr_server.store.sealing import encrypt_model
+
+            data["address"] = encrypt_model(target, key_source(args.encrypt)).address
+            data["encrypted"] = True
+            if not args.json:
+                print(f"encrypted {name}: {data['address']}")
         if args.sign:
             address, key_id = sign_model(target, Path(args.sign).expanduser(), allow_symlinks=False)
             data.update(address=address, signed_by=key_id)
@@ -304,7 +311,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
             continue
         manifest = ModelManifest.read(path)
         live = loaded.get(name)
-        stored = summarize(path, settings.store.trusted_keys)
+        stored = summarize(path, settings.store.trusted_keys, [manifest.onnx_file, manifest.tokenizer_file])
         rows.append(
             {
                 "name": name,
@@ -719,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write NAME-int8: dynamic per-channel int8, with an accuracy check against fp32",
     )
     p.add_argument("--sign", metavar="KEY", help="sign the imported model with this PEM private key")
+    p.add_argument(
+        "--encrypt", metavar="KEYSOURCE", help="encrypt it at rest: env:VAR (passphrase) or [file:]PATH (32-byte key)"
+    )
     p.set_defaults(func=_cmd_models_import)
 
     p = models.add_parser("list", help="models on disk (state in a running daemon) and providers' models")

@@ -1,4 +1,4 @@
-"""``ratatoskr models keygen | sign | verify | hash``: the model store from the command line.
+"""``ratatoskr models keygen | hash | sign | verify | encrypt | decrypt``: the store from the command line.
 
 Kept out of cli.py so the store's commands live together; cli.py registers them.
 """
@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ratatoskr_server.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from ratatoskr_server.store.crypt import KeySource
 
 EXIT_FAILURE = 1
 
@@ -33,9 +37,31 @@ def resolve_model(settings: Settings, model: str) -> tuple[str, Path]:
     return name, found
 
 
+def key_source(text: str) -> KeySource:
+    """KEYSOURCE: ``env:VAR`` (a passphrase in that variable, through Argon2id), ``file:PATH`` or a
+    PATH (a raw 32-byte key file). Never the passphrase itself: it would sit in the shell history."""
+    from ratatoskr_server.store.crypt import KeySource
+
+    if text.startswith("env:"):
+        variable = text[4:]
+        value = os.environ.get(variable, "")
+        if not value:
+            raise ValueError(f"{text}: the environment variable {variable} is unset or empty")
+        return KeySource(passphrase=value, passphrase_from=f"the passphrase in ${variable}")
+    return KeySource(key_file=Path(text.removeprefix("file:")).expanduser())
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ratatoskr_server.store.crypt import write_key_file
     from ratatoskr_server.store.keys import generate_keypair
 
+    if args.kind == "symmetric":
+        path = Path(args.out).expanduser()
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; choose another name or remove it")
+        write_key_file(path)
+        _out({"key_file": str(path), "kind": "symmetric"}, args.json, f"32-byte key file {path} (0600)")
+        return 0
     private = Path(args.out).expanduser()
     public = private.with_name(private.name + ".pub") if not args.public else Path(args.public).expanduser()
     key = generate_keypair(args.kind, private, public)
@@ -109,6 +135,33 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seal(args: argparse.Namespace, *, encrypt: bool) -> int:
+    from ratatoskr_server.store.sealing import decrypt_model, encrypt_model, is_signed
+
+    settings = load_settings(args.config)
+    name, folder = resolve_model(settings, args.model)
+    if is_signed(folder) and not args.sign:
+        raise ValueError(
+            f"{folder} is signed and its signature covers the current bytes; pass --sign KEY to sign it again"
+        )
+    source = key_source(args.key)
+    content = encrypt_model(folder, source) if encrypt else decrypt_model(folder, source)
+    data: dict[str, Any] = {"name": name, "path": str(folder), "address": content.address, "encrypted": encrypt}
+    if args.sign:
+        data["signed_by"] = sign_model(folder, Path(args.sign).expanduser(), allow_symlinks=False)[1]
+    done = "encrypted" if encrypt else "decrypted"
+    _out(data, args.json, f"{done} {name} with {source.describe()}: {content.address}")
+    return 0
+
+
+def _cmd_encrypt(args: argparse.Namespace) -> int:
+    return _seal(args, encrypt=True)
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    return _seal(args, encrypt=False)
+
+
 def add_store_commands(models: Any, common: Any) -> None:
     """Register the store's subcommands on the ``models`` subparsers."""
     p = models.add_parser("keygen", help="a new signing key pair (private key written 0600)")
@@ -116,9 +169,10 @@ def add_store_commands(models: Any, common: Any) -> None:
     p.add_argument("out", help="private key file to write; the public key goes to OUT.pub")
     p.add_argument(
         "--kind",
-        choices=("ecdsa-p256", "ed25519"),
+        choices=("ecdsa-p256", "ed25519", "symmetric"),
         default="ecdsa-p256",
-        help="ecdsa-p256 (default; the model_signing CLI verifies it) or ed25519 (verified by Ratatoskr only)",
+        help="ecdsa-p256 (default; the model_signing CLI verifies it), ed25519 (verified by Ratatoskr only), "
+        "or symmetric: a raw 32-byte key file for models encrypt",
     )
     p.add_argument("--public", help="public key file (default: OUT.pub)")
     p.set_defaults(func=_cmd_keygen)
@@ -143,5 +197,18 @@ def add_store_commands(models: Any, common: Any) -> None:
     )
     p.set_defaults(func=_cmd_verify)
 
+    for command, func, what in (
+        ("encrypt", _cmd_encrypt, "encrypt the graph and tokenizer at rest (ChaCha20-Poly1305), in place"),
+        ("decrypt", _cmd_decrypt, "write the plaintext graph and tokenizer back, in place"),
+    ):
+        p = models.add_parser(command, help=what)
+        common(p, config=True)
+        p.add_argument("model", help="model folder or local model name")
+        p.add_argument(
+            "--key", required=True, metavar="KEYSOURCE", help="env:VAR (passphrase, Argon2id) or [file:]PATH (32 bytes)"
+        )
+        p.add_argument("--sign", metavar="KEY", help="sign the model again with this PEM private key")
+        p.set_defaults(func=func)
 
-__all__ = ["add_store_commands", "resolve_model", "sign_model"]
+
+__all__ = ["add_store_commands", "key_source", "resolve_model", "sign_model"]

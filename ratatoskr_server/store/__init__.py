@@ -9,6 +9,11 @@ store's own files beside them:
 - ``model.sig`` — an OpenSSF Model Signing bundle (``signature.py``), where the ``model_signing``
   CLI puts it when told ``--signature MODEL/model.sig``; it covers ``content.json`` too.
 
+Encrypted graphs and tokenizers (``crypt.py``, ``sealing.py``) are decrypted in memory with the
+key from ``store.key_file`` or ``store.passphrase`` (per model: ``models.NAME.*``): ONNX Runtime
+builds the session from bytes and the tokenizer from a string, so no plaintext reaches the disk.
+``content.json`` and ``model.sig`` cover the encrypted bytes as stored.
+
 At load the store streams every covered file through BLAKE3 in the loader executor before any
 byte is parsed. A folder without ``content.json`` is hashed the same way and reported
 "unverified" (its address is still exact, so cache keys stay right), unless

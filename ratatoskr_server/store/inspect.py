@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ratatoskr_server.store.content import ContentManifest
+from ratatoskr_server.store.crypt import is_encrypted
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE
 from ratatoskr_server.store.keys import KeyFileError, load_public_key
 from ratatoskr_server.store.signature import SignatureError, read_signature, signed_digests
@@ -25,8 +26,9 @@ class FolderSummary:
     encrypted: bool
 
 
-def summarize(folder: Path, trusted_keys: list[Path], *, encrypted: bool = False) -> FolderSummary:
-    """Blocking (small reads and one signature check)."""
+def summarize(folder: Path, trusted_keys: list[Path], files: list[str]) -> FolderSummary:
+    """Blocking (small reads and one signature check); ``files``: the graph and tokenizer names."""
+    encrypted = any(is_encrypted(folder / f) for f in files)
     address = ""
     with contextlib.suppress(OSError, ValueError):  # no content.json, or one the store would refuse
         address = ContentManifest.parse((folder / CONTENT_FILE).read_bytes(), folder / CONTENT_FILE).address

@@ -5,14 +5,18 @@ Everything here blocks (file IO, hashing, decryption): the pool calls it in its 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from ratatoskr_client.errors import FailedPrecondition
 from ratatoskr_server.config import Settings
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.revision import model_revision
 from ratatoskr_server.store.content import ContentManifest, FileEntry, content_address
+from ratatoskr_server.store.crypt import MAGIC, CryptError, KeySource, decrypt_bytes, decrypt_file, is_encrypted
 from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_file
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE, covered_files
 from ratatoskr_server.store.keys import KeyFileError, TrustedKey, load_public_key
@@ -36,13 +40,21 @@ class StorePolicy:
     require_signature: bool = False
     trusted_keys: tuple[Path, ...] = ()
     allow_symlinks: bool = False
+    #: How encrypted files are decrypted (None: no key configured).
+    key: KeySource | None = None
 
     @classmethod
     def for_model(cls, settings: Settings, name: str) -> StorePolicy:
         store = settings.store
         decl = settings.models.get(name)
         required = decl.require_signature if decl and decl.require_signature is not None else store.require_signature
+        key: KeySource | None = None
+        if decl and (decl.key_file or decl.passphrase):
+            key = _key_source(decl.key_file, decl.passphrase, f"models.{name}.passphrase")
+        elif store.key_file or store.passphrase:
+            key = _key_source(store.key_file, store.passphrase, "store.passphrase")
         return cls(
+            key=key,
             verify=store.verify,
             require_manifest=store.require_manifest,
             require_signature=required,
@@ -60,6 +72,13 @@ class ModelFiles:
     graph: Path | bytes
     tokenizer_json: str
     provenance: Provenance
+
+
+def _key_source(key_file: Path | None, passphrase: SecretStr | None, where: str) -> KeySource:
+    if key_file is not None:
+        return KeySource(key_file=key_file.expanduser())
+    assert passphrase is not None
+    return KeySource(passphrase=passphrase.get_secret_value(), passphrase_from=where)
 
 
 def _short(digest: str) -> str:
@@ -128,13 +147,64 @@ class ModelStore:
                 signed_files[CONTENT_FILE] = self._hash(name, folder, CONTENT_FILE, algorithms, keep=False)
             signature = self._check_signature(name, policy, envelope, signed_files, complete=not tokenizer_only)
         tokenizer = digests.get(manifest.tokenizer_file)
-        tokenizer_json = self._text(name, folder, manifest.tokenizer_file, tokenizer)
+        return self._readable(
+            name,
+            folder,
+            manifest,
+            tokenizer.data if tokenizer is not None else None,
+            Provenance(address=address, verification=verification, signature=signature),
+            policy,
+            with_graph=not tokenizer_only,
+        )
+
+    def _readable(
+        self,
+        name: str,
+        folder: Path,
+        manifest: ModelManifest,
+        tokenizer: bytes | None,
+        provenance: Provenance,
+        policy: StorePolicy,
+        *,
+        with_graph: bool,
+    ) -> ModelFiles:
+        """The files as the runtime reads them: encrypted ones decrypted in memory, never on disk."""
+        if tokenizer is None:
+            tokenizer = self._read(name, folder / manifest.tokenizer_file)
+        graph: Path | bytes = folder / manifest.onnx_file
+        graph_encrypted = with_graph and is_encrypted(folder / manifest.onnx_file)
+        encrypted = tokenizer.startswith(MAGIC) or graph_encrypted
+        if encrypted:
+            key = policy.key
+            if key is None:
+                raise FailedPrecondition(
+                    f"model '{name}' is encrypted but no key is configured: set store.key_file or "
+                    f"store.passphrase (or models.{name}.key_file / passphrase)"
+                )
+            try:
+                if tokenizer.startswith(MAGIC):
+                    tokenizer = decrypt_bytes(tokenizer, key, manifest.tokenizer_file)
+                if graph_encrypted:
+                    graph = decrypt_file(folder / manifest.onnx_file, key)
+            except CryptError as err:
+                raise FailedPrecondition(f"model '{name}': {err}") from None
+        try:
+            text = tokenizer.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FailedPrecondition(f"model '{name}': {manifest.tokenizer_file} is not UTF-8 text") from None
         return ModelFiles(
             manifest=manifest,
-            graph=folder / manifest.onnx_file,
-            tokenizer_json=tokenizer_json,
-            provenance=Provenance(address=address, verification=verification, signature=signature),
+            graph=graph,
+            tokenizer_json=text,
+            provenance=dataclasses.replace(provenance, encrypted=encrypted),
         )
+
+    @staticmethod
+    def _read(name: str, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            raise FailedPrecondition(f"model '{name}': cannot read {path}: {err.strerror}") from None
 
     def _open_unchecked(self, name: str, folder: Path) -> ModelFiles:
         try:
@@ -146,16 +216,10 @@ class ModelStore:
             if not (folder / file).is_file():
                 raise FailedPrecondition(f"model '{name}': {folder / file} is missing")
         revision = "stat:" + model_revision(folder, manifest)
-        return ModelFiles(
-            manifest=manifest,
-            graph=folder / manifest.onnx_file,
-            tokenizer_json=self._text(name, folder, manifest.tokenizer_file, None),
-            provenance=Provenance(
-                address=revision,
-                verification=Verification.SKIPPED,
-                signature=SignatureState(SignatureStatus.UNCHECKED),
-            ),
+        provenance = Provenance(
+            address=revision, verification=Verification.SKIPPED, signature=SignatureState(SignatureStatus.UNCHECKED)
         )
+        return self._readable(name, folder, manifest, None, provenance, self.policy(name), with_graph=True)
 
     @staticmethod
     def _hash(name: str, folder: Path, file: str, algorithms: list[str], *, keep: bool) -> FileDigest:
@@ -286,16 +350,6 @@ class ModelStore:
             return ModelManifest.model_validate_json(digest.data)
         except ValueError as err:
             raise FailedPrecondition(f"model '{name}' at {folder}: unreadable {MANIFEST_FILE}: {err}") from None
-
-    @staticmethod
-    def _text(name: str, folder: Path, file: str, digest: FileDigest | None) -> str:
-        try:
-            data = digest.data if digest is not None and digest.data is not None else (folder / file).read_bytes()
-            return data.decode("utf-8")
-        except OSError as err:
-            raise FailedPrecondition(f"model '{name}': cannot read {folder / file}: {err.strerror}") from None
-        except UnicodeDecodeError:
-            raise FailedPrecondition(f"model '{name}': {folder / file} is not UTF-8 text") from None
 
 
 def hash_folder(folder: Path, *, allow_symlinks: bool = False) -> ContentManifest:
