@@ -225,6 +225,10 @@ def loaded_model_to_pb(m: LoadedModel) -> admin_pb2.LoadedModel:
         requests=m.requests,
         idle_s=m.idle_s,
         in_flight=m.in_flight,
+        revision=m.revision,
+        verification=m.verification,
+        signature=m.signature,
+        encrypted=m.encrypted,
     )
 
 
@@ -240,6 +244,10 @@ def loaded_model_from_pb(m: admin_pb2.LoadedModel) -> LoadedModel:
         requests=m.requests,
         idle_s=m.idle_s,
         in_flight=m.in_flight,
+        revision=m.revision,
+        verification=m.verification,
+        signature=m.signature,
+        encrypted=m.encrypted,
     )
 
 
@@ -668,6 +676,10 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
             description=info.description,
             aliases=info.aliases,
             catalogue_only=not info.routable,
+            revision=info.revision,
+            verification=info.verification,
+            signature=info.signature,
+            encrypted=info.encrypted,
         ),
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
@@ -684,6 +696,8 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
         if m.pricing
         else None,
         tokenizer_family=m.tokenizer_family,
+        signed_by=m.signed_by,
+        signature_algorithm=m.signature_algorithm,
     )
 
 
@@ -698,6 +712,10 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
             description=info.description,
             aliases=list(info.aliases),
             routable=not info.catalogue_only,
+            revision=info.revision,
+            verification=info.verification,
+            signature=info.signature,
+            encrypted=info.encrypted,
         ),
         context_window=pb.context_window,
         max_output_tokens=pb.max_output_tokens,
@@ -714,6 +732,8 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
         if pb.HasField("pricing")
         else None,
         tokenizer_family=pb.tokenizer_family,
+        signed_by=pb.signed_by,
+        signature_algorithm=pb.signature_algorithm,
     )
 
 

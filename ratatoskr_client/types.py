@@ -177,6 +177,11 @@ class LoadedModel:
     requests: int = 0
     idle_s: float = 0.0
     in_flight: int = 0
+    #: The model store: content address (the revision), verification, signature state, encrypted.
+    revision: str = ""
+    verification: str = ""
+    signature: str = ""
+    encrypted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +470,12 @@ class ModelInfo:
     aliases: list[str] = field(default_factory=list)
     #: False for a model known only from the catalogue: no configured provider serves it here.
     routable: bool = True
+    #: Local models: content address "blake3:<hex>" (the revision), "verified" / "unverified" /
+    #: "skipped", signature state ("valid", "untrusted", "unsigned", "unchecked"), encrypted at rest.
+    revision: str = ""
+    verification: str = ""
+    signature: str = ""
+    encrypted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,3 +512,6 @@ class ModelMetadata:
     parameters: dict[str, ParameterAvailability] = field(default_factory=dict)
     pricing: Pricing | None = None
     tokenizer_family: str = ""
+    #: Local signed models: the signer's key id and key kind.
+    signed_by: str = ""
+    signature_algorithm: str = ""

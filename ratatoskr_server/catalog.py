@@ -24,6 +24,8 @@ from ratatoskr_server.policy.params import ParameterGuard, availability_of
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.registry import ModelRecord, ModelRegistry
 from ratatoskr_server.routing.router import Router
+from ratatoskr_server.store.inspect import recorded_address
+from ratatoskr_server.store.provenance import SignatureStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,24 @@ class Catalog:
         model_id = f"{LOCAL_PREFIX}{name}"
         tasks = [Task(manifest.task)] + ([Task.CLASSIFY] if manifest.task in ("embed", "nli") else [])
         record = self.registry.match_embedded(name)
+        info = ModelInfo(model_id, "local", tasks, True, manifest.architecture, aliases.get(model_id, []))
+        stored = self.pool.provenance(name)
+        signed_by = algorithm = ""
+        if stored is not None:  # what the store proved when it last loaded the model
+            info = replace(
+                info,
+                revision=stored.address,
+                verification=stored.verification.value,
+                signature=stored.signature.status.value,
+                encrypted=stored.encrypted,
+            )
+            signed_by, algorithm = stored.signature.key_id, stored.signature.algorithm
+        else:  # not loaded yet: the address content.json records, checked when it loads
+            info = replace(info, revision=recorded_address(path), signature=SignatureStatus.UNCHECKED.value)
         return ModelMetadata(
-            info=ModelInfo(model_id, "local", tasks, True, manifest.architecture, aliases.get(model_id, [])),
+            info=info,
+            signed_by=signed_by,
+            signature_algorithm=algorithm,
             embedding_dimension=(manifest.dimension or 0) if manifest.task == "embed" else 0,
             max_sequence_length=manifest.max_length,
             context_window=manifest.max_length,

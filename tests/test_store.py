@@ -23,6 +23,7 @@ from ratatoskr_server.store.digest import BLAKE3, hash_file
 from ratatoskr_server.store.files import CONTENT_FILE
 from ratatoskr_server.store.provenance import Verification
 from ratatoskr_server.store.store import hash_folder
+from tests.conftest import MODEL, DaemonProcess
 from tests.tiny_bert import make_tiny_bert_checkpoint
 
 
@@ -163,3 +164,19 @@ async def test_the_tokenizer_alone_is_checked_too(root: Path, make_gateway: Call
     with pytest.raises(FailedPrecondition, match=r"tokenizer\.json does not match content\.json"):
         await gw.count_tokens(["hello"], model="victim")
     assert (await gw.count_tokens(["hello"], model="good")) is not None
+
+
+def test_list_models_and_loaded_models_carry_the_content_address_over_grpc(
+    daemon: DaemonProcess, model_root: Path
+) -> None:
+    address = json.loads((model_root / MODEL / CONTENT_FILE).read_text())["address"]
+    with daemon.client() as client:
+        client.embed(["load it"], model=MODEL)
+        listed = {m.info.id: m for m in client.list_models(local_only=True)}
+        info = listed[f"local/{MODEL}"].info
+        assert (info.revision, info.verification, info.signature, info.encrypted) == (
+            address, "verified", "unsigned", False,
+        )  # fmt: skip
+        assert client.model_metadata(f"local/{MODEL}").info.revision == address
+        loaded = {m.name: m for m in client.list_loaded_models()}
+        assert (loaded[MODEL].revision, loaded[MODEL].verification) == (address, "verified")

@@ -102,6 +102,7 @@ class _Slot:
 
     def describe(self, now: float) -> LoadedModel:
         model = self.model
+        stored = self.provenance
         return LoadedModel(
             name=self.name,
             task=model.task if model else None,
@@ -113,6 +114,10 @@ class _Slot:
             requests=self.requests,
             idle_s=0.0 if self.in_flight else round(now - self.last_used, 3),
             in_flight=self.in_flight,
+            revision=stored.address if stored else "",
+            verification=stored.verification.value if stored else "",
+            signature=stored.signature.status.value if stored else "",
+            encrypted=stored.encrypted if stored else False,
         )
 
 

@@ -26,12 +26,17 @@ class FolderSummary:
     encrypted: bool
 
 
+def recorded_address(folder: Path) -> str:
+    """The address content.json records ("" without a valid one); one small read."""
+    with contextlib.suppress(OSError, ValueError):  # no content.json, or one the store would refuse
+        return ContentManifest.parse((folder / CONTENT_FILE).read_bytes(), folder / CONTENT_FILE).address
+    return ""
+
+
 def summarize(folder: Path, trusted_keys: list[Path], files: list[str]) -> FolderSummary:
     """Blocking (small reads and one signature check); ``files``: the graph and tokenizer names."""
     encrypted = any(is_encrypted(folder / f) for f in files)
-    address = ""
-    with contextlib.suppress(OSError, ValueError):  # no content.json, or one the store would refuse
-        address = ContentManifest.parse((folder / CONTENT_FILE).read_bytes(), folder / CONTENT_FILE).address
+    address = recorded_address(folder)
     return FolderSummary(address=address, signature=_signature(folder, trusted_keys), encrypted=encrypted)
 
 
