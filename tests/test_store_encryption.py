@@ -109,6 +109,7 @@ async def test_a_passphrase_model_serves_and_wrong_keys_fail_closed(
     plain = await make_gateway(model.parent).embed(["x"], model="tiny")
     encrypt_model(model, KeySource(passphrase=PASSPHRASE), params=FAST)
     good = make_gateway(model.parent, passphrase=PASSPHRASE)
+    assert PASSPHRASE in good.settings.secret_values()  # so the log redactor masks it wherever it appears
     assert (await good.embed(["x"], model="tiny")).vectors == plain.vectors
 
     wrong = make_gateway(model.parent, passphrase="Tr0ub4dor&3")

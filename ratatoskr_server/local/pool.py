@@ -530,6 +530,10 @@ class LocalModelPool:
                 "load_ms": round((time.perf_counter() - started) * 1000, 1),
                 "footprint_mb": round(slot.footprint_mb, 1),
                 "memory_mb": round(slot.memory_mb, 1),
+                "revision": model.provenance.address,
+                "verification": model.provenance.verification.value,
+                "signature": model.provenance.signature.describe(),
+                "encrypted": model.provenance.encrypted,
             },
         )
 

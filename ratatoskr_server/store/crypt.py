@@ -33,7 +33,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,7 +72,7 @@ class KeySource:
 
     #: A raw 32-byte key file.
     key_file: Path | None = None
-    passphrase: str | None = None
+    passphrase: str | None = field(default=None, repr=False)
     #: e.g. "store.passphrase" or "models.NAME.passphrase", or "--passphrase-env VAR".
     passphrase_from: str = "the passphrase"
 
