@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import FailedPrecondition
-from ratatoskr_server.config import load_settings
+from ratatoskr_server.config import ConfigError, load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.store.content import ContentManifest
@@ -180,3 +180,15 @@ def test_list_models_and_loaded_models_carry_the_content_address_over_grpc(
         assert client.model_metadata(f"local/{MODEL}").info.revision == address
         loaded = {m.name: m for m in client.list_loaded_models()}
         assert (loaded[MODEL].revision, loaded[MODEL].verification) == (address, "verified")
+
+
+async def test_verification_can_be_turned_off_and_says_so(
+    root: Path, make_gateway: Callable[..., EmbeddedGateway]
+) -> None:
+    gw = make_gateway(root, verify=False)
+    await gw.embed(["x"], model="good")
+    provenance = gw.pool.provenance("good")
+    assert provenance is not None and provenance.verification is Verification.SKIPPED
+    assert provenance.address.startswith("stat:")  # sizes and times: a swap still changes the revision
+    with pytest.raises(ConfigError, match=r"store\.require_signature = true needs store\.verify = true"):
+        load_settings(store={"verify": False, "require_signature": True})

@@ -47,6 +47,16 @@ class FileDigest:
     data: bytes | None = field(default=None, repr=False)
 
 
+def hash_bytes(name: str, data: bytes, algorithms: Iterable[str]) -> FileDigest:
+    """Digests of bytes already read (a small file parsed from the same bytes)."""
+    digests = {}
+    for a in dict.fromkeys(algorithms):
+        h = new_hasher(a)
+        h.update(memoryview(data))
+        digests[a] = h.hexdigest()
+    return FileDigest(name=name, size=len(data), digests=digests, data=data)
+
+
 def hash_file(path: Path, algorithms: Iterable[str], *, keep: bool = False) -> FileDigest:
     """Digest ``path`` with every algorithm in one pass (blocking: run it in the loader executor)."""
     hashers = {a: new_hasher(a) for a in dict.fromkeys(algorithms)}

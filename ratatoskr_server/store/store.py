@@ -17,7 +17,7 @@ from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.revision import model_revision
 from ratatoskr_server.store.content import ContentManifest, FileEntry, content_address
 from ratatoskr_server.store.crypt import MAGIC, CryptError, KeySource, decrypt_bytes, decrypt_file, is_encrypted
-from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_file
+from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_bytes, hash_file
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE, covered_files
 from ratatoskr_server.store.keys import KeyFileError, TrustedKey, load_public_key
 from ratatoskr_server.store.provenance import Provenance, SignatureState, SignatureStatus, Verification
@@ -114,7 +114,8 @@ class ModelStore:
         if not policy.verify:
             return self._open_unchecked(name, folder)
         names = covered_files(folder, model=name, allow_symlinks=policy.allow_symlinks)
-        content = self._read_content(name, folder, policy)
+        content_bytes = self._read_content(name, folder, policy)
+        content = self._parse_content(name, folder, content_bytes)
         envelope = self._read_envelope(name, folder, policy)
         # A signature's own digest (SHA-256 from the model_signing CLI) is computed in the same read.
         algorithms = [BLAKE3] if envelope is None else [BLAKE3, envelope.hash_type]
@@ -143,8 +144,8 @@ class ModelStore:
         signature = SignatureState()
         if envelope is not None:
             signed_files = dict(digests)
-            if content is not None:  # signed with the files (it was there when the model was signed)
-                signed_files[CONTENT_FILE] = self._hash(name, folder, CONTENT_FILE, algorithms, keep=False)
+            if content_bytes is not None:  # signed with the files: the very bytes parsed above
+                signed_files[CONTENT_FILE] = hash_bytes(CONTENT_FILE, content_bytes, algorithms)
             signature = self._check_signature(name, policy, envelope, signed_files, complete=not tokenizer_only)
         tokenizer = digests.get(manifest.tokenizer_file)
         return self._readable(
@@ -296,10 +297,19 @@ class ModelStore:
         return [FileEntry(name=d.name, size=d.size, blake3=d.digests[BLAKE3]) for d in digests.values()]
 
     @staticmethod
-    def _read_content(name: str, folder: Path, policy: StorePolicy) -> ContentManifest | None:
+    def _parse_content(name: str, folder: Path, data: bytes | None) -> ContentManifest | None:
+        if data is None:
+            return None
+        try:
+            return ContentManifest.parse(data, folder / CONTENT_FILE)
+        except ValueError as err:
+            raise FailedPrecondition(f"model '{name}': {err}") from None
+
+    @staticmethod
+    def _read_content(name: str, folder: Path, policy: StorePolicy) -> bytes | None:
         path = folder / CONTENT_FILE
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             if policy.require_manifest:
                 raise FailedPrecondition(
@@ -309,10 +319,6 @@ class ModelStore:
             return None
         except OSError as err:
             raise FailedPrecondition(f"model '{name}': cannot read {path}: {err.strerror}") from None
-        try:
-            return ContentManifest.parse(data, path)
-        except ValueError as err:
-            raise FailedPrecondition(f"model '{name}': {err}") from None
 
     @staticmethod
     def _compare(
