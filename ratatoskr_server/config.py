@@ -549,6 +549,58 @@ class BudgetSettings(_Section):
         )
 
 
+class StateSettings(_Section):
+    """Where shared state lives: in this process (the budget ledger as ``budget.ledger`` says), or in one
+    Redis that every replica shares, so N replicas keep one budget, one set of rate windows, one
+    response cache and one breaker verdict instead of N."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="sqlite: this process (budget.ledger, memory for the rest); redis: budget reservations, "
+        "rate windows, the response cache, breaker transitions and remembered parameter rejections in Redis.",
+    )
+    url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description='redis://host:port/db, rediss:// (TLS) or unix:///path.sock; use "${REDIS_URL}" when it '
+        "carries a password.",
+    )
+    username: str = Field(default="", description="ACL user (Redis 6+); empty: the URL's or the default user.")
+    password: SecretStr | None = Field(default=None, description='Use "${REDIS_PASSWORD}" from the secrets file.')
+    key_prefix: str = Field(
+        default="ratatoskr:", min_length=1, description="Prepended to every key; replicas sharing state share it."
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle for rediss:// (default: the system's).")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    tls_key_file: Path | None = Field(default=None, description="Client key for mutual TLS.")
+    tls_check_hostname: bool = Field(default=True, description="Check the server certificate names the host.")
+    timeout_s: float = Field(
+        default=0.5, gt=0, le=30, description="Limit on every Redis command (and its connect): nothing hangs on it."
+    )
+    max_connections: int = Field(
+        default=32, ge=1, description="Connections to Redis per process; more concurrent calls wait for one."
+    )
+    retry_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="After a failure, calls fail fast for this long before Redis is tried again (its recovery "
+        "is seen within this).",
+    )
+    budget_when_unavailable: Literal["refuse", "allow"] = Field(
+        default="refuse",
+        description="Redis unreachable: refuse paid calls under a budget (UNAVAILABLE), or let them through "
+        "unmetered with a warning. Rate limits always refuse; the cache misses.",
+    )
+    sync_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often breaker verdicts and parameter rejections are read back."
+    )
+
+    def secret_values(self) -> list[str]:
+        url = self.url.get_secret_value()
+        values = url_credentials(url) + ([self.password.get_secret_value()] if self.password else [])
+        return [v for v in values if v]
+
+
 def _default_private_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 
@@ -605,6 +657,7 @@ class Settings(BaseSettings):
     context: ContextSettings = Field(default_factory=ContextSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     #: API keys by caller name; needed on TCP unless server.tcp_require_auth = false.
     callers: dict[str, CallerSettings] = Field(default_factory=dict)
 
@@ -630,7 +683,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
-        values = [v for p in self.providers.values() for v in p.secret_values()]
+        values = [v for p in self.providers.values() for v in p.secret_values()] + self.state.secret_values()
         # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
         stored = [key for c in self.callers.values() if (key := c.stored()) is not None]
         return values + [v for key in stored for v in (str(key), key.digest)]

@@ -67,6 +67,7 @@ _RESTART_PREFIXES = (
     "local.inference_workers",
     "local.load_workers",
     "budget.ledger",  # and budget.ledger_path: the ledger is opened once and kept across reloads
+    "state.",  # the shared-state backend and its connection are made once
 )
 _SERVICES = (
     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
@@ -210,8 +211,11 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
         self.edge = Edge(self.metrics, settings.server.max_in_flight)
-        self.front = Front(self.edge, Guard(settings))
         self.gateway = Gateway.from_settings(settings, self.metrics)
+        # Rate windows live with the other shared state when state.backend = "redis" (one limit for
+        # every replica); in this process otherwise.
+        shared = self.gateway.shared
+        self.front = Front(self.edge, Guard(settings, shared.rates if shared is not None else None))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs predate grpc.aio
         self.listen: list[str] = []
         self.state = "starting"

@@ -84,7 +84,7 @@ from ratatoskr_server.routing.router import Router
 from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
-from ratatoskr_server.state.factory import budget_ledger
+from ratatoskr_server.state.factory import SharedState, budget_ledger, shared_state
 from ratatoskr_server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,16 @@ class Gateway:
         breakers: BreakerStore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        shared: SharedState | None = None,
     ) -> None:
         self.settings = settings
+        #: The Redis stores every replica shares (``state.backend = "redis"``): they stand in for the
+        #: ledger, cache and breaker store not passed explicitly.
+        self.shared = shared
+        if shared is not None:
+            ledger = ledger or shared.ledger
+            cache = cache or shared.cache
+            breakers = breakers or shared.verdicts
         #: Circuit breaker state, kept across reloads (an upstream's failures outlive a config edit).
         self.breakers = breakers or MemoryBreakers()
         #: The clock breakers measure windows and cooldowns on, and how retries wait (tests inject both).
@@ -143,6 +151,9 @@ class Gateway:
         self._owned = tuple(owned_executors)
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
+        if shared is not None:
+            self.params.shared = shared.verdicts
+            shared.verdicts.target = self.params
         self.admin = Admin(pool)
         self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         #: The budget ledger, made when a budget is first configured and kept across reloads.
@@ -166,7 +177,9 @@ class Gateway:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> Gateway:
-        """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
+        """The usual parts: an inference executor, a separate loader executor, the pool, the registry,
+        and the Redis stores when ``state.backend = "redis"``."""
+        metrics = metrics or Metrics()
         executor = ThreadPoolExecutor(
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
         )
@@ -177,7 +190,7 @@ class Gateway:
             settings,
             pool=LocalModelPool(settings, executor, loader),
             registry=registry,
-            metrics=metrics or Metrics(),
+            metrics=metrics,
             executor=executor,
             owned_executors=(executor, loader),
             clock=clock,
@@ -185,6 +198,7 @@ class Gateway:
             cache=cache,
             monotonic=monotonic,
             sleep=sleep,
+            shared=shared_state(settings, metrics, monotonic=monotonic),
         )
 
     def _build(self, settings: Settings) -> _Routing:
@@ -261,6 +275,8 @@ class Gateway:
     async def start(self) -> None:
         """Load the models named in ``local.preload``; the daemon reports SERVING after this."""
         self.pool.start()
+        if self.shared is not None:
+            self.shared.start()
         if self.settings.registry.refresh_at_start:
             # In the background: a slow or unreachable catalogue must not hold SERVING back.
             task = asyncio.get_running_loop().create_task(self._refresh_in_background())
@@ -306,6 +322,8 @@ class Gateway:
         await self._routing.router.aclose()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.pool.close()
         for executor in self._owned:
             executor.shutdown(wait=False, cancel_futures=True)

@@ -88,6 +88,19 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        # Shared state (state.backend = "redis"): whether it is reachable, and what its absence cost.
+        self.state_up = Gauge(
+            "ratatoskr_state_backend_up",
+            "1 while the shared state backend (Redis) answers, 0 while it is unreachable.",
+            registry=self.registry,
+        )
+        self.state_failures = Counter(
+            "ratatoskr_state_backend_failures",
+            "Shared-state operations that failed or were skipped because Redis was unreachable, by store "
+            "(budget: refused or let through per state.budget_when_unavailable; rates: refused; cache: missed).",
+            ["store"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None
