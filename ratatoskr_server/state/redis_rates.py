@@ -5,9 +5,9 @@ a minute cannot both pass.  Time is Redis's own clock (``TIME`` inside the scrip
 skewed clocks still share one window; tests may inject a clock (epoch seconds) instead.
 
 Keys, under ``state.key_prefix`` + ``rate:<caller>:``: ``calls`` (sorted set of admitted calls by
-time), ``tokens`` (sorted set of ``seq:tokens`` by time), ``seq``.  Each expires a minute after its
-last write.  Redis unreachable: a rate-limited caller is refused (UNAVAILABLE); its tokens are not
-counted.
+time), ``tokens`` (sorted set of ``seq:tokens`` by time), ``tokens:sum`` (their running sum) and
+``seq``; each expires a minute after its last write.  Redis unreachable: a rate-limited caller is
+refused (UNAVAILABLE); its tokens are not counted.
 """
 
 from __future__ import annotations
@@ -32,9 +32,20 @@ end
 local window = tonumber(ARGV[2])
 local horizon = now - window
 local ttl = math.ceil(window * 1000) + 1000
+-- Tokens leave the window with their entries; their running sum (KEYS[4]) follows.
+local function trim_tokens(tokens, sum)
+  local gone = redis.call('ZRANGEBYSCORE', tokens, '-inf', horizon)
+  if #gone > 0 then
+    local n = 0
+    for _, e in ipairs(gone) do n = n + tonumber(string.match(e, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
+    redis.call('DECRBY', sum, n)
+  end
+  return tonumber(redis.call('GET', sum) or '0')
+end
 """
 
-# KEYS: calls, tokens, seq.  ARGV: now ('' = Redis TIME), window, rpm (-1: none), tpm (-1: none).
+# KEYS: calls, tokens, seq, token sum.  ARGV: now ('' = Redis TIME), window, rpm (-1: none), tpm (-1: none).
 # Returns false when admitted (and counted), else {limit, seconds until the window lets one through}.
 _ADMIT = (
     _NOW
@@ -50,11 +61,9 @@ if rpm >= 0 then
   end
 end
 if tpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', horizon)
-  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  local sum = 0
-  for i = 1, #entries, 2 do sum = sum + tonumber(string.match(entries[i], ':(%d+)$')) end
+  local sum = trim_tokens(KEYS[2], KEYS[4])
   if sum >= tpm then
+    local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
     local remaining = sum
     for i = 1, #entries, 2 do
       remaining = remaining - tonumber(string.match(entries[i], ':(%d+)$'))
@@ -70,14 +79,14 @@ return false
 """
 )
 
-# KEYS: tokens, seq.  ARGV: now, window, tokens.
+# KEYS: tokens, seq, token sum.  ARGV: now, window, tokens.
 _TOKENS = (
     _NOW
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
+trim_tokens(KEYS[1], KEYS[3])
 redis.call('ZADD', KEYS[1], now, redis.call('INCR', KEYS[2])..':'..ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('INCRBY', KEYS[3], ARGV[3])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 return 1
 """
 )
@@ -92,9 +101,9 @@ class RedisRates:
         self._admit = state.client.register_script(_ADMIT)
         self._tokens = state.client.register_script(_TOKENS)
 
-    def _keys(self, key: str) -> tuple[str, str, str]:
+    def _keys(self, key: str) -> tuple[str, str, str, str]:
         base = f"{self.state.prefix}rate:{key}:"
-        return f"{base}calls", f"{base}tokens", f"{base}seq"
+        return f"{base}calls", f"{base}tokens", f"{base}seq", f"{base}tokens:sum"
 
     def _now(self) -> str:
         return "" if self.clock is None else repr(self.clock())
@@ -122,9 +131,9 @@ class RedisRates:
     async def record_tokens(self, key: str, tokens: int) -> None:
         if tokens <= 0:
             return
-        _, token_key, seq = self._keys(key)
+        _, token_key, seq, token_sum = self._keys(key)
         args: list[str | int] = [self._now(), repr(self.window_s), tokens]
         try:
-            await self.state.call("rates", lambda: self._tokens(keys=[token_key, seq], args=args))
+            await self.state.call("rates", lambda: self._tokens(keys=[token_key, seq, token_sum], args=args))
         except StateUnavailable as err:
             log.warning("tokens not counted against tpm: shared state unreachable", extra={"reason": str(err)})
