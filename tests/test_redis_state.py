@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ratatoskr_client.client import AsyncServiceClient
 from ratatoskr_client.errors import ResourceExhausted, Unavailable
 from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import BreakerSettings, Settings, StateSettings, load_settings
@@ -37,6 +39,7 @@ from ratatoskr_server.state.redis_conn import RedisState
 from ratatoskr_server.state.redis_rates import RedisRates
 from ratatoskr_server.state.redis_sync import SharedVerdicts
 from ratatoskr_server.telemetry.metrics import Metrics
+from tests.conftest import DaemonProcess
 from tests.redis_server import RedisServer
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
@@ -368,3 +371,47 @@ def test_the_state_backend_is_shared_only_when_asked(tmp_path: Path) -> None:
     settings = Settings(state=StateSettings(backend="redis", url="redis://:pw@127.0.0.1:1/0"))
     shared = shared_state(settings)
     assert shared is not None and shared.redis.where == "redis://********@127.0.0.1:1/0"
+
+
+# -- two daemon processes ---------------------------------------------------------------------------
+def test_two_daemons_share_one_budget_and_refuse_while_redis_is_away(
+    redis: RedisServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """200 calls over gRPC split across two `ratatoskr serve` processes, a day that fits exactly 40;
+    then Redis is killed (UNAVAILABLE, promptly) and restarted (served again)."""
+    config: dict[str, Any] = {
+        "local": {"model_dir": tmp_path / "models", "auto_import_default": False, "preload": []},
+        "providers": {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
+        "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001},
+        "budget": {
+            "daily_usd": str(CALL_COST * 40),
+            "prices": {"up/*": {"input_per_million": "0", "output_per_million": "2"}},
+        },
+    }
+    daemons = [DaemonProcess(tmp_path, **config).start(), DaemonProcess(tmp_path, **config).start()]
+
+    async def calls() -> list[Any]:
+        async with (
+            AsyncServiceClient(daemons[0].socket, timeout=60) as one,
+            AsyncServiceClient(daemons[1].socket, timeout=60) as two,
+        ):
+            return await asyncio.gather(*((one, two)[i % 2].chat(HI, ASK) for i in range(200)), return_exceptions=True)
+
+    try:
+        results = asyncio.run(calls())
+        refused = [r for r in results if isinstance(r, ResourceExhausted)]
+        assert len(refused) == 160 and sum(not isinstance(r, BaseException) for r in results) == 40
+        with daemons[1].client(timeout=5) as client:
+            (day,) = client.get_budget("global")
+        assert (day.spent_usd, day.reserved_usd) == (CALL_COST * 40, 0)
+        redis.stop()
+        for daemon in daemons:
+            with daemon.client(timeout=10) as client, pytest.raises(Unavailable, match="unreachable"):
+                client.chat(HI, ASK)
+        redis.start()
+        time.sleep(0.05)  # past state.retry_after_s
+        with daemons[0].client(timeout=10) as client:
+            assert client.chat(HI, ASK).message.content  # a fresh Redis: an empty day
+    finally:
+        for daemon in daemons:
+            daemon.stop()
