@@ -430,7 +430,17 @@ class HttpSettings(_Section):
         default=100, ge=1, description="Requests in flight per provider, HTTP/2 streams included."
     )
     max_keepalive_connections: int = Field(default=20, ge=0)
-    http2: bool = True
+    engine: Literal["aiohttp", "httpcore"] = Field(
+        default="aiohttp",
+        description="The connection engine under httpx: aiohttp (HTTP/1.1, the cheaper per call) or httpcore.",
+    )
+    http2: bool = Field(default=False, description='Offer HTTP/2 over TLS; needs engine = "httpcore".')
+
+    @model_validator(mode="after")
+    def _http2_engine(self) -> HttpSettings:
+        if self.http2 and self.engine != "httpcore":
+            raise ValueError('http.http2 = true needs http.engine = "httpcore" (aiohttp speaks HTTP/1.1 only)')
+        return self
 
 
 class BreakerSettings(_Section):

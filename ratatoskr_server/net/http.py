@@ -3,9 +3,10 @@
 Every socket goes through the egress guard (``net/guarded.py``): the privacy tier is checked on
 the resolved address at connect time.
 
-Timeouts (connect, read, write, pool) and connection pools come from
-``[http]``; HTTP/2 is offered to every upstream (httpx negotiates it over
-TLS with ALPN and stays on HTTP/1.1 where the upstream does not speak it).
+Timeouts (connect, read, write, pool) and connection pools come from ``[http]``.  The engine
+under httpx is aiohttp's pool by default (``net/aio.py``: half the CPU per call); with
+``engine = "httpcore"`` and ``http2 = true`` HTTP/2 is offered to every upstream (httpx
+negotiates it over TLS with ALPN and stays on HTTP/1.1 where the upstream does not speak it).
 
 The pool's slots are handed out here, not by httpcore. httpcore (1.0.9, encode/httpcore#1093)
 loses a slot for good whenever a caller queued for a connection is cancelled just after the pool
@@ -132,7 +133,7 @@ def build_client(
         max_keepalive_connections=settings.max_keepalive_connections,
     )
     # No certificate-bundle surprises from the environment either (trust_env=False inside).
-    transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits)
+    transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits, engine=settings.engine)
     return httpx.AsyncClient(
         base_url=base_url,
         headers=dict(headers),
