@@ -17,6 +17,12 @@ import httpx
 import pytest
 
 from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from ratatoskr_server.config import TracingSettings, load_settings
+from ratatoskr_server.edge import Edge
+from ratatoskr_server.net.http import SlotTransport, build_client
+from ratatoskr_server.net.traced import TracedTransport
+from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.tracing import Tracing
 from tests.conftest import MODEL, DaemonProcess
 from tests.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 from tests.upstreams import openai_double
@@ -215,6 +221,25 @@ def test_batched_embeds_share_one_batch_span_linked_to_each(traced: DaemonProces
         assert linked[trace_id] in by_id and _descends(mine, by_id[linked[trace_id]], server)
         [admission] = _by_name(mine, "pool admission")
         assert _descends(mine, admission, server)
+    # The preload at start was traced too (no request: a trace of its own).
+    assert any(s.name == "model load" and s.attributes["ratatoskr.model"] == MODEL for s in spans)
+
+
+def test_tracing_off_builds_nothing() -> None:
+    """Off (the default): no provider, no edge tracer, no chain wrappers, no traced transport."""
+    settings = load_settings(local={"preload": [], "auto_import_default": False})
+    assert not settings.tracing.enabled
+    tracing = Tracing.from_settings(settings.tracing)
+    assert tracing.provider is None and not tracing.enabled
+    assert Edge(Metrics(), 1, tracing).tracing is None
+    client = build_client(settings.http, base_url="", headers={}, tracing=tracing)
+    assert isinstance(client._transport, SlotTransport)
+    on = Tracing.from_settings(TracingSettings(enabled=True, endpoint="http://127.0.0.1:9/v1/traces"))
+    try:
+        traced = build_client(settings.http, base_url="", headers={}, tracing=on)
+        assert isinstance(traced._transport, TracedTransport)
+    finally:
+        on.shutdown()
 
 
 def test_the_http_front_reads_traceparent_and_sends_the_overhead(traced: DaemonProcess, receiver: Receiver) -> None:

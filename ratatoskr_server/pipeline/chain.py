@@ -92,6 +92,8 @@ def _bind_stream(stage: Stage, nxt: NextStream) -> NextStream:
 
 def _traced_unary(tracing: Tracing, name: str, nxt: Next) -> Next:
     async def step(call: Call, ctx: RequestContext) -> Result:
+        if not tracing.recording(ctx):
+            return await nxt(call, ctx)
         with tracing.span(name, {"ratatoskr.model": call.model}):
             return await nxt(call, ctx)
 
@@ -102,6 +104,12 @@ def _traced_stream(tracing: Tracing, name: str, nxt: NextStream) -> NextStream:
     """The span is current only while the stream below works for an event (see telemetry/tracing)."""
 
     async def step(call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
+        if not tracing.recording(ctx):
+            events = nxt(call, ctx)
+            async with aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield event
+            return
         span = tracing.start_child(name, {"ratatoskr.model": call.model})
         failure = ""
         try:

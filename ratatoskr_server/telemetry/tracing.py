@@ -147,6 +147,13 @@ class Tracing:
                 span.set_status(Status(StatusCode.ERROR, code))
         span.end()
 
+    @staticmethod
+    def recording(ctx: RequestContext) -> bool:
+        """Whether this request's trace is kept: an unsampled one gets no child spans at all (its
+        trace id still travels upstream)."""
+        span = ctx.span
+        return isinstance(span, Span) and span.is_recording()
+
     # -- the current span ---------------------------------------------------------------------
     @contextlib.contextmanager
     def attached(self, span: object) -> Iterator[None]:
