@@ -263,6 +263,10 @@ class Gateway:
             return True
         if name in (local.default_embed_model, local.default_nli_model, local.default_classify_model):
             return True
+        if name in settings.aliases.values() or any(name in r.candidates for r in settings.routes.values()):
+            return True
+        if any(name == p.model for p in settings.presets.values()):
+            return True
         if name in self.pool.load_counts:
             return True
         found = self._routing.router.split(name)

@@ -257,4 +257,6 @@ def request_attributes(ctx: RequestContext, overhead_ms: float) -> dict[str, Any
     attributes["ratatoskr.cache_hit"] = ctx.cache_hits > 0
     attributes["ratatoskr.retries"] = ctx.retries
     attributes["ratatoskr.fallbacks"] = ctx.failovers
+    if ctx.failovers:
+        attributes["ratatoskr.failed_over"] = tuple(ctx.notes.failed_over)
     return attributes
