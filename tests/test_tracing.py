@@ -11,14 +11,22 @@ import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import TracingSettings, load_settings
 from ratatoskr_server.edge import Edge
+from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.net.http import SlotTransport, build_client
 from ratatoskr_server.net.traced import TracedTransport
 from ratatoskr_server.telemetry.metrics import Metrics
@@ -28,6 +36,7 @@ from tests.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
+HI_MESSAGE = [Message("user", "hi")]
 SERVER, CLIENT = 2, 3  # OTLP Span.SpanKind values
 BATCH = 4  # embeds sent at once; the batch waits for all of them (max_batch_size = BATCH)
 
@@ -253,3 +262,72 @@ def test_the_http_front_reads_traceparent_and_sends_the_overhead(traced: DaemonP
     server = _server(receiver.trace(trace_id))
     assert server.parent_span_id == parent
     assert server.name == "chat openai/gpt-4o-mini"
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """The collector's side of OTLP/gRPC: keeps each export request."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+
+    def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+        self.requests.append(request)
+        return ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[_Collector, int]]:
+    servicer = _Collector()
+    server = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(0)
+
+
+def _embedded(model_root: Path, upstream: Upstream, **tracing: Any) -> EmbeddedGateway:
+    return EmbeddedGateway(
+        load_settings(
+            local={"model_dir": model_root, "auto_import_default": False, "preload": []},
+            providers={"openai": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
+            tracing={"enabled": True, **tracing},
+        )
+    )
+
+
+async def test_otlp_over_grpc_exports_the_same_spans(
+    model_root: Path, upstream: Upstream, collector: tuple[_Collector, int]
+) -> None:
+    servicer, port = collector
+    gw = _embedded(model_root, upstream, exporter="grpc", endpoint=f"127.0.0.1:{port}", service_name="grpc-export")
+    try:
+        await gw.chat(HI_MESSAGE, ChatOptions(model="openai/gpt-4o-mini"))
+        assert gw.gateway.tracing.flush()
+    finally:
+        await gw.close()
+    names = [
+        span.name
+        for request in servicer.requests
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert "chat openai/gpt-4o-mini" in names and "dispatch" in names and "POST 127.0.0.1" in names
+
+
+async def test_sampling_zero_exports_nothing_and_still_passes_the_trace_on(
+    model_root: Path, upstream: Upstream, receiver: Receiver
+) -> None:
+    before = len(upstream.requests)
+    gw = _embedded(model_root, upstream, endpoint=receiver.endpoint, sample_ratio=0.0, service_name="unsampled")
+    try:
+        await gw.chat(HI_MESSAGE, ChatOptions(model="openai/gpt-4o-mini"))
+        assert gw.gateway.tracing.flush()
+    finally:
+        await gw.close()
+    [sent] = upstream.requests[before:]
+    version, trace_id, span_id, flags = sent.headers["traceparent"].split("-")
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16
+    assert int(flags, 16) & 1 == 0  # a trace id, marked not sampled
+    assert not [s for s in receiver.spans if s.resource.get("service.name") == "unsampled"]
