@@ -153,6 +153,39 @@ class MetricsSettings(_Section):
     port: int = Field(default=9742, ge=0, le=65535, description="Prometheus endpoint; 0 picks a free port.")
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of each request (GenAI semantic conventions), exported over OTLP.
+
+    Off by default, and then nothing is built: no provider, no spans, no exporter thread.
+    """
+
+    enabled: bool = Field(default=False, description="Export a trace of each request over OTLP.")
+    exporter: Literal["http", "grpc"] = Field(default="http", description="OTLP over HTTP/protobuf or gRPC.")
+    endpoint: str = Field(
+        default="",
+        description="Collector address; empty: http://127.0.0.1:4318/v1/traces (http), 127.0.0.1:4317 (grpc).",
+    )
+    insecure: bool = Field(default=True, description="gRPC exporter only: plaintext to the collector.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every export (a collector's auth token: use ${VAR})."
+    )
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of new traces kept; a caller's sampled flag is followed."
+    )
+    service_name: str = Field(default="ratatoskr", min_length=1)
+    resource: dict[str, str] = Field(
+        default_factory=dict, description="More resource attributes, e.g. deployment.environment."
+    )
+    max_queue_size: int = Field(default=2048, ge=1, description="Spans held for export; more are dropped.")
+    max_export_batch_size: int = Field(default=512, ge=1)
+    schedule_delay_ms: float = Field(default=5000, gt=0, description="How often the batch processor exports.")
+    export_timeout_s: float = Field(default=10.0, gt=0)
+
+    def secret_values(self) -> list[str]:
+        """Header values whose name says credential (a collector's token)."""
+        return [v for k, v in self.headers.items() if SENSITIVE_NAME.search(k) and v]
+
+
 class HttpFrontSettings(_Section):
     """The OpenAI-compatible HTTP front (``/v1/chat/completions`` …): off unless enabled, on its own
     address, in the daemon's process and event loop, through the same keys, limits and pipeline as gRPC.
@@ -646,6 +679,7 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(default=None, description="TOML of NAME = value for ${NAME}; mode 0600 or 0400.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     http_front: HttpFrontSettings = Field(default_factory=HttpFrontSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
@@ -694,6 +728,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
         values = [v for p in self.providers.values() for v in p.secret_values()] + self.state.secret_values()
+        values += self.tracing.secret_values()
         # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
         stored = [key for c in self.callers.values() if (key := c.stored()) is not None]
         return values + [v for key in stored for v in (str(key), key.digest)]
@@ -706,6 +741,8 @@ class Settings(BaseSettings):
             shown["base_url"] = display_url(entry.base_url)
             for table in ("headers", "query"):
                 shown[table] = {k: MASK if SENSITIVE_NAME.search(k) else v for k, v in shown[table].items()}
+        tracing = data["tracing"]
+        tracing["headers"] = {k: MASK if SENSITIVE_NAME.search(k) else v for k, v in tracing["headers"].items()}
         return data
 
 

@@ -46,6 +46,7 @@ from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ _RESTART_PREFIXES = (
     "server.max_receive_message_mb",
     "server.max_send_message_mb",
     "metrics.",
+    "tracing.",
     "http_front.",
     "local.inference_workers",
     "local.load_workers",
@@ -210,8 +212,9 @@ class Daemon:
         #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
-        self.edge = Edge(self.metrics, settings.server.max_in_flight)
-        self.gateway = Gateway.from_settings(settings, self.metrics)
+        self.tracing = Tracing.from_settings(settings.tracing)
+        self.edge = Edge(self.metrics, settings.server.max_in_flight, self.tracing)
+        self.gateway = Gateway.from_settings(settings, self.metrics, tracing=self.tracing)
         # Rate windows live with the other shared state when state.backend = "redis" (one limit for
         # every replica); in this process otherwise.
         shared = self.gateway.shared

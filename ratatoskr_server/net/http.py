@@ -32,6 +32,8 @@ import httpx
 from ratatoskr_server.config import HttpSettings
 from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.net.guarded import GuardedTransport
+from ratatoskr_server.net.traced import TracedTransport
+from ratatoskr_server.telemetry.tracing import Tracing
 
 
 class _SlotReleasingStream(httpx.AsyncByteStream):
@@ -125,19 +127,23 @@ def build_client(
     base_url: str,
     headers: Mapping[str, str],
     egress: EgressPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> httpx.AsyncClient:
     """A client whose every socket passes the egress guard (``egress``; without one, the Standard
-    tier, still tightened by a request's own tier)."""
+    tier, still tightened by a request's own tier); each call traced when ``tracing`` is on."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_keepalive_connections,
     )
     # No certificate-bundle surprises from the environment either (trust_env=False inside).
     transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits, engine=settings.engine)
+    outer: httpx.AsyncBaseTransport = SlotTransport(transport, settings.max_connections)
+    if tracing is not None and tracing.enabled:
+        outer = TracedTransport(outer, tracing)
     return httpx.AsyncClient(
         base_url=base_url,
         headers=dict(headers),
-        transport=SlotTransport(transport, settings.max_connections),
+        transport=outer,
         timeout=httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,

@@ -70,7 +70,7 @@ def serve(routes: dict[tuple[str, str], Handler]) -> Iterator[Upstream]:
                 raw = await request.read()
                 try:
                     body: Any = json.loads(raw) if raw else None
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON (OTLP's protobuf, say)
                     body = raw.decode("utf-8", "replace")
                 upstream.requests.append(
                     Recorded(request.method, request.path, dict(request.query), CIMultiDict(request.headers), body)
