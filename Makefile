@@ -27,7 +27,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit proto model runtime dev lock install bench-embed bench-chat clean
+.PHONY: run test lint typecheck unit redis-server proto model runtime dev lock install bench-embed bench-chat clean
 
 run: $(GEN_STAMP) $(RUNTIME_STAMP)
 	@echo "==> default model (imported once into local.model_dir)"
@@ -37,8 +37,19 @@ run: $(GEN_STAMP) $(RUNTIME_STAMP)
 
 test: lint typecheck unit
 
-unit: $(GEN_STAMP) $(DEV_STAMP)
+unit: $(GEN_STAMP) $(DEV_STAMP) redis-server
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The shared-state tests start Debian's redis-server themselves (on a Unix socket of their own; the
+# system service is never used): installed once when it is not on PATH, quietly, nothing when it is.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "redis-server is not on PATH and apt-get is not available: install Redis 7 (redis-server) for the shared-state tests" >&2; exit 1; }; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "==> redis-server (Debian's package, for the shared-state tests)"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null 2>&1 \
+	    || { $$sudo apt-get update -qq >/dev/null && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } \
+	    || { echo "installing redis-server with apt-get failed; install it by hand (apt-get install redis-server)" >&2; exit 1; }; }
 
 lint: $(GEN_STAMP) $(DEV_STAMP)
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench

@@ -153,6 +153,39 @@ class MetricsSettings(_Section):
     port: int = Field(default=9742, ge=0, le=65535, description="Prometheus endpoint; 0 picks a free port.")
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of each request (GenAI semantic conventions), exported over OTLP.
+
+    Off by default, and then nothing is built: no provider, no spans, no exporter thread.
+    """
+
+    enabled: bool = Field(default=False, description="Export a trace of each request over OTLP.")
+    exporter: Literal["http", "grpc"] = Field(default="http", description="OTLP over HTTP/protobuf or gRPC.")
+    endpoint: str = Field(
+        default="",
+        description="Collector address; empty: http://127.0.0.1:4318/v1/traces (http), 127.0.0.1:4317 (grpc).",
+    )
+    insecure: bool = Field(default=True, description="gRPC exporter only: plaintext to the collector.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every export (a collector's auth token: use ${VAR})."
+    )
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of new traces kept; a caller's sampled flag is followed."
+    )
+    service_name: str = Field(default="ratatoskr", min_length=1)
+    resource: dict[str, str] = Field(
+        default_factory=dict, description="More resource attributes, e.g. deployment.environment."
+    )
+    max_queue_size: int = Field(default=2048, ge=1, description="Spans held for export; more are dropped.")
+    max_export_batch_size: int = Field(default=512, ge=1)
+    schedule_delay_ms: float = Field(default=5000, gt=0, description="How often the batch processor exports.")
+    export_timeout_s: float = Field(default=10.0, gt=0)
+
+    def secret_values(self) -> list[str]:
+        """Header values whose name says credential (a collector's token)."""
+        return [v for k, v in self.headers.items() if SENSITIVE_NAME.search(k) and v]
+
+
 class HttpFrontSettings(_Section):
     """The OpenAI-compatible HTTP front (``/v1/chat/completions`` …): off unless enabled, on its own
     address, in the daemon's process and event loop, through the same keys, limits and pipeline as gRPC.
@@ -463,7 +496,17 @@ class HttpSettings(_Section):
         default=100, ge=1, description="Requests in flight per provider, HTTP/2 streams included."
     )
     max_keepalive_connections: int = Field(default=20, ge=0)
-    http2: bool = True
+    engine: Literal["aiohttp", "httpcore"] = Field(
+        default="aiohttp",
+        description="The connection engine under httpx: aiohttp (HTTP/1.1, the cheaper per call) or httpcore.",
+    )
+    http2: bool = Field(default=False, description='Offer HTTP/2 over TLS; needs engine = "httpcore".')
+
+    @model_validator(mode="after")
+    def _http2_engine(self) -> HttpSettings:
+        if self.http2 and self.engine != "httpcore":
+            raise ValueError('http.http2 = true needs http.engine = "httpcore" (aiohttp speaks HTTP/1.1 only)')
+        return self
 
 
 class BreakerSettings(_Section):
@@ -582,6 +625,58 @@ class BudgetSettings(_Section):
         )
 
 
+class StateSettings(_Section):
+    """Where shared state lives: in this process (the budget ledger as ``budget.ledger`` says), or in one
+    Redis that every replica shares, so N replicas keep one budget, one set of rate windows, one
+    response cache and one breaker verdict instead of N."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="sqlite: this process (budget.ledger, memory for the rest); redis: budget reservations, "
+        "rate windows, the response cache, breaker transitions and remembered parameter rejections in Redis.",
+    )
+    url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description='redis://host:port/db, rediss:// (TLS) or unix:///path.sock; use "${REDIS_URL}" when it '
+        "carries a password.",
+    )
+    username: str = Field(default="", description="ACL user (Redis 6+); empty: the URL's or the default user.")
+    password: SecretStr | None = Field(default=None, description='Use "${REDIS_PASSWORD}" from the secrets file.')
+    key_prefix: str = Field(
+        default="ratatoskr:", min_length=1, description="Prepended to every key; replicas sharing state share it."
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle for rediss:// (default: the system's).")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    tls_key_file: Path | None = Field(default=None, description="Client key for mutual TLS.")
+    tls_check_hostname: bool = Field(default=True, description="Check the server certificate names the host.")
+    timeout_s: float = Field(
+        default=0.5, gt=0, le=30, description="Limit on every Redis command (and its connect): nothing hangs on it."
+    )
+    max_connections: int = Field(
+        default=32, ge=1, description="Connections to Redis per process; more concurrent calls wait for one."
+    )
+    retry_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="After a failure, calls fail fast for this long before Redis is tried again (its recovery "
+        "is seen within this).",
+    )
+    budget_when_unavailable: Literal["refuse", "allow"] = Field(
+        default="refuse",
+        description="Redis unreachable: refuse paid calls under a budget (UNAVAILABLE), or let them through "
+        "unmetered with a warning. Rate limits always refuse; the cache misses.",
+    )
+    sync_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often breaker verdicts and parameter rejections are read back."
+    )
+
+    def secret_values(self) -> list[str]:
+        url = self.url.get_secret_value()
+        values = url_credentials(url) + ([self.password.get_secret_value()] if self.password else [])
+        return [v for v in values if v]
+
+
 def _default_private_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 
@@ -617,6 +712,7 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(default=None, description="TOML of NAME = value for ${NAME}; mode 0600 or 0400.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     http_front: HttpFrontSettings = Field(default_factory=HttpFrontSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
@@ -638,6 +734,7 @@ class Settings(BaseSettings):
     context: ContextSettings = Field(default_factory=ContextSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     #: API keys by caller name; needed on TCP unless server.tcp_require_auth = false.
     callers: dict[str, CallerSettings] = Field(default_factory=dict)
@@ -664,7 +761,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret in the tree, so the log redactor can mask them wherever they appear."""
-        values = [v for p in self.providers.values() for v in p.secret_values()]
+        values = [v for p in self.providers.values() for v in p.secret_values()] + self.state.secret_values()
+        values += self.tracing.secret_values()
         passphrases = [self.store.passphrase, *(m.passphrase for m in self.models.values())]
         values += [p.get_secret_value() for p in passphrases if p is not None and p.get_secret_value()]
         # A key's stored line and its digest alone: neither is the token, but neither belongs in a log.
@@ -679,6 +777,8 @@ class Settings(BaseSettings):
             shown["base_url"] = display_url(entry.base_url)
             for table in ("headers", "query"):
                 shown[table] = {k: MASK if SENSITIVE_NAME.search(k) else v for k, v in shown[table].items()}
+        tracing = data["tracing"]
+        tracing["headers"] = {k: MASK if SENSITIVE_NAME.search(k) else v for k, v in tracing["headers"].items()}
         return data
 
 

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ratatoskr_client.errors import DeadlineExceeded
-from ratatoskr_client.types import Notes, PrivacyTier, Truncation
+from ratatoskr_client.types import ChatOptions, Notes, PrivacyTier, Truncation
 
 Clock = Callable[[], float]
 _NO_NOTES = Notes()
@@ -42,6 +42,37 @@ def accepted_request_id(given: str | None) -> str:
 
 
 @dataclass(slots=True)
+class Answered:
+    """What the call's answer says about itself, written by the stages that learn it (dispatch,
+    budget) and read once by the edge for the span, the metrics and the log line: one record, so
+    none of those needs to reach into the pipeline."""
+
+    #: The provider that answered (its configured name) and its kind (the backend: local, openai…).
+    provider: str = ""
+    backend: str = ""
+    #: The model asked of the provider, and the one that answered as it names itself.
+    request_model: str = ""
+    response_model: str = ""
+    #: The generation parameters as sent (after presets and the parameter guard).
+    options: ChatOptions | None = None
+    finish_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    #: Milliseconds from arrival to the first event of a stream; None for unary calls.
+    first_event_ms: float | None = None
+    #: Seconds spent waiting on providers (the pool or an upstream), summed over attempts: the rest
+    #: of the request's time is the gateway's own overhead.
+    upstream_s: float = 0.0
+    #: USD held before the call and charged after it (None: no budget concerned it).
+    budget_reserved_usd: float | None = None
+    budget_settled_usd: float | None = None
+    #: The gateway's own time (total minus ``upstream_s``), set by the edge when the request ends.
+    overhead_ms: float | None = None
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     #: When the caller stops waiting, on ``clock``; None means no deadline of its own.
@@ -54,6 +85,10 @@ class RequestContext:
     privacy_tier: PrivacyTier | None = None
     #: The tracing span of this request, when tracing is on.
     span: object | None = None
+    #: W3C trace context the caller sent (traceparent, tracestate), read by the tracer when on.
+    trace_carrier: dict[str, str] | None = None
+    #: What the answer said about itself (provider, tokens, timings), for telemetry.
+    answered: Answered = field(default_factory=Answered)
     clock: Clock = time.monotonic
     #: The caller's timeout as given (seconds), for messages; ``deadline`` is what counts.
     timeout: float | None = None
@@ -121,6 +156,18 @@ class RequestContext:
     def note_failover(self, candidate: str) -> None:
         """The route moved past ``candidate`` ("provider/model")."""
         self._failed_over.append(candidate)
+
+    @property
+    def retries(self) -> int:
+        return self._retries
+
+    @property
+    def cache_hits(self) -> int:
+        return self._cache_hits
+
+    @property
+    def failovers(self) -> int:
+        return len(self._failed_over)
 
     @property
     def notes(self) -> Notes:

@@ -46,6 +46,7 @@ from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,12 @@ _RESTART_PREFIXES = (
     "server.max_receive_message_mb",
     "server.max_send_message_mb",
     "metrics.",
+    "tracing.",
     "http_front.",
     "local.inference_workers",
     "local.load_workers",
     "budget.ledger",  # and budget.ledger_path: the ledger is opened once and kept across reloads
+    "state.",  # the shared-state backend and its connection are made once
 )
 _SERVICES = (
     gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
@@ -209,9 +212,13 @@ class Daemon:
         #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
-        self.edge = Edge(self.metrics, settings.server.max_in_flight)
-        self.front = Front(self.edge, Guard(settings))
-        self.gateway = Gateway.from_settings(settings, self.metrics)
+        self.tracing = Tracing.from_settings(settings.tracing)
+        self.edge = Edge(self.metrics, settings.server.max_in_flight, self.tracing)
+        self.gateway = Gateway.from_settings(settings, self.metrics, tracing=self.tracing)
+        # Rate windows live with the other shared state when state.backend = "redis" (one limit for
+        # every replica); in this process otherwise.
+        shared = self.gateway.shared
+        self.front = Front(self.edge, Guard(settings, shared.rates if shared is not None else None))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs predate grpc.aio
         self.listen: list[str] = []
         self.state = "starting"

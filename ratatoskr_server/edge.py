@@ -10,6 +10,7 @@ Each front maps the error's ``code`` to its wire (gRPC status, HTTP status) in i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,9 @@ from typing import TypeVar
 
 from ratatoskr_client.errors import Internal, RatatoskrError, ResourceExhausted
 from ratatoskr_server.context import RequestContext
+from ratatoskr_server.telemetry.logs import trace_ids
 from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.tracing import Tracing
 
 log = logging.getLogger("ratatoskr.request")
 
@@ -39,22 +42,32 @@ def clip(text: str, limit: int) -> str:
 
 
 class Edge:
-    def __init__(self, metrics: Metrics, max_in_flight: int) -> None:
+    def __init__(self, metrics: Metrics, max_in_flight: int, tracing: Tracing | None = None) -> None:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        #: The tracer when tracing is on; None costs a request nothing.
+        self.tracing = tracing if tracing is not None and tracing.enabled else None
 
     @asynccontextmanager
     async def admit(
-        self, rpc: str, ctx: RequestContext, *, model: str = "", limited: bool = True
+        self, rpc: str, ctx: RequestContext, *, model: str = "", limited: bool = True, attach: bool = True
     ) -> AsyncIterator[None]:
         """Run one request's body under the limits; ``limited`` calls count against ``max_in_flight``.
 
-        The log line and metrics are written once the body ends, however it ends.
+        The log line, metrics and the request's span end once the body ends, however it ends.  With
+        ``attach`` the span is the current one for the body (a unary call; a stream attaches it per
+        event instead, see ``stream``).
         """
         started = time.perf_counter()
         code = "OK"
         counted = False
+        tracing = self.tracing
+        scope: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if tracing is not None:
+            span = tracing.start_request(rpc, ctx, model)
+            if attach:
+                scope = tracing.attached(span)
         try:
             if limited:
                 if self.in_flight >= self.max_in_flight:
@@ -66,7 +79,8 @@ class Edge:
                 self.in_flight += 1
                 counted = True
                 self.metrics.in_flight.inc()
-            yield
+            with scope:
+                yield
         except RatatoskrError as err:
             code = err.code
             raise
@@ -82,14 +96,28 @@ class Edge:
                 self.in_flight -= 1
                 self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
+            answered = ctx.answered
+            overhead = max(elapsed - answered.upstream_s, 0.0)
+            answered.overhead_ms = overhead * 1000
             self.metrics.count(rpc, code, elapsed)
+            if limited:  # model calls; the catalogue and admin RPCs are counted above only
+                self._model_metrics(rpc, model, code, elapsed, overhead, ctx)
+            if tracing is not None:
+                tracing.end_request(ctx, code, overhead * 1000)
             extra: dict[str, object] = {
                 "request_id": ctx.request_id,
                 "rpc": rpc,
                 "model": clip(model, MAX_LOGGED_CHARS),
                 "status": code,
                 "duration_ms": round(elapsed * 1000, 2),
+                "overhead_ms": round(overhead * 1000, 3),
             }
+            extra.update(trace_ids(ctx))
+            if answered.provider:
+                extra["provider"] = answered.provider
+            if answered.input_tokens or answered.output_tokens:
+                extra["input_tokens"] = answered.input_tokens
+                extra["output_tokens"] = answered.output_tokens
             if ctx.caller:
                 extra["caller"] = ctx.caller
             notes = ctx.notes
@@ -107,6 +135,17 @@ class Edge:
                 extra["failed_over"] = ",".join(notes.failed_over)
             log.info("request", extra=extra)
 
+    def _model_metrics(
+        self, rpc: str, model: str, code: str, elapsed: float, overhead: float, ctx: RequestContext
+    ) -> None:
+        answered = ctx.answered
+        first = answered.first_event_ms / 1000 if answered.first_event_ms is not None else None
+        self.metrics.call(rpc, model, answered.provider, code, elapsed, overhead, first)
+        if answered.input_tokens:
+            self.metrics.input_tokens.labels(model=self.metrics.model_label(model)).inc(answered.input_tokens)
+        if answered.output_tokens:
+            self.metrics.tokens(model, answered.output_tokens, answered.inference_ms / 1000)
+
     async def stream(
         self, rpc: str, ctx: RequestContext, events: AsyncIterator[T], *, model: str = ""
     ) -> AsyncIterator[T]:
@@ -114,7 +153,19 @@ class Edge:
 
         Nothing is buffered: each event is pulled only after the consumer took the previous one, so a
         slow consumer slows the upstream read, and closing this generator closes the source at once.
+        With tracing on, the request's span is current only while the source works for an event.
         """
-        async with self.admit(rpc, ctx, model=model), aclosing(events):  # type: ignore[type-var]
-            async for item in events:
+        tracing = self.tracing
+        async with self.admit(rpc, ctx, model=model, attach=False), aclosing(events):  # type: ignore[type-var]
+            if tracing is None:
+                async for item in events:
+                    yield item
+                return
+            iterator = aiter(events)
+            while True:
+                with tracing.attached(ctx.span):
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        return
                 yield item

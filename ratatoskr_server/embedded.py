@@ -36,6 +36,7 @@ from ratatoskr_server.edge import Edge
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.local.pool import LocalModelPool
 from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -51,10 +52,10 @@ class EmbeddedGateway:
         edge: Edge | None = None,
         privacy_tier: PrivacyTier | None = None,
     ) -> None:
-        self.gateway = gateway or Gateway.from_settings(settings)
+        self.gateway = gateway or Gateway.from_settings(settings, tracing=Tracing.from_settings(settings.tracing))
         #: The tier every call of this caller asks for: it can only tighten ``privacy.tier``.
         self.privacy_tier = privacy_tier
-        self.edge = edge or Edge(self.gateway.metrics, settings.server.max_in_flight)
+        self.edge = edge or Edge(self.gateway.metrics, settings.server.max_in_flight, self.gateway.tracing)
 
     # -- what tests and tools reach for --------------------------------------------------------------
     @property

@@ -84,9 +84,11 @@ from ratatoskr_server.routing.router import Router
 from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
-from ratatoskr_server.state.factory import budget_ledger
+from ratatoskr_server.state.factory import SharedState, budget_ledger, shared_state
 from ratatoskr_server.store.store import ModelStore
 from ratatoskr_server.telemetry.metrics import Metrics
+from ratatoskr_server.telemetry.pool import PoolTelemetry
+from ratatoskr_server.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,19 @@ class Gateway:
         breakers: BreakerStore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        shared: SharedState | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        #: Spans of the stages, the pool, batches and upstream calls; off unless [tracing] enabled.
+        self.tracing = tracing or Tracing.off()
+        #: The Redis stores every replica shares (``state.backend = "redis"``): they stand in for the
+        #: ledger, cache and breaker store not passed explicitly.
+        self.shared = shared
+        if shared is not None:
+            ledger = ledger or shared.ledger
+            cache = cache or shared.cache
+            breakers = breakers or shared.verdicts
         #: Circuit breaker state, kept across reloads (an upstream's failures outlive a config edit).
         self.breakers = breakers or MemoryBreakers()
         #: The clock breakers measure windows and cooldowns on, and how retries wait (tests inject both).
@@ -140,10 +153,16 @@ class Gateway:
         self.pool = pool
         self.registry = registry
         self.metrics = metrics
+        # Model labels only for names the configuration or the catalogue knows.
+        metrics.model_filter = self.known_model
+        pool.telemetry = PoolTelemetry(metrics, self.tracing)
         self._executor = executor
         self._owned = tuple(owned_executors)
         self.local = LocalProvider(pool)
         self.params = ParameterGuard(settings)
+        if shared is not None:
+            self.params.shared = shared.verdicts
+            shared.verdicts.target = self.params
         self.admin = Admin(pool)
         self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         #: The budget ledger, made when a budget is first configured and kept across reloads.
@@ -166,8 +185,11 @@ class Gateway:
         cache: ResponseCache | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        tracing: Tracing | None = None,
     ) -> Gateway:
-        """The usual parts: an inference executor, a separate loader executor, the pool, the registry."""
+        """The usual parts: an inference executor, a separate loader executor, the pool, the registry,
+        and the Redis stores when ``state.backend = "redis"``."""
+        metrics = metrics or Metrics()
         executor = ThreadPoolExecutor(
             max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
         )
@@ -178,7 +200,7 @@ class Gateway:
             settings,
             pool=LocalModelPool(settings, executor, loader, store=ModelStore(settings)),
             registry=registry,
-            metrics=metrics or Metrics(),
+            metrics=metrics,
             executor=executor,
             owned_executors=(executor, loader),
             clock=clock,
@@ -186,11 +208,13 @@ class Gateway:
             cache=cache,
             monotonic=monotonic,
             sleep=sleep,
+            shared=shared_state(settings, metrics, monotonic=monotonic),
+            tracing=tracing,
         )
 
     def _build(self, settings: Settings) -> _Routing:
         egress = EgressPolicy.from_settings(settings, self.resolver)
-        router = Router(settings, self.local, egress)
+        router = Router(settings, self.local, egress, self.tracing)
         breakers = Breakers(settings.resilience.breaker, self.breakers, self.monotonic, self.metrics)
         stages = [
             LimitsStage(settings.limits),
@@ -207,7 +231,7 @@ class Gateway:
             RetryStage(settings.resilience, sleep=self.sleep, metrics=self.metrics),
             BreakerStage(breakers),
         ]
-        return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s)))
+        return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s), self.tracing))
 
     def _cache(self, settings: Settings) -> list[CacheStage]:
         """The response cache stage when enabled; its store is made on first need and kept across reloads."""
@@ -246,6 +270,27 @@ class Gateway:
         """Each provider/model's circuit breaker, for status, ListModels and tests."""
         return Breakers(self.settings.resilience.breaker, self.breakers, self.monotonic).phases()
 
+    def known_model(self, name: str) -> bool:
+        """A model name the configuration or the catalogue knows (a metric label of its own)."""
+        settings = self.settings
+        local = settings.local
+        if name in settings.models or name in settings.aliases or name in settings.routes or name in settings.presets:
+            return True
+        if name in (local.default_embed_model, local.default_nli_model, local.default_classify_model):
+            return True
+        if name in settings.aliases.values() or any(name in r.candidates for r in settings.routes.values()):
+            return True
+        if any(name == p.model for p in settings.presets.values()):
+            return True
+        if name in self.pool.load_counts:
+            return True
+        found = self._routing.router.split(name)
+        if found is not None:
+            provider, model = found
+            entry = settings.providers.get(provider)
+            return (entry is not None and model in entry.models) or self.registry.lookup(provider, model) is not None
+        return self.registry.match_embedded(name) is not None
+
     @property
     def router(self) -> Router:
         return self._routing.router
@@ -262,6 +307,8 @@ class Gateway:
     async def start(self) -> None:
         """Load the models named in ``local.preload``; the daemon reports SERVING after this."""
         self.pool.start()
+        if self.shared is not None:
+            self.shared.start()
         if self.settings.registry.refresh_at_start:
             # In the background: a slow or unreachable catalogue must not hold SERVING back.
             task = asyncio.get_running_loop().create_task(self._refresh_in_background())
@@ -307,9 +354,13 @@ class Gateway:
         await self._routing.router.aclose()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.pool.close()
         for executor in self._owned:
             executor.shutdown(wait=False, cancel_futures=True)
+        # What is queued for export goes out now (bounded by tracing.export_timeout_s), off the loop.
+        await asyncio.to_thread(self.tracing.shutdown)
 
     # -- model calls -------------------------------------------------------------------------------
     async def _run(self, call: Call, ctx: RequestContext) -> Result:
@@ -333,7 +384,6 @@ class Gateway:
         result = expect(await self._run(call, ctx), EmbedResult)
         label = self.metrics.model_label(result.model)
         self.metrics.embedded_inputs.labels(model=label).inc(len(inputs))
-        self.metrics.input_tokens.labels(model=label).inc(result.timing.input_tokens)
         return _noted(result, ctx)
 
     async def nli(

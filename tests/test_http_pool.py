@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -80,8 +81,21 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
-def _client(upstream: Upstream, *, max_connections: int, max_keepalive: int | None = None) -> httpx.AsyncClient:
+Engine = Literal["aiohttp", "httpcore"]
+
+
+@pytest.fixture(params=["aiohttp", "httpcore"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Both engines the providers' client can run on keep every slot (``[http] engine``)."""
+    chosen: Engine = request.param
+    return chosen
+
+
+def _client(
+    upstream: Upstream, engine: Engine, *, max_connections: int, max_keepalive: int | None = None
+) -> httpx.AsyncClient:
     settings = HttpSettings(
+        engine=engine,
         max_connections=max_connections,
         max_keepalive_connections=max_connections if max_keepalive is None else max_keepalive,
         pool_timeout_s=POOL_TIMEOUT_S,
@@ -164,17 +178,17 @@ async def _assert_every_slot_serves(client: httpx.AsyncClient, max_connections: 
     ids=["upstream-closes", "keepalive-limit-evicts"],
 )
 async def test_cancelled_waiters_do_not_leak_pool_slots(
-    upstream: Upstream, hold_path: str, max_keepalive: int | None
+    upstream: Upstream, engine: Engine, hold_path: str, max_keepalive: int | None
 ) -> None:
     max_connections = 4
-    async with _client(upstream, max_connections=max_connections, max_keepalive=max_keepalive) as client:
+    async with _client(upstream, engine, max_connections=max_connections, max_keepalive=max_keepalive) as client:
         for _ in range(3):
             await _cancel_waiters_as_slots_free(client, hold_path, max_connections, waiters=2 * max_connections)
             await _assert_every_slot_serves(client, max_connections)
 
 
-async def test_a_full_pool_still_times_out_as_a_pool_timeout(upstream: Upstream) -> None:
-    settings = HttpSettings(max_connections=1, pool_timeout_s=0.05, http2=False)
+async def test_a_full_pool_still_times_out_as_a_pool_timeout(upstream: Upstream, engine: Engine) -> None:
+    settings = HttpSettings(engine=engine, max_connections=1, pool_timeout_s=0.05, http2=False)
     async with build_client(settings, base_url=upstream.base_url, headers={}) as client:
         held = await _hold(client, "/keep", 1)
         with pytest.raises(httpx.PoolTimeout):
@@ -183,8 +197,8 @@ async def test_a_full_pool_still_times_out_as_a_pool_timeout(upstream: Upstream)
         assert (await client.get("/keep")).status_code == 200  # the timed-out caller took no slot with it
 
 
-async def test_failed_and_abandoned_requests_give_their_slot_back(upstream: Upstream) -> None:
-    async with _client(upstream, max_connections=1) as client:
+async def test_failed_and_abandoned_requests_give_their_slot_back(upstream: Upstream, engine: Engine) -> None:
+    async with _client(upstream, engine, max_connections=1) as client:
         for _ in range(2):
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.get("/drop")  # the upstream hangs up without answering

@@ -174,6 +174,22 @@ async def test_sovereign_refuses_a_host_that_resolves_outside(tmp_path: Path, ou
 
 
 @inside
+@pytest.mark.parametrize("engine", ["aiohttp", "httpcore"])
+async def test_an_address_literal_is_judged_at_connect_on_either_engine(
+    tmp_path: Path, outside: Counter, engine: str
+) -> None:
+    """aiohttp resolves no literal, so its socket factory is what refuses one; httpcore's backend does."""
+    providers = {"far": f"http://{OUTSIDE_ADDRESS}:{outside.port}/v1"}
+    gw = _gateway(_settings(tmp_path, "sovereign", providers, http={"engine": engine}), Resolver({}))
+    try:
+        with pytest.raises(PermissionDenied, match=f"forbids connecting to {OUTSIDE_ADDRESS}"):
+            await gw.chat(HELLO, ChatOptions(model="far/m"))
+        assert (outside.connections, outside.bytes) == (0, 0)
+    finally:
+        await gw.gateway.close()
+
+
+@inside
 @pytest.mark.parametrize("global_tier", ["sovereign", "standard"])
 async def test_dns_rebinding_is_caught_at_connect(tmp_path: Path, outside: Counter, global_tier: str) -> None:
     """The check before dispatch sees loopback; the connect resolves again, sees the outside, refuses.

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.trace import SpanContext
 from tokenizers import Encoding
 
 from ratatoskr_client.errors import (
@@ -41,6 +42,7 @@ from ratatoskr_client.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from ratatoskr_server.telemetry.pool import PoolTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class _Request:
     rows: Rows | None = None
     first_run: float | None = None
     inference_s: float = 0.0
+    #: The submitting request's span, for the batches it rides in to link to (tracing on only).
+    link: SpanContext | None = None
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now > self.deadline)
@@ -110,6 +114,8 @@ class MicroBatcher:
     #: Graphs with a fixed sequence length cost that many tokens per row, whatever the input.
     fixed_width: int | None = None
     stats: BatchStats = field(default_factory=BatchStats)
+    #: Queue depth, batch sizes and batch spans (set by the pool; None: not reported).
+    telemetry: PoolTelemetry | None = None
 
     def __post_init__(self) -> None:
         #: Requests with inputs still waiting, in arrival order; batches take from them in turn.
@@ -174,6 +180,9 @@ class MicroBatcher:
         for i in sorted(range(n), key=lambda i: widths[i]):
             request.items.append(_Item(request, i, encodings[i], widths[i]))
         self._waiting.append(request)
+        if self.telemetry is not None:
+            request.link = self.telemetry.link()
+            self.telemetry.queue_depth(self.name, len(self._waiting))
         self._queued_inputs += n
         self._queued_tokens += tokens
         self._wakeup.set()
@@ -193,6 +202,8 @@ class MicroBatcher:
             free = self.limits.concurrency - len(self._running)
             share = -(-self._queued_inputs // max(free, 1))
             batch = self._take(time.monotonic(), min(self.limits.max_batch_size, max(share, 1)))
+            if self.telemetry is not None:
+                self.telemetry.queue_depth(self.name, len(self._waiting))
             if not batch:
                 self._slots.release()
                 continue
@@ -205,7 +216,13 @@ class MicroBatcher:
         try:
             started = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self.executor, self.run_batch, [it.encoding for it in batch])
+                if self.telemetry is None:
+                    rows = await loop.run_in_executor(self.executor, self.run_batch, [it.encoding for it in batch])
+                else:
+                    tokens = max(it.width for it in batch) * len(batch)
+                    links = [it.request.link for it in batch]
+                    with self.telemetry.batch(self.name, len(batch), tokens, links):
+                        rows = await loop.run_in_executor(self.executor, self.run_batch, [it.encoding for it in batch])
             except asyncio.CancelledError:
                 for item in batch:
                     self._fail(item.request, Unavailable(f"model '{self.name}' was unloaded"))

@@ -47,6 +47,7 @@ from ratatoskr_server.local.model import LocalModel, build_tokenizer, open_local
 from ratatoskr_server.local.tokenization import TextTokenizer
 from ratatoskr_server.store.provenance import Provenance
 from ratatoskr_server.store.store import ModelStore
+from ratatoskr_server.telemetry.pool import PoolTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class LocalModelPool:
         #: Model name -> what the store proved of its files when last loaded (the content address
         #: is the revision the response cache keys by).
         self._provenance: dict[str, Provenance] = {}
+        #: Metrics and spans of admissions, loads and batches (the gateway sets it; None: none).
+        self.telemetry: PoolTelemetry | None = None
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -346,7 +349,11 @@ class LocalModelPool:
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[LocalModel]:
         """Borrow a loaded model for one request; it cannot be unloaded until the block ends."""
-        slot = await self._acquire(self.canonical(name))
+        if self.telemetry is None:
+            slot = await self._acquire(self.canonical(name))
+        else:
+            with self.telemetry.admission(self.canonical(name)):
+                slot = await self._acquire(self.canonical(name))
         assert slot.model is not None
         try:
             yield slot.model
@@ -470,6 +477,23 @@ class LocalModelPool:
         )
 
     async def _load(self, slot: _Slot) -> None:
+        telemetry = self.telemetry
+        if telemetry is None:
+            await self._open(slot)
+            return
+        started = time.perf_counter()
+        with telemetry.load(slot.name, slot.plan.device):
+            await self._open(slot)
+        if slot.state is ModelState.READY:
+            telemetry.loaded(slot.name, time.perf_counter() - started)
+        self._report()
+
+    def _report(self) -> None:
+        if self.telemetry is not None:
+            ready = sum(1 for s in self._slots.values() if s.state is ModelState.READY)
+            self.telemetry.held(ready, self.used_mb(), self._settings.local.memory_budget_mb)
+
+    async def _open(self, slot: _Slot) -> None:
         plan = slot.plan
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -514,6 +538,7 @@ class LocalModelPool:
             return
         slot.memory_mb = max(rss_mb() - before, 0.0)
         slot.model = model
+        model.batcher.telemetry = self.telemetry
         model.batcher.start()
         slot.state = ModelState.READY
         slot.last_used = self._clock()
@@ -558,6 +583,7 @@ class LocalModelPool:
         slot.state = ModelState.UNLOADING
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
+        self._report()
 
     def _retire(self, slot: _Slot) -> None:
         """_remove for synchronous callers: out of the pool (and the budget) now, stopped in the background."""

@@ -6,7 +6,9 @@ policy check every address, and connects to the checked address itself (TLS stil
 sends SNI for the hostname: httpcore takes those from the request's origin, not from the socket).
 A refusal raises before any socket exists, so the forbidden host sees no connection and no byte.
 
-``GuardedTransport`` picks the pool by the tier the request is held to.  Pooled connections are
+``GuardedTransport`` picks the pool by the tier the request is held to, on one of two engines:
+aiohttp's pool (``net/aio.py``, the default: it costs half the CPU per call) or httpx's own,
+httpcore, with the backend above (the one that speaks HTTP/2).  Pooled connections are
 reused by later requests, and a connection opened for a Standard request must never carry a
 Sovereign one; with a pool per tier, a connection only ever serves requests held to the tier it
 was checked against.  In practice one tier is in use and there is one pool.
@@ -18,12 +20,16 @@ import asyncio
 import ssl
 import typing
 from types import TracebackType
+from typing import TYPE_CHECKING, Literal
 
 import httpcore
 import httpx
 
 from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.net.egress import EgressPolicy
+
+if TYPE_CHECKING:
+    from ratatoskr_server.net.aio import AioEngine
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -83,31 +89,45 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         *,
         http2: bool,
         limits: httpx.Limits,
+        engine: Literal["aiohttp", "httpcore"] = "aiohttp",
         inner_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self.policy = policy
+        self._aio: type[AioEngine] | None = None
+        if engine == "aiohttp":
+            # Imported when the first client is built (at start, with the providers), not on a
+            # request's path, and not at all by a daemon that has no upstream.
+            from ratatoskr_server.net.aio import AioEngine
+
+            self._aio = AioEngine
         self._http2 = http2
         self._limits = limits
         self._backend = inner_backend
         # Built once: loading the CA bundle costs milliseconds, too much for a first request's path.
         self._ssl: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
-        self._pools: dict[PrivacyTier, httpx.AsyncHTTPTransport] = {}
+        self._pools: dict[PrivacyTier, httpx.AsyncBaseTransport] = {}
 
-    def _pool(self, tier: PrivacyTier) -> httpx.AsyncHTTPTransport:
+    def _pool(self, tier: PrivacyTier) -> httpx.AsyncBaseTransport:
         pool = self._pools.get(tier)
         if pool is None:
-            pool = httpx.AsyncHTTPTransport(verify=self._ssl, http2=self._http2, limits=self._limits, trust_env=False)
-            # httpx does not expose httpcore's network_backend; its pool is rebuilt with ours.
-            pool._pool = httpcore.AsyncConnectionPool(
-                ssl_context=self._ssl,
-                max_connections=self._limits.max_connections,
-                max_keepalive_connections=self._limits.max_keepalive_connections,
-                keepalive_expiry=self._limits.keepalive_expiry,
-                http1=True,
-                http2=self._http2,
-                network_backend=GuardedBackend(self.policy, tier, self._backend),
-            )
+            pool = self._build(tier)
             self._pools[tier] = pool
+        return pool
+
+    def _build(self, tier: PrivacyTier) -> httpx.AsyncBaseTransport:
+        if self._aio is not None:
+            return self._aio(self.policy, tier, limits=self._limits, ssl_context=self._ssl)
+        pool = httpx.AsyncHTTPTransport(verify=self._ssl, http2=self._http2, limits=self._limits, trust_env=False)
+        # httpx does not expose httpcore's network_backend; its pool is rebuilt with ours.
+        pool._pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._ssl,
+            max_connections=self._limits.max_connections,
+            max_keepalive_connections=self._limits.max_keepalive_connections,
+            keepalive_expiry=self._limits.keepalive_expiry,
+            http1=True,
+            http2=self._http2,
+            network_backend=GuardedBackend(self.policy, tier, self._backend),
+        )
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

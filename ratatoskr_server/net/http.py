@@ -3,9 +3,10 @@
 Every socket goes through the egress guard (``net/guarded.py``): the privacy tier is checked on
 the resolved address at connect time.
 
-Timeouts (connect, read, write, pool) and connection pools come from
-``[http]``; HTTP/2 is offered to every upstream (httpx negotiates it over
-TLS with ALPN and stays on HTTP/1.1 where the upstream does not speak it).
+Timeouts (connect, read, write, pool) and connection pools come from ``[http]``.  The engine
+under httpx is aiohttp's pool by default (``net/aio.py``: half the CPU per call); with
+``engine = "httpcore"`` and ``http2 = true`` HTTP/2 is offered to every upstream (httpx
+negotiates it over TLS with ALPN and stays on HTTP/1.1 where the upstream does not speak it).
 
 The pool's slots are handed out here, not by httpcore. httpcore (1.0.9, encode/httpcore#1093)
 loses a slot for good whenever a caller queued for a connection is cancelled just after the pool
@@ -31,6 +32,8 @@ import httpx
 from ratatoskr_server.config import HttpSettings
 from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.net.guarded import GuardedTransport
+from ratatoskr_server.net.traced import TracedTransport
+from ratatoskr_server.telemetry.tracing import Tracing
 
 
 class _SlotReleasingStream(httpx.AsyncByteStream):
@@ -124,19 +127,23 @@ def build_client(
     base_url: str,
     headers: Mapping[str, str],
     egress: EgressPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> httpx.AsyncClient:
     """A client whose every socket passes the egress guard (``egress``; without one, the Standard
-    tier, still tightened by a request's own tier)."""
+    tier, still tightened by a request's own tier); each call traced when ``tracing`` is on."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_keepalive_connections,
     )
     # No certificate-bundle surprises from the environment either (trust_env=False inside).
-    transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits)
+    transport = GuardedTransport(egress or EgressPolicy(), http2=settings.http2, limits=limits, engine=settings.engine)
+    outer: httpx.AsyncBaseTransport = SlotTransport(transport, settings.max_connections)
+    if tracing is not None and tracing.enabled:
+        outer = TracedTransport(outer, tracing)
     return httpx.AsyncClient(
         base_url=base_url,
         headers=dict(headers),
-        transport=SlotTransport(transport, settings.max_connections),
+        transport=outer,
         timeout=httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,

@@ -20,6 +20,7 @@ from typing import Protocol
 from ratatoskr_client.types import ChatEvent
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, Result
+from ratatoskr_server.telemetry.tracing import Tracing
 
 Next = Callable[[Call, RequestContext], Awaitable[Result]]
 NextStream = Callable[[Call, RequestContext], AsyncIterator[ChatEvent]]
@@ -44,13 +45,26 @@ class Terminal(Protocol):
 
 
 class Chain:
-    def __init__(self, stages: Sequence[Stage], terminal: Terminal) -> None:
+    """The stages around the terminal; with ``tracing`` on, each stage and the dispatch in a span of
+    its own (wrappers built here, once: with tracing off a call pays nothing for them)."""
+
+    def __init__(self, stages: Sequence[Stage], terminal: Terminal, tracing: Tracing | None = None) -> None:
         self.stages = tuple(stages)
         self._unary: Next = terminal.unary
         self._stream: NextStream = terminal.stream
+        traced = tracing is not None and tracing.enabled
+        if traced:
+            assert tracing is not None
+            self._unary = _traced_unary(tracing, "dispatch", self._unary)
+            self._stream = _traced_stream(tracing, "dispatch", self._stream)
         for stage in reversed(self.stages):
             self._unary = _bind_unary(stage, self._unary)
             self._stream = _bind_stream(stage, self._stream)
+            if traced:
+                assert tracing is not None
+                name = f"stage {type(stage).__name__}"
+                self._unary = _traced_unary(tracing, name, self._unary)
+                self._stream = _traced_stream(tracing, name, self._stream)
 
     async def run(self, call: Call, ctx: RequestContext) -> Result:
         return await self._unary(call, ctx)
@@ -72,5 +86,50 @@ def _bind_stream(stage: Stage, nxt: NextStream) -> NextStream:
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 yield event
+
+    return step
+
+
+def _traced_unary(tracing: Tracing, name: str, nxt: Next) -> Next:
+    async def step(call: Call, ctx: RequestContext) -> Result:
+        if not tracing.recording(ctx):
+            return await nxt(call, ctx)
+        with tracing.span(name, {"ratatoskr.model": call.model}):
+            return await nxt(call, ctx)
+
+    return step
+
+
+def _traced_stream(tracing: Tracing, name: str, nxt: NextStream) -> NextStream:
+    """The span is current only while the stream below works for an event (see telemetry/tracing)."""
+
+    async def step(call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
+        if not tracing.recording(ctx):
+            events = nxt(call, ctx)
+            async with aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield event
+            return
+        span = tracing.start_child(name, {"ratatoskr.model": call.model})
+        failure = ""
+        try:
+            with tracing.attached(span):
+                events = nxt(call, ctx)
+            async with aclosing(events):  # type: ignore[type-var]
+                iterator = aiter(events)
+                while True:
+                    with tracing.attached(span):
+                        try:
+                            event = await anext(iterator)
+                        except StopAsyncIteration:
+                            return
+                    yield event
+        except GeneratorExit:
+            raise  # the consumer went away: not this stage's failure
+        except BaseException as err:
+            failure = type(err).__name__
+            raise
+        finally:
+            tracing.end(span, failure)
 
     return step

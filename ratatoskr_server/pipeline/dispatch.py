@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ratatoskr_client.errors import DeadlineExceeded, FailedPrecondition
 from ratatoskr_client.types import ChatEvent, Done, Timing, Usage, UsageEvent
-from ratatoskr_server.context import RequestContext
+from ratatoskr_server.context import Answered, RequestContext
 from ratatoskr_server.pipeline.call import (
     Call,
     Candidate,
@@ -53,10 +53,18 @@ class Dispatch:
 
     async def unary(self, call: Call, ctx: RequestContext) -> Result:
         target = _target(call)
-        if isinstance(target.provider, LocalProvider):
-            return await self._answer(call, target, ctx)  # the pool keeps the deadline itself
-        async with ctx.bounded("no answer", self.total_timeout_s, _TOTAL):
-            return await self._answer(call, target, ctx)
+        _note_target(ctx, call, target)
+        started = time.perf_counter()
+        try:
+            if isinstance(target.provider, LocalProvider):
+                result = await self._answer(call, target, ctx)  # the pool keeps the deadline itself
+            else:
+                async with ctx.bounded("no answer", self.total_timeout_s, _TOTAL):
+                    result = await self._answer(call, target, ctx)
+        finally:
+            ctx.answered.upstream_s += time.perf_counter() - started
+        _note_result(ctx, result)
+        return result
 
     async def _answer(self, call: Call, target: Candidate, ctx: RequestContext) -> Result:
         provider, model, payload = target.provider, target.model, call.payload
@@ -126,6 +134,7 @@ class Dispatch:
             source = generator.generate_stream(model, payload.prompt, options)
         if provider.scrubber:
             source = scrub_events(source, provider.scrubber)
+        _note_target(ctx, call, target)
         return self._relay(target, source, ctx)
 
     async def _relay(
@@ -143,9 +152,11 @@ class Dispatch:
         deadline = None if budget is None else loop.time() + budget
         first: float | None = None
         usage = Usage()
+        answered = ctx.answered
         async with aclosing(source):  # type: ignore[type-var]
             iterator = aiter(source)
             while True:
+                waited = time.perf_counter()
                 try:
                     async with asyncio.timeout_at(deadline):
                         event = await anext(iterator)
@@ -153,8 +164,12 @@ class Dispatch:
                     return
                 except TimeoutError:
                     raise DeadlineExceeded(f"the stream did not finish within {ctx.limit(cap, _TOTAL)}") from None
+                finally:
+                    answered.upstream_s += time.perf_counter() - waited
                 now = time.perf_counter()
-                first = first or now
+                if first is None:
+                    first = now
+                    answered.first_event_ms = (now - ctx.arrived) * 1000
                 if isinstance(event, UsageEvent):
                     usage = event.usage
                 if isinstance(event, Done):
@@ -170,7 +185,38 @@ class Dispatch:
                         provider=target.provider.name,
                         model=target.model,
                     )
+                    _note_done(answered, event)
                 yield event
+
+
+def _note_target(ctx: RequestContext, call: Call, target: Candidate) -> None:
+    """Who this attempt goes to (a retry or fallback overwrites it: the last attempt is the answer)."""
+    answered = ctx.answered
+    answered.provider = target.provider.name
+    answered.backend = target.provider.kind
+    answered.request_model = target.model
+    answered.options = call.options
+
+
+def _note_result(ctx: RequestContext, result: Result) -> None:
+    answered = ctx.answered
+    timing = result.timing
+    answered.queue_ms = timing.queue_ms
+    answered.inference_ms = timing.inference_ms
+    answered.input_tokens = timing.input_tokens or result.usage.prompt_tokens
+    answered.output_tokens = timing.output_tokens or result.usage.completion_tokens
+    answered.response_model = getattr(result, "model", "") or answered.request_model
+    answered.finish_reason = getattr(result, "finish_reason", "")
+
+
+def _note_done(answered: Answered, done: Done) -> None:
+    timing = done.timing
+    answered.queue_ms = timing.queue_ms
+    answered.inference_ms = timing.inference_ms
+    answered.input_tokens = timing.input_tokens
+    answered.output_tokens = timing.output_tokens
+    answered.response_model = done.model or answered.request_model
+    answered.finish_reason = done.finish_reason
 
 
 def _elapsed(started: float) -> Timing:

@@ -17,10 +17,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ratatoskr_client.errors import InvalidArgument
 from ratatoskr_client.types import NUMERIC_PARAMETERS, ChatEvent, ChatOptions, ParameterAvailability
@@ -118,11 +118,25 @@ def _cleared(options: ChatOptions, names: list[str]) -> ChatOptions:
     return replace(options, **defaults)
 
 
+class RejectionSink(Protocol):
+    def rejected(self, provider: str, model: str, parameters: Iterable[str], seconds: float) -> None:
+        """Tell the other replicas that ``parameters`` were refused, for ``seconds``."""
+
+
 class ParameterGuard:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         #: (provider, model, parameter) -> monotonic time until which it counts as unsupported.
         self._rejected: dict[tuple[str, str, str], float] = {}
+        #: Where rejections are shared with other replicas (``state.backend = "redis"``), if anywhere.
+        self.shared: RejectionSink | None = None
+
+    def learn(self, provider: str, model: str, parameter: str, seconds: float) -> None:
+        """A rejection another replica saw: ``parameter`` counts as unsupported for ``seconds`` more."""
+        key = (provider, model, parameter)
+        until = time.monotonic() + seconds
+        if key in self._rejected or len(self._rejected) < MAX_REMEMBERED_REJECTIONS:
+            self._rejected[key] = max(until, self._rejected.get(key, 0.0))
 
     def policy_for(self, provider: str) -> str:
         entry = self.settings.providers.get(provider)
@@ -208,6 +222,8 @@ class ParameterGuard:
             log.info(
                 "remembering rejected parameters", extra={"provider": provider, "model": model, "parameters": named}
             )
+            if self.shared is not None:
+                self.shared.rejected(provider, model, named, self.settings.parameters.remember_rejections_s)
         return named
 
 

@@ -29,6 +29,7 @@ from ratatoskr_server.net.http import build_client
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_status
 from ratatoskr_server.providers.scrub import Scrubber
+from ratatoskr_server.telemetry.tracing import Tracing
 
 #: After a stream's end marker, how long to keep reading for the rest of the body. Reading it to
 #: its end returns the connection to the pool (no new TCP/TLS handshake for the next stream);
@@ -64,7 +65,12 @@ class HttpProvider(ABC):
     supported_parameters: ClassVar[frozenset[str]]
 
     def __init__(
-        self, name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+        self,
+        name: str,
+        settings: ProviderSettings,
+        http: HttpSettings,
+        egress: EgressPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -72,7 +78,7 @@ class HttpProvider(ABC):
         self.egress = egress or EgressPolicy()
         # Adapters build absolute URLs (Azure puts the deployment, {model}, inside the base URL).
         self.client: httpx.AsyncClient = build_client(
-            http, base_url="", headers=self.default_headers(), egress=self.egress
+            http, base_url="", headers=self.default_headers(), egress=self.egress, tracing=tracing
         )
         self.scrubber = Scrubber(self.secrets)
         #: The host and port the base URL names: what the privacy stage checks before a call

@@ -45,6 +45,7 @@ from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
 from ratatoskr_server.redact import scrub
+from ratatoskr_server.telemetry.tracing import Tracing
 
 
 class HuggingFaceProvider(OpenAICompatProvider):
@@ -54,9 +55,14 @@ class HuggingFaceProvider(OpenAICompatProvider):
     pipeline_provider: ClassVar[str] = "hf-inference"
 
     def __init__(
-        self, name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+        self,
+        name: str,
+        settings: ProviderSettings,
+        http: HttpSettings,
+        egress: EgressPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        super().__init__(name, settings, http, egress)
+        super().__init__(name, settings, http, egress, tracing)
         # Every response passes here, streamed or not, so the "model is loading" answer is mapped
         # once for chat, streaming chat and the pipelines alike.
         hooks = self.client.event_hooks

@@ -9,6 +9,7 @@ from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.huggingface import HuggingFaceProvider
 from ratatoskr_server.providers.ollama import OllamaProvider
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
+from ratatoskr_server.telemetry.tracing import Tracing
 
 ADAPTERS: dict[str, type[HttpProvider]] = {
     "openai_compat": OpenAICompatProvider,
@@ -19,6 +20,10 @@ ADAPTERS: dict[str, type[HttpProvider]] = {
 
 
 def build_provider(
-    name: str, settings: ProviderSettings, http: HttpSettings, egress: EgressPolicy | None = None
+    name: str,
+    settings: ProviderSettings,
+    http: HttpSettings,
+    egress: EgressPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> HttpProvider:
-    return ADAPTERS[settings.kind](name, settings, http, egress)
+    return ADAPTERS[settings.kind](name, settings, http, egress, tracing)

@@ -142,6 +142,7 @@ class Breakers:
 
     def _enter(self, key: str, circuit: Circuit, phase: Phase) -> None:
         circuit.phase = phase
+        self.store.entered(key, circuit)
         if self.metrics is not None:
             self.metrics.breaker_state.labels(target=self.metrics.model_label(key)).set(_GAUGE[phase])
 

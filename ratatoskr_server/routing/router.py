@@ -27,12 +27,19 @@ from ratatoskr_server.pipeline.call import Candidate
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.capabilities import Capability, Provider
 from ratatoskr_server.providers.registry import build_provider
+from ratatoskr_server.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, settings: Settings, local: Provider | None = None, egress: EgressPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        local: Provider | None = None,
+        egress: EgressPolicy | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.aliases: Mapping[str, str] = dict(settings.aliases)
         #: Fallback chains by name: candidate names (provider/model, alias, local model) in order.
         self.routes: Mapping[str, tuple[str, ...]] = {
@@ -42,7 +49,7 @@ class Router:
         #: The egress rules of this configuration: every provider's connections are checked against them.
         self.egress = egress or EgressPolicy.from_settings(settings)
         self.providers: dict[str, HttpProvider] = {
-            name: build_provider(name, entry, settings.http, self.egress)
+            name: build_provider(name, entry, settings.http, self.egress, tracing)
             for name, entry in settings.providers.items()
             if entry.enabled
         }

@@ -3,7 +3,8 @@
 ``BreakerStore`` is what the breaker logic (``routing/breaker.py``) reads and changes;
 ``MemoryBreakers`` keeps the circuits in this process.  Every operation is synchronous and never
 awaits, so on one event loop a check and its update cannot interleave with another call's.  A
-shared implementation (Redis, for replicas) would keep the same shape behind one script per step.
+shared implementation (``state/redis_sync.py``) keeps deciding from memory and shares the phase
+changes it is told of (``entered``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class BreakerStore(Protocol):
     def circuits(self) -> Mapping[str, Circuit]:
         """Every circuit, for status and metrics."""
 
+    def entered(self, key: str, circuit: Circuit) -> None:
+        """``key``'s circuit has just changed phase (a shared store tells the other replicas)."""
+
 
 class MemoryBreakers:
     def __init__(self) -> None:
@@ -60,3 +64,6 @@ class MemoryBreakers:
 
     def circuits(self) -> Mapping[str, Circuit]:
         return self._circuits
+
+    def entered(self, key: str, circuit: Circuit) -> None:
+        return None

@@ -9,14 +9,41 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from opentelemetry.trace import Span
+
+from ratatoskr_server.context import RequestContext
 from ratatoskr_server.redact import scrub
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+#: A W3C traceparent: version, trace id, parent span id, flags.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def trace_ids(ctx: RequestContext) -> dict[str, str]:
+    """The request's trace and span ids for its log line, so a log line and its trace find each other.
+
+    With tracing on, the request span's own ids; with it off, the trace id the caller sent (and the
+    caller's span as the parent), so logs still join the caller's trace.
+    """
+    span = ctx.span
+    if isinstance(span, Span):
+        context = span.get_span_context()
+        if context.is_valid:
+            return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+    carrier = ctx.trace_carrier
+    if carrier:
+        found = _TRACEPARENT.match(carrier.get("traceparent", "").strip().lower())
+        if found and found.group(1) != "0" * 32:
+            return {"trace_id": found.group(1), "parent_span_id": found.group(2)}
+    return {}
 
 
 class Redactor(logging.Filter):

@@ -3,10 +3,16 @@
 A private registry (not prometheus_client's global one) lets an embedded
 gateway and a daemon live in one process, as they do in tests, without
 colliding metric names.
+
+The catalogue is kept in blocks, one per concern (requests, tokens and cost, budget, cache,
+resilience, pool, batching); a new metric joins its block, a new concern adds a block.  Label
+values are bounded: model labels only for models the configuration or the catalogue knows
+(``model_filter``), anything else counts as "other".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -15,11 +21,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 #: from callers (remote ``provider/anything``), and every label value is a time series forever.
 MAX_MODEL_LABELS = 200
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: The gateway's own time per call: sub-millisecond is the norm, so the buckets start small.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_TPS_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
+_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        #: Which model names get a label of their own (configured or catalogued ones; set by the
+        #: gateway that knows them); None: the first MAX_MODEL_LABELS names seen.
+        self.model_filter: Callable[[str], bool] | None = None
+        # -- requests --------------------------------------------------------------------------
         self.requests = Counter(
             "ratatoskr_requests",
             "RPCs answered, by method and gRPC status code.",
@@ -34,11 +50,62 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("ratatoskr_in_flight_requests", "Model calls being served now.", registry=self.registry)
+        self.calls = Counter(
+            "ratatoskr_model_calls",
+            "Model calls answered, by RPC, model (as asked), provider that answered and status code.",
+            ["rpc", "model", "provider", "code"],
+            registry=self.registry,
+        )
+        self.call_latency = Histogram(
+            "ratatoskr_model_call_duration_seconds",
+            "Time to answer a model call (a stream: to its end), by RPC and model.",
+            ["rpc", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "ratatoskr_time_to_first_token_seconds",
+            "Time from a streamed call's arrival to its first event, by model.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "ratatoskr_gateway_overhead_seconds",
+            "The gateway's own time per call: total minus the time spent waiting on the model or upstream.",
+            ["rpc"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        # -- tokens and cost -------------------------------------------------------------------
         self.embedded_inputs = Counter(
             "ratatoskr_embedded_inputs", "Texts embedded, by model.", ["model"], registry=self.registry
         )
         self.input_tokens = Counter(
             "ratatoskr_input_tokens", "Tokens read by models, by model.", ["model"], registry=self.registry
+        )
+        self.output_tokens = Counter(
+            "ratatoskr_output_tokens", "Tokens written by models, by model.", ["model"], registry=self.registry
+        )
+        self.output_tokens_per_second = Histogram(
+            "ratatoskr_output_tokens_per_second",
+            "Output tokens per second of inference time, per call, by model.",
+            ["model"],
+            buckets=_TPS_BUCKETS,
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "ratatoskr_cost_usd",
+            "USD charged to budgets for calls (priced calls under a budget), by provider and model.",
+            ["provider", "model"],
+            registry=self.registry,
+        )
+        # -- budget ----------------------------------------------------------------------------
+        self.budget_remaining = Gauge(
+            "ratatoskr_budget_remaining_usd",
+            "USD left in a budget's current window (limit minus spent and held), as of its last call.",
+            ["scope", "window"],
+            registry=self.registry,
         )
         self.budget_warnings = Counter(
             "ratatoskr_budget_warnings",
@@ -52,6 +119,7 @@ class Metrics:
             ["scope"],
             registry=self.registry,
         )
+        # -- response cache --------------------------------------------------------------------
         self.cache_hits = Counter(
             "ratatoskr_cache_hits",
             "Items (inputs, pairs, answers) served from the response cache, by task.",
@@ -64,6 +132,7 @@ class Metrics:
             ["task"],
             registry=self.registry,
         )
+        # -- resilience ------------------------------------------------------------------------
         self.retries = Counter(
             "ratatoskr_retries",
             "Upstream calls tried again after a transient failure, by provider.",
@@ -88,6 +157,59 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        # -- local pool ------------------------------------------------------------------------
+        self.models_loaded = Gauge(
+            "ratatoskr_pool_models_loaded", "Local models loaded and ready.", registry=self.registry
+        )
+        self.pool_memory = Gauge(
+            "ratatoskr_pool_memory_mb",
+            "Megabytes held by loaded models against local.memory_budget_mb (file footprints).",
+            registry=self.registry,
+        )
+        self.pool_memory_budget = Gauge(
+            "ratatoskr_pool_memory_budget_mb", "local.memory_budget_mb (0: no budget).", registry=self.registry
+        )
+        self.model_load = Histogram(
+            "ratatoskr_model_load_seconds",
+            "Time to load a local model (session, tokenizer, revision), by model.",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        # -- batching ----------------------------------------------------------------------------
+        self.queue_depth = Gauge(
+            "ratatoskr_queue_depth",
+            "Requests waiting for a local model's next batch, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ratatoskr_batch_size",
+            "Rows per local inference batch, by model.",
+            ["model"],
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_tokens = Histogram(
+            "ratatoskr_batch_tokens",
+            "Padded tokens per local inference batch (rows times the widest), by model.",
+            ["model"],
+            buckets=_BATCH_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        # -- shared state (state.backend = "redis"): whether it is reachable, what its absence cost --
+        self.state_up = Gauge(
+            "ratatoskr_state_backend_up",
+            "1 while the shared state backend (Redis) answers, 0 while it is unreachable.",
+            registry=self.registry,
+        )
+        self.state_failures = Counter(
+            "ratatoskr_state_backend_failures",
+            "Shared-state operations that failed or were skipped because Redis was unreachable, by store "
+            "(budget: refused or let through per state.budget_when_unavailable; rates: refused; cache: missed).",
+            ["store"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None
@@ -106,13 +228,39 @@ class Metrics:
         latency.observe(seconds)
 
     def model_label(self, model: str) -> str:
-        """``model`` as a label value, or "other" once MAX_MODEL_LABELS names are in use."""
+        """``model`` as a label value: "other" for names ``model_filter`` does not know, and once
+        MAX_MODEL_LABELS names are in use."""
         if model in self._models:
             return model
-        if len(self._models) >= MAX_MODEL_LABELS:
+        if len(self._models) >= MAX_MODEL_LABELS or (self.model_filter is not None and not self.model_filter(model)):
             return "other"
         self._models.add(model)
         return model
+
+    def call(
+        self,
+        rpc: str,
+        model: str,
+        provider: str,
+        code: str,
+        seconds: float,
+        overhead_s: float,
+        first_event_s: float | None,
+    ) -> None:
+        """One model call answered (or failed): counts, latency, time to first event and overhead."""
+        label = self.model_label(model)
+        self.calls.labels(rpc=rpc, model=label, provider=provider, code=code).inc()
+        self.call_latency.labels(rpc=rpc, model=label).observe(seconds)
+        self.overhead.labels(rpc=rpc).observe(max(overhead_s, 0.0))
+        if first_event_s is not None:
+            self.time_to_first_token.labels(model=label).observe(first_event_s)
+
+    def tokens(self, model: str, output_tokens: int, inference_s: float) -> None:
+        """Tokens a call's answer wrote, and how fast."""
+        label = self.model_label(model)
+        self.output_tokens.labels(model=label).inc(output_tokens)
+        if inference_s > 0:
+            self.output_tokens_per_second.labels(model=label).observe(output_tokens / inference_s)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (useful when ``port`` is 0)."""

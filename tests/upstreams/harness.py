@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
@@ -24,7 +25,8 @@ class Recorded:
     method: str
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    #: Case-insensitive, as HTTP header names are: clients may send them in any case.
+    headers: CIMultiDict[str]
     body: Any
 
 
@@ -68,10 +70,10 @@ def serve(routes: dict[tuple[str, str], Handler]) -> Iterator[Upstream]:
                 raw = await request.read()
                 try:
                     body: Any = json.loads(raw) if raw else None
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON (OTLP's protobuf, say)
                     body = raw.decode("utf-8", "replace")
                 upstream.requests.append(
-                    Recorded(request.method, request.path, dict(request.query), dict(request.headers), body)
+                    Recorded(request.method, request.path, dict(request.query), CIMultiDict(request.headers), body)
                 )
                 try:
                     return await handler(request, upstream)

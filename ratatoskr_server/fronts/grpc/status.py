@@ -31,8 +31,11 @@ from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import MAX_MESSAGE_CHARS, Edge, clip
 from ratatoskr_server.fronts.grpc.auth import Caller, Guard
+from ratatoskr_server.telemetry.tracing import trace_carrier
 
 Context = grpc.aio.ServicerContext[object, object]
+#: The gateway's own milliseconds in the call (total minus the wait on the model or upstream).
+OVERHEAD_KEY = "x-ratatoskr-overhead-ms"
 T = TypeVar("T")
 
 
@@ -55,7 +58,8 @@ def request_context(context: Context) -> RequestContext:
     given = None
     asks: list[str] = []
     cache: bool | None = None
-    for key, value in context.invocation_metadata() or ():
+    metadata = context.invocation_metadata() or ()
+    for key, value in metadata:
         if key == REQUEST_ID_KEY and isinstance(value, str):
             given = value if given is None else given
         elif key == PRIVACY_TIER_KEY and isinstance(value, str):
@@ -64,6 +68,7 @@ def request_context(context: Context) -> RequestContext:
             cache = cache_ask(value)
     ctx = RequestContext.start(timeout=context.time_remaining(), request_id=given)
     ctx.cache = cache
+    ctx.trace_carrier = trace_carrier(metadata)
     for ask in asks:
         ctx.tighten_privacy(privacy_tier(ask))
     return ctx
@@ -113,6 +118,9 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((FAILED_OVER_KEY, ",".join(notes.failed_over).encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
+    overhead = ctx.answered.overhead_ms
+    if overhead is not None:
+        trailing.append((OVERHEAD_KEY, f"{overhead:.3f}"))
     return tuple(trailing)
 
 

@@ -26,6 +26,7 @@ from ratatoskr_server.fronts.grpc.status import Front, privacy_tier, trailing_me
 from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Guard
 from ratatoskr_server.fronts.openai_http import errors, sse, wire
 from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.telemetry.tracing import trace_carrier
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -54,6 +55,7 @@ def request_context(request: web.Request) -> RequestContext:
     """The caller's x-request-id when sane, its deadline (``x-ratatoskr-timeout``, seconds) and its
     privacy ask (which can only tighten the tier)."""
     ctx = RequestContext.start(timeout=_timeout(request), request_id=request.headers.get(REQUEST_ID_KEY))
+    ctx.trace_carrier = trace_carrier(request.headers)
     for ask in request.headers.getall(PRIVACY_TIER_KEY, ()):
         ctx.tighten_privacy(privacy_tier(ask))
     return ctx

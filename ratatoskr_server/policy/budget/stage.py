@@ -158,6 +158,9 @@ class BudgetStage(Stage):
         for level in levels:
             used = level.spent + level.reserved
             limit = level.bucket.limit
+            if self.metrics is not None:
+                remaining = self.metrics.budget_remaining.labels(scope=level.bucket.scope, window=level.bucket.window)
+                remaining.set(float(max(limit - used, Decimal(0))))
             share = used / limit if limit else Decimal(1)
             if share >= Decimal(str(self.settings.warn_at)):
                 warnings.append(
@@ -232,8 +235,13 @@ class BudgetStage(Stage):
         """The prompt and ``texts`` as output, priced: what a call without reported usage used."""
         return hold.price.cost(hold.prompt_tokens, await self._output_tokens(hold, texts))
 
-    async def settle(self, hold: Hold, actual: Decimal) -> None:
+    async def settle(self, hold: Hold, actual: Decimal, ctx: RequestContext, target: str = "") -> None:
         """Charge what the call used; the ledger completes a settle even if this task is cancelled."""
+        ctx.answered.budget_reserved_usd = float(hold.reservation.amount)
+        ctx.answered.budget_settled_usd = float(actual)
+        if self.metrics is not None and actual:
+            provider = target.partition("/")[0]
+            self.metrics.cost.labels(provider=provider, model=self.metrics.model_label(target)).inc(float(actual))
         try:
             await self.ledger.settle(hold.reservation, actual)
         except asyncio.CancelledError:
@@ -261,7 +269,7 @@ class BudgetStage(Stage):
                 actual = Decimal(0)  # refused upstream: nothing was generated
             raise
         finally:
-            await self.settle(hold, actual)
+            await self.settle(hold, actual, ctx, call.target.id if call.target else "")
 
     async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         hold = await self.admit(call, ctx)
@@ -296,4 +304,4 @@ class BudgetStage(Stage):
                 actual = reported
             else:
                 actual = await self._used(hold, hold.output)
-            await self.settle(hold, actual)
+            await self.settle(hold, actual, ctx, call.target.id if call.target else "")
