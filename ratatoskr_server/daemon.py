@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -41,12 +41,14 @@ from ratatoskr_server.edge import Edge
 from ratatoskr_server.fronts.grpc.auth import Guard
 from ratatoskr_server.fronts.grpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.fronts.grpc.status import Front
-from ratatoskr_server.fronts.openai_http.server import HttpFront
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
 from ratatoskr_server.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from ratatoskr_server.fronts.openai_http.server import HttpFront
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +334,9 @@ class Daemon:
         if not settings.enabled:
             return
         check_port_free(settings.host, settings.port, "http_front.port")
+        # aiohttp's server side loads only when the front is on (off by default; a costly import).
+        from ratatoskr_server.fronts.openai_http.server import HttpFront
+
         self.http_front = HttpFront(settings, self.gateway, self.front, self.settings.server.shutdown_grace_s)
         try:
             self.listen.append(await self.http_front.start())

@@ -41,7 +41,6 @@ from ratatoskr_client.types import LoadedModel
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ModelSettings, Settings
 from ratatoskr_server.local.batcher import BatchLimits
 from ratatoskr_server.local.discovery import find_default_model_source, local_models
-from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 from ratatoskr_server.local.model import LocalModel, open_local_model
 from ratatoskr_server.local.revision import model_revision
@@ -303,6 +302,9 @@ class LocalModelPool:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 loop = asyncio.get_running_loop()
                 try:
+                    # onnx (the importer's) loads only when a model must be imported: a third of a cold start.
+                    from ratatoskr_server.local.importer import import_bert_checkpoint
+
                     await loop.run_in_executor(self._loader, import_bert_checkpoint, source, target.parent, name)
                 except FileExistsError:
                     pass  # another process imported it first
