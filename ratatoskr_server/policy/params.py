@@ -119,10 +119,15 @@ def _cleared(options: ChatOptions, names: list[str]) -> ChatOptions:
 
 
 class ParameterGuard:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rejected: dict[tuple[str, str, str], float] | None = None) -> None:
         self.settings = settings
         #: (provider, model, parameter) -> monotonic time until which it counts as unsupported.
-        self._rejected: dict[tuple[str, str, str], float] = {}
+        self._rejected: dict[tuple[str, str, str], float] = {} if rejected is None else rejected
+
+    def under(self, settings: Settings) -> ParameterGuard:
+        """A guard reading ``settings`` that shares what upstreams rejected: each configuration's
+        pipeline keeps its own policy while a reload cannot make an upstream forget a refusal."""
+        return ParameterGuard(settings, self._rejected)
 
     def policy_for(self, provider: str) -> str:
         entry = self.settings.providers.get(provider)
