@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ratatoskr_client import ServiceClient
 from ratatoskr_client.types import ChatOptions, ChatResult, Message
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ratatoskr
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -159,6 +159,10 @@ def test_a_broken_configuration_is_refused_whole_and_nothing_changes(
             d.config_path.write_text("server = [", encoding="utf-8")
             broken = client.reload()
             assert not broken.applied and "not valid TOML" in broken.message
+            # `ratatoskr reload` (systemd's ExecReload) fails with the reason.
+            cli = run_ratatoskr("reload", "--socket", str(d.socket))
+            assert cli.returncode == 1 and cli.stderr.startswith("reload refused: "), cli.stdout + cli.stderr
+            assert "not valid TOML" in cli.stderr and "Traceback" not in cli.stderr
             after = client.status()
             assert (after.config_generation, after.config_sha256, after.max_in_flight) == (
                 1,
@@ -170,7 +174,16 @@ def test_a_broken_configuration_is_refused_whole_and_nothing_changes(
         assert [r.body["model"] for r in old_backup.requests] == ["gpt-test"]  # never other-model
         assert hashlib.sha256(good).hexdigest() == before.config_sha256
         assert not [r for r in d.records() if r.get("msg") == "configuration reloaded"]
-        assert len([r for r in d.records() if r.get("msg", "").startswith("reload refused")]) == 3
+        assert len([r for r in d.records() if r.get("msg", "").startswith("reload refused")]) == 4
+        d.config["server"]["max_in_flight"] = 5
+        d.config["routes"]["m"] = {"candidates": ["backup/gpt-test"]}
+        d.write_config()  # fixed: the command applies it and lists what changed
+        cli = run_ratatoskr("reload", "--socket", str(d.socket))
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert cli.stdout.splitlines() == [
+            "reloaded (configuration generation 2)",
+            "  applied:        server.max_in_flight",
+        ]
     finally:
         assert d.stop() == 0
 
