@@ -195,7 +195,12 @@ class Gateway:
         egress = EgressPolicy.from_settings(settings, self.resolver)
         router = Router(settings, self.local, egress)
         breakers = Breakers(settings.resilience.breaker, self.breakers, self.monotonic, self.metrics)
-        templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
+        # The renderer resolves names with this configuration's router, not whichever is current.
+        templates = TemplateRenderer(
+            settings.templates,
+            lambda name: self._local_folder(router, settings, name),
+            lambda name: self._family(router, name),
+        )
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
@@ -423,15 +428,15 @@ class Gateway:
             timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=len(tokens)),
         )
 
-    def _local_folder(self, name: str) -> Path | None:
+    def _local_folder(self, router: Router, settings: Settings, name: str) -> Path | None:
         """The folder of the local model ``name`` (``local/NAME`` or ``NAME``) stands for: chat
         templates and vocabularies saved beside it are its own."""
-        canonical = self.pool.canonical(self.router.target(name))
-        return None if "/" in canonical else local_models(self.settings).get(canonical)
+        canonical = self.pool.canonical(router.target(name))
+        return None if "/" in canonical else local_models(settings).get(canonical)
 
-    def _family(self, name: str) -> str:
+    def _family(self, router: Router, name: str) -> str:
         """The registry's tokenizer family for ``name`` (``provider/model`` or a bare name), "" if unknown."""
-        found = self.router.split(name)
+        found = router.split(name)
         record = self.registry.lookup(*found) if found else self.registry.match_embedded(name)
         return record.tokenizer_family if record else ""
 
