@@ -255,6 +255,8 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         models=[loaded_model_to_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=s.breakers,
+        config_generation=s.config_generation,
+        config_sha256=s.config_sha256,
     )
 
 
@@ -270,18 +272,30 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         models=[loaded_model_from_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=dict(s.breakers),
+        config_generation=s.config_generation,
+        config_sha256=s.config_sha256,
     )
 
 
 def reload_to_pb(r: ReloadResult) -> admin_pb2.ReloadResponse:
     return admin_pb2.ReloadResponse(
-        applied=r.applied, changed=r.changed, needs_restart=r.needs_restart, message=r.message
+        applied=r.applied,
+        changed=r.changed,
+        needs_restart=r.needs_restart,
+        message=r.message,
+        generation=r.generation,
+        config_sha256=r.config_sha256,
     )
 
 
 def reload_from_pb(r: admin_pb2.ReloadResponse) -> ReloadResult:
     return ReloadResult(
-        applied=r.applied, changed=list(r.changed), needs_restart=list(r.needs_restart), message=r.message
+        applied=r.applied,
+        changed=list(r.changed),
+        needs_restart=list(r.needs_restart),
+        message=r.message,
+        generation=r.generation,
+        config_sha256=r.config_sha256,
     )
 
 

@@ -192,6 +192,10 @@ class ServerStatus:
     config_path: str = ""
     #: Circuit breakers by "provider/model": "closed", "half_open" or "open".
     breakers: dict[str, str] = field(default_factory=dict)
+    #: The configuration generation serving new calls: 1 at start, one more per applied reload.
+    config_generation: int = 0
+    #: sha256 (hex) of the configuration file that generation was read from ("" without a file).
+    config_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +215,18 @@ class BudgetStatus:
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
+    """What a reload did: applied whole or refused whole (``message`` says why)."""
+
     applied: bool
+    #: Settings that changed and serve every call started from now on.
     changed: list[str]
+    #: Settings that changed in the file but keep their running value until a restart.
     needs_restart: list[str]
     message: str = ""
+    #: The configuration generation serving new calls (1 at start; unchanged when refused).
+    generation: int = 0
+    #: sha256 (hex) of the configuration file that generation was read from ("" without a file).
+    config_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)

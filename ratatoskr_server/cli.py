@@ -1,4 +1,4 @@
-"""The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list, embed,
+"""The ``ratatoskr`` command: serve, status, budget, reload, health, config check, models import/list, embed,
 template render, tokens count, keys create/list.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
@@ -69,6 +69,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"ratatoskr {status.version}  pid {status.pid}  {status.state}  up {status.uptime_s:.0f}s")
         print(f"listening: {', '.join(status.listen)}")
         print(f"in flight: {status.in_flight}/{status.max_in_flight}")
+        where = status.config_path or "defaults and environment only"
+        digest = f", sha256 {status.config_sha256[:12]}" if status.config_sha256 else ""
+        print(f"configuration: {where} (generation {status.config_generation}{digest})")
         for m in status.models:
             print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
         tripped = {key: phase for key, phase in status.breakers.items() if phase != "closed"}
@@ -114,6 +117,26 @@ def _cmd_health(args: argparse.Namespace) -> int:
         state = client.health(args.service, timeout=args.timeout)
     _print({"status": state}, args.json, lambda: print(state))
     return 0 if state == "SERVING" else EXIT_FAILURE
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    """Admin.Reload, waiting for the verdict: as systemd's ExecReload, a refused configuration fails
+    ``systemctl reload`` with the reason instead of passing unnoticed as a signal would."""
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+        result = client.reload()
+
+    def human() -> None:
+        if not result.applied:
+            print(f"reload refused: {result.message}", file=sys.stderr)
+            return
+        print(f"{result.message} (configuration generation {result.generation})")
+        for key in result.changed:
+            print(f"  applied:        {key}")
+        for key in result.needs_restart:
+            print(f"  needs restart:  {key}")
+
+    _print(asdict(result), args.json, human)
+    return 0 if result.applied else EXIT_FAILURE
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -673,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, socket=True, timeout=5.0)
     p.add_argument("scope", nargs="?", help="one scope: global, caller:NAME or model:PATTERN (default: all)")
     p.set_defaults(func=_cmd_budget)
+
+    p = sub.add_parser("reload", help="re-read the daemon's configuration; exit 0 when it was applied")
+    common(p, socket=True, timeout=30.0)
+    p.set_defaults(func=_cmd_reload)
 
     p = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING")
     common(p, socket=True, timeout=5.0)

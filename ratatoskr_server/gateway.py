@@ -106,10 +106,16 @@ def _noted(result: R, ctx: RequestContext) -> R:
 
 @dataclass(frozen=True, slots=True)
 class _Routing:
-    """A router and the chain built on it: swapped together on reload, leased together per call."""
+    """One configuration's pipeline: its settings, router and the chain built on them.
 
+    Swapped whole on reload and taken once per call, so a call runs start to end on the
+    configuration it began with while the next call already sees the new one.
+    """
+
+    settings: Settings
     router: Router
     chain: Chain
+    templates: TemplateRenderer
 
 
 class Gateway:
@@ -132,7 +138,6 @@ class Gateway:
         shared: SharedState | None = None,
         tracing: Tracing | None = None,
     ) -> None:
-        self.settings = settings
         #: Spans of the stages, the pool, batches and upstream calls; off unless [tracing] enabled.
         self.tracing = tracing or Tracing.off()
         #: The Redis stores every replica shares (``state.backend = "redis"``): they stand in for the
@@ -163,7 +168,6 @@ class Gateway:
             self.params.shared = shared.verdicts
             shared.verdicts.target = self.params
         self.admin = Admin(pool)
-        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         #: The budget ledger, made when a budget is first configured and kept across reloads.
         self.ledger = ledger
         #: The response cache's store, made when the cache is first enabled and kept across reloads.
@@ -215,22 +219,30 @@ class Gateway:
         egress = EgressPolicy.from_settings(settings, self.resolver)
         router = Router(settings, self.local, egress, self.tracing)
         breakers = Breakers(settings.resilience.breaker, self.breakers, self.monotonic, self.metrics)
+        # The renderer resolves names with this configuration's router, not whichever is current.
+        templates = TemplateRenderer(
+            settings.templates,
+            lambda name: self._local_folder(router, settings, name),
+            lambda name: self._family(router, name),
+        )
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
             PlanStage(router),
             PrivacyStage(egress),
             FallbackStage(breakers, self.metrics),
-            ParamsStage(self.params, self.registry),
-            ContextStage(settings.context, self.registry, self.templates),
+            ParamsStage(self.params.under(settings), self.registry),
+            ContextStage(settings.context, self.registry, templates),
             # After the stages that make the request final (its key), before budget (a hit spends nothing).
             *self._cache(settings),
-            *self._budget(settings),
-            TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
+            *self._budget(settings, templates),
+            TemplateStage(settings.providers, templates, settings.limits.max_stop_sequences),
             RetryStage(settings.resilience, sleep=self.sleep, metrics=self.metrics),
             BreakerStage(breakers),
         ]
-        return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s), self.tracing))
+        return _Routing(
+            settings, router, Chain(stages, Dispatch(settings.http.total_timeout_s), self.tracing), templates
+        )
 
     def _cache(self, settings: Settings) -> list[CacheStage]:
         """The response cache stage when enabled; its store is made on first need and kept across reloads."""
@@ -247,7 +259,7 @@ class Gateway:
         models are known by name only."""
         return self.pool.revision(target.model) if isinstance(target.provider, LocalProvider) else ""
 
-    def _budget(self, settings: Settings) -> list[BudgetStage]:
+    def _budget(self, settings: Settings, templates: TemplateRenderer) -> list[BudgetStage]:
         """The budget stage when any budget is configured (its ledger opened on first need)."""
         if not settings.budget.enabled():
             return []
@@ -258,7 +270,7 @@ class Gateway:
                 settings.budget,
                 settings.context.output_reserve_tokens,
                 self.registry,
-                self.templates,
+                templates,
                 self.ledger,
                 self.metrics,
                 self.clock,
@@ -289,6 +301,15 @@ class Gateway:
             entry = settings.providers.get(provider)
             return (entry is not None and model in entry.models) or self.registry.lookup(provider, model) is not None
         return self.registry.match_embedded(name) is not None
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration new calls start on."""
+        return self._routing.settings
+
+    @property
+    def templates(self) -> TemplateRenderer:
+        return self._routing.templates
 
     @property
     def router(self) -> Router:
@@ -333,17 +354,28 @@ class Gateway:
     async def apply_settings(self, settings: Settings) -> list[str]:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.
 
-        A new router and chain serve new calls at once; the old router closes its connections when
-        the last call that leased it ends.  Returns what loaded models take only when next loaded.
+        Returns what loaded models take only when next loaded.
         """
-        self.settings = settings
-        awaiting = self.pool.update_settings(settings)
-        self.params.settings = settings
-        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
+        return self.commit(await self.prepare(settings))
+
+    async def prepare(self, settings: Settings) -> _Routing:
+        """Build the pipeline ``settings`` ask for without serving it: anything that fails here (a
+        provider that cannot be built, an unreadable file) leaves the running configuration as it is."""
+        prepared = self._build(settings)
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
+        return prepared
+
+    def commit(self, prepared: _Routing) -> list[str]:
+        """Serve ``prepared`` from the next call on, in one step with nothing awaited in between.
+
+        Calls already running keep the pipeline they took (its router closes its connections when
+        the last of them ends).  Returns what loaded models take only when next loaded.
+        """
         old = self._routing
-        self._routing = self._build(settings)
+        self._routing = prepared
+        self.params.settings = prepared.settings
+        awaiting = self.pool.update_settings(prepared.settings)
         old.router.retire()
         return awaiting
 
@@ -436,8 +468,9 @@ class Gateway:
     async def tokenize(
         self, ctx: RequestContext, text: str, *, model: str = "", add_special_tokens: bool = True
     ) -> TokenizeResult:
-        LimitsStage(self.settings.limits).texts([text], "text", "text")
-        name = self.router.target(model or self.settings.local.default_embed_model)
+        r = self._routing
+        LimitsStage(r.settings.limits).texts([text], "text", "text")
+        name = r.router.target(model or r.settings.local.default_embed_model)
         tokenizer = await self.pool.tokenizer(name)
         tokens = tokenizer.tokens(text, add_special_tokens=add_special_tokens)
         elapsed = ctx.elapsed_ms()
@@ -447,25 +480,26 @@ class Gateway:
             timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=len(tokens)),
         )
 
-    def _local_folder(self, name: str) -> Path | None:
+    def _local_folder(self, router: Router, settings: Settings, name: str) -> Path | None:
         """The folder of the local model ``name`` (``local/NAME`` or ``NAME``) stands for: chat
         templates and vocabularies saved beside it are its own."""
-        canonical = self.pool.canonical(self.router.target(name))
-        return None if "/" in canonical else local_models(self.settings).get(canonical)
+        canonical = self.pool.canonical(router.target(name))
+        return None if "/" in canonical else local_models(settings).get(canonical)
 
-    def _family(self, name: str) -> str:
+    def _family(self, router: Router, name: str) -> str:
         """The registry's tokenizer family for ``name`` (``provider/model`` or a bare name), "" if unknown."""
-        found = self.router.split(name)
+        found = router.split(name)
         record = self.registry.lookup(*found) if found else self.registry.match_embedded(name)
         return record.tokenizer_family if record else ""
 
     async def count_tokens(self, ctx: RequestContext, texts: Sequence[str], *, model: str = "") -> CountTokensResult:
-        LimitsStage(self.settings.limits).texts(texts, "texts", "text")
-        target = self.router.target(model or self.settings.local.default_embed_model)
-        if self.router.split(target) is not None or self.templates.sources.configured(model, target) is not None:
+        r = self._routing  # one configuration for the whole call, should a reload come meanwhile
+        LimitsStage(r.settings.limits).texts(texts, "texts", "text")
+        target = r.router.target(model or r.settings.local.default_embed_model)
+        if r.router.split(target) is not None or r.templates.sources.configured(model, target) is not None:
             # A provider's model (or one given a template source): its own vocabulary when the
             # source carries one, else an estimate that says so.
-            counted = await self.templates.count_texts((model, target), texts)
+            counted = await r.templates.count_texts((model, target), texts)
             elapsed = ctx.elapsed_ms()
             return CountTokensResult(
                 counts=counted.counts,
@@ -491,11 +525,24 @@ class Gateway:
         self, ctx: RequestContext, messages: Sequence[Message], *, model: str, add_generation_prompt: bool = True
     ) -> RenderedPrompt:
         """The prompt the model's chat template makes of ``messages``, and its size."""
+        return await self._render(
+            self._routing, ctx, messages, model=model, add_generation_prompt=add_generation_prompt
+        )
+
+    async def _render(
+        self,
+        r: _Routing,
+        ctx: RequestContext,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool,
+    ) -> RenderedPrompt:
         if not model:
             raise InvalidArgument("no model given: name the model whose chat template to render")
-        LimitsStage(self.settings.limits).messages(messages)
-        rendered = await self.templates.render(
-            (model, self.router.target(model)), messages, add_generation_prompt=add_generation_prompt
+        LimitsStage(r.settings.limits).messages(messages)
+        rendered = await r.templates.render(
+            (model, r.router.target(model)), messages, add_generation_prompt=add_generation_prompt
         )
         return replace(rendered, timing=Timing(total_ms=ctx.elapsed_ms(), input_tokens=rendered.tokens))
 
@@ -509,14 +556,15 @@ class Gateway:
         """
         if not model:
             raise InvalidArgument("no model given: name the model whose prompt to count")
-        names = (model, self.router.target(model))
-        if await self.templates.sources.lookup(*names) is None:
-            LimitsStage(self.settings.limits).messages(messages)
+        r = self._routing
+        names = (model, r.router.target(model))
+        if await r.templates.sources.lookup(*names) is None:
+            LimitsStage(r.settings.limits).messages(messages)
             tokens = estimate_messages(messages)
             elapsed = ctx.elapsed_ms()
             timing = Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=tokens)
             return CountTokensResult(counts=[tokens], total=tokens, model=model, timing=timing, estimated=True)
-        rendered = await self.render_chat_template(ctx, messages, model=model, add_generation_prompt=True)
+        rendered = await self._render(r, ctx, messages, model=model, add_generation_prompt=True)
         return CountTokensResult(
             counts=[rendered.tokens],
             total=rendered.tokens,
