@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.fronts.grpc.status import trailing_metadata
 from ratatoskr_server.fronts.openai_http.wire import ChatChunks
 from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.policy.budget.pricing import Price
+from ratatoskr_server.policy.templates.render import estimate_messages, estimate_tokens
 from ratatoskr_server.providers.scrub import Scrubber
 from ratatoskr_server.routing.seam import join
 from tests.conftest import DaemonProcess
@@ -76,6 +79,13 @@ def providers(oa: Upstream, an: Upstream) -> dict[str, Any]:
         # The same double as a vLLM server: it continues a trailing assistant message (prefill).
         "vllm": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1", "local": True},
         "an": {"kind": "anthropic", "base_url": f"{an.base_url}/v1", "api_key": AN_KEY, "local": True},
+        # The same double as a llama.cpp/TGI server whose chat goes through /completions.
+        "raw": {
+            "kind": "openai_compat",
+            "base_url": f"{oa.base_url}/v1",
+            "local": True,
+            "completion_only": ["story-raw"],
+        },
         # Declared unable to continue another model's answer (failover.continuation: none).
         "never": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1", "local": True},
     }
@@ -88,8 +98,11 @@ def overrides(oa: Upstream, an: Upstream) -> dict[str, Any]:
         | {
             "tools": {"candidates": ["oa/story-tools", "oa/story-continue"]},
             "nowhere": {"candidates": ["oa/story", "never/story-continue"]},
+            "thinking": {"candidates": ["oa/story-reasoning", "oa/story-continue"]},
+            "raw": {"candidates": ["oa/story", "raw/story-raw"]},
         },
         "failover": {"continuation": {"vllm": "prefill", "never": "none"}},
+        "templates": {"sources": {"raw/story-raw": "chatml"}},
         # Every cut is a failure of the first candidate: a breaker would soon skip it (test_resilience's).
         "resilience": {"attempts": 1, "breaker": {"enabled": False}},
     }
@@ -208,6 +221,32 @@ async def test_usage_covers_both_legs(gw: EmbeddedGateway) -> None:
     assert isinstance(done, Done) and done.timing.output_tokens == usage[0].completion_tokens
 
 
+async def test_the_budget_settles_both_legs(oa: Upstream, an: Upstream, tmp_path: Path) -> None:
+    """The broken leg is charged its prompt and the text it streamed; the new one what it reports."""
+    price = {"input_per_million": "1", "output_per_million": "2"}
+    settings = load_settings(
+        local={"preload": [], "auto_import_default": False},
+        providers={"paid": {"kind": "openai_compat", "base_url": f"{oa.base_url}/v1"}},
+        routes={"paid": {"candidates": ["paid/story", "paid/story-continue"]}},
+        budget={"ledger_path": str(tmp_path / "budget.sqlite3"), "daily_usd": "1", "prices": {"paid/*": price}},
+        resilience={"attempts": 1, "breaker": {"enabled": False}},
+    )
+    gw = EmbeddedGateway(settings, gateway=Gateway.from_settings(settings))
+    try:
+        at = sum(len(raw) for raw, _ in openai_double.story_events("story")[:9]) - 5
+        options = ChatOptions(model="paid", raw_provider_options={story.CUT_FIELD: at}, max_tokens=500)
+        events = [event async for event in gw.chat_stream(ASK, options)]
+        seam = next(i for i, e in enumerate(events) if isinstance(e, Failover))
+        delivered = "".join(e.text for e in events[:seam] if isinstance(e, ContentDelta))
+        (day,) = [b for b in await gw.gateway.budget() if b.window.startswith("day:")]
+    finally:
+        await gw.close()
+    rate = Price(Decimal(1), Decimal(2))
+    broken = rate.cost(estimate_messages(ASK), estimate_tokens(delivered))
+    continued = rate.cost(story.CONTINUE_USAGE["prompt_tokens"], story.CONTINUE_USAGE["completion_tokens"])
+    assert delivered and (day.spent_usd, day.reserved_usd) == (broken + continued, 0)
+
+
 async def test_a_stream_cut_inside_a_tool_call_fails_with_its_status(gw: EmbeddedGateway, oa: Upstream) -> None:
     oa.state["continued"] = []
     seen: list[ChatEvent] = []
@@ -216,6 +255,30 @@ async def test_a_stream_cut_inside_a_tool_call_fails_with_its_status(gw: Embedde
             seen.append(event)
     assert any(isinstance(e, ContentDelta) for e in seen) and not any(isinstance(e, Failover) for e in seen)
     assert oa.state["continued"] == []  # no other model was asked to continue it
+
+
+async def test_a_stream_that_showed_reasoning_fails_with_its_status(gw: EmbeddedGateway, oa: Upstream) -> None:
+    oa.state["continued"] = []
+    at = sum(len(raw) for raw, _ in openai_double.story_events("story-reasoning")[:12])
+    options = ChatOptions(model="thinking", raw_provider_options={story.CUT_FIELD: at})
+    with pytest.raises(Unavailable, match=r"not resumed: the partial answer holds reasoning"):
+        async for _ in gw.chat_stream(ASK, options):
+            pass
+    assert oa.state["continued"] == []
+
+
+async def test_a_completion_only_target_continues_through_its_chat_template(gw: EmbeddedGateway, oa: Upstream) -> None:
+    oa.state["continued"] = []
+    at = sum(len(raw) for raw, _ in openai_double.story_events("story")[:15]) - 3
+    events = await run(gw, Cut("raw", at, "anywhere", ""))
+    seam = next(i for i, e in enumerate(events) if isinstance(e, Failover))
+    delivered = "".join(e.text for e in events[:seam] if isinstance(e, ContentDelta))
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == story.STORY
+    event = events[seam]
+    assert isinstance(event, Failover) and (event.to_candidate, event.at_char) == ("raw/story-raw", len(delivered))
+    assert oa.state["continued"] == [(delivered, True)]  # the rendered prompt, the answer so far appended
+    prompt = next(r.body["prompt"] for r in oa.requests if r.path == "/v1/completions")
+    assert prompt.endswith(openai_double.CHATML_ASSISTANT + delivered) and ASK[0].content in prompt
 
 
 async def test_a_request_can_opt_out_and_a_target_can_be_declared_unable(gw: EmbeddedGateway, oa: Upstream) -> None:

@@ -183,13 +183,19 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
 
 #: Streaming failover (``tests/upstreams/story.py``): "story" streams the story (cut on command),
 #: "story-continue" continues a prefix of it, "story-tools" starts a tool call and is cut inside it.
-STORY_MODELS = ("story", "story-continue", "story-tools")
+STORY_MODELS = ("story", "story-continue", "story-tools", "story-reasoning")
+#: A completion-only model (ChatML prompts on /completions): it continues the assistant turn the
+#: prompt opens, whatever it holds already.
+STORY_RAW = "story-raw"
+CHATML_ASSISTANT = "<|im_start|>assistant\n"
 
 
 def story_events(model: str, text: str = story.STORY) -> list[tuple[bytes, str]]:
     """The SSE events of a story stream, each with the answer text it carries."""
     usage = story.CONTINUE_USAGE if model == "story-continue" else story.STORY_USAGE
     events = [(story.data(chunk(model, {"role": "assistant", "content": ""})), "")]
+    if model == "story-reasoning":
+        events.append((story.data(chunk(model, {"reasoning_content": "The user wants the story."})), ""))
     events += [(story.data(chunk(model, {"content": piece})), piece) for piece in story.pieces(text)]
     events.append((story.data(chunk(model, {}, "stop")), ""))
     events.append((story.data({**chunk(model, None), "usage": usage}), ""))
@@ -231,10 +237,33 @@ async def _story(request: web.Request, upstream: Upstream, model: str, body: dic
     else:
         whole = b"".join(event for event, _ in story_events(model, text))
         cut = story.cut_at(body)
-        if cut is not None and model == "story":
+        if cut is not None and model in ("story", "story-reasoning"):
             whole = whole[:cut]
     response = await start_stream(request, "text/event-stream")
     await write_or_notice(response, whole, upstream)
+    return response
+
+
+async def _story_raw(request: web.Request, upstream: Upstream, body: dict[str, Any]) -> web.StreamResponse:
+    """The rest of the assistant turn the ChatML prompt opens, as ``text_completion`` chunks."""
+    prompt = str(body.get("prompt") or "")
+    opened = prompt.rfind(CHATML_ASSISTANT)
+    prefix = prompt[opened + len(CHATML_ASSISTANT) :] if opened >= 0 else None
+    rest = None if prefix is None else story.continuation(prefix, True)
+    if prefix is None or rest is None:
+        error = {"message": "the prompt does not open an assistant turn of the story", "type": "invalid_request_error"}
+        return web.json_response({"error": error}, status=400)
+    upstream.state.setdefault("continued", []).append((prefix, True))
+    response = await start_stream(request, "text/event-stream")
+    for piece in story.pieces(rest):
+        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
+        await response.write(
+            story.data({"id": "cmpl-s", "object": "text_completion", "model": STORY_RAW, "choices": [choice]})
+        )
+    last = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+    usage = story.CONTINUE_USAGE
+    done = {"id": "cmpl-s", "object": "text_completion", "model": STORY_RAW, "choices": [last], "usage": usage}
+    await response.write(story.data(done) + story.data("[DONE]"))
     return response
 
 
@@ -347,6 +376,8 @@ def _unary(model: str, body: dict[str, Any], echo: str = "") -> dict[str, Any]:
 async def completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model", "")
+    if model == STORY_RAW and body.get("stream"):
+        return await _story_raw(request, upstream, body)
     pieces = ["Once", " upon", " a", " time"]
     echo = echoes(request, "answer")
     if echo:
