@@ -114,6 +114,60 @@ class _Answer:
         return _sum(self.earlier, self._leg(usage))
 
 
+class _Relay:
+    """One leg's events on their way to the caller; after a failover, through the seam and with usage summed."""
+
+    __slots__ = ("_answer", "_resumed", "_seam")
+
+    def __init__(self, answer: _Answer) -> None:
+        self._answer = answer
+        self._seam: Seam | None = None
+        self._resumed = False
+
+    def resumed(self, seam: Seam) -> None:
+        self._seam, self._resumed = seam, True
+
+    def through(self, event: ChatEvent) -> tuple[ChatEvent, ...]:
+        """The events to send for ``event`` (none while the seam is undecided)."""
+        answer = self._answer
+        if not self._resumed:
+            answer.see(event)
+            return (event,)
+        out: tuple[ChatEvent, ...] = ()
+        seam = self._seam
+        if seam is not None:
+            if isinstance(event, ContentDelta):
+                rest = seam.feed(event.text)
+                if rest is None:
+                    return ()
+                self._seam = None
+                return self._text(rest)
+            self._seam = None
+            out = self._text(seam.flush())
+        answer.see(event)
+        if isinstance(event, UsageEvent):
+            return (*out, UsageEvent(answer.combined(event.usage)))
+        if isinstance(event, Done):
+            usage = answer.combined(answer.leg_usage)
+            timing = replace(event.timing, input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+            summed = replace(event, timing=timing)
+            # A leg that reported no usage still gets the sum of the legs before it, and its own text.
+            return (*out, summed) if answer.leg_usage is not None else (*out, UsageEvent(usage), summed)
+        return (*out, event)
+
+    def end(self) -> tuple[ChatEvent, ...]:
+        """What the seam still holds when a leg ends without Done."""
+        seam, self._seam = self._seam, None
+        return () if seam is None else self._text(seam.flush())
+
+    def _text(self, text: str) -> tuple[ChatEvent, ...]:
+        if not text:
+            return ()
+        delta = ContentDelta(text)
+        self._answer.see(delta)
+        return (delta,)
+
+
 class StreamFailover:
     """Decides whether and how a broken stream resumes, and walks a route's candidates doing it."""
 
@@ -208,41 +262,23 @@ class StreamFailover:
                         raise cut from err
                     moved_on(candidate, err, ctx)
                     continue
-                seam: Seam | None = None
+                relay = _Relay(answer)
                 if cut is not None and broken is not None:
                     at = sum(len(p) for p in answer.pieces)
                     seam_event = Failover(broken.id, candidate.id, at, reason=cut.message)
                     ctx.note_resumed(seam_event)
                     yield seam_event
-                    seam = Seam(
-                        "".join(answer.pieces), self.settings.max_overlap_chars, whitespace_only=mode == PREFILL
-                    )
+                    limit = self.settings.max_overlap_chars
+                    relay.resumed(Seam("".join(answer.pieces), limit, whitespace_only=mode == PREFILL))
                 try:
-                    async for event in _chained(held, events):
-                        if seam is not None:
-                            if isinstance(event, ContentDelta):
-                                rest = seam.feed(event.text)
-                                if rest is None:
-                                    continue
-                                seam = None
-                                if rest:
-                                    answer.see(ContentDelta(rest))
-                                    yield ContentDelta(rest)
-                                continue
-                            rest, seam = seam.flush(), None
-                            if rest:
-                                answer.see(ContentDelta(rest))
-                                yield ContentDelta(rest)
-                        answer.see(event)
-                        if cut is not None:
-                            if isinstance(event, Done) and answer.leg_usage is None:
-                                yield UsageEvent(answer.combined(None))
-                            event = self._summed(event, answer)
-                        yield event
-                    if seam is not None:  # ended without Done while the seam was undecided
-                        rest = seam.flush()
-                        if rest:
-                            yield ContentDelta(rest)
+                    for event in held:
+                        for out in relay.through(event):
+                            yield out
+                    async for event in events:
+                        for out in relay.through(event):
+                            yield out
+                    for out in relay.end():
+                        yield out
                     return
                 except RatatoskrError as err:
                     if not answer.pieces:
@@ -263,21 +299,3 @@ class StreamFailover:
         if cut is not None:
             raise cut
         raise AssertionError("a route with candidates neither answered nor failed")
-
-    @staticmethod
-    def _summed(event: ChatEvent, answer: _Answer) -> ChatEvent:
-        """After a failover: usage as the sum of every leg's, and the Done's token counts to match."""
-        if isinstance(event, UsageEvent):
-            return UsageEvent(answer.combined(event.usage))
-        if isinstance(event, Done):
-            usage = answer.combined(answer.leg_usage)
-            timing = replace(event.timing, input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
-            return replace(event, timing=timing)
-        return event
-
-
-async def _chained(held: list[ChatEvent], rest: AsyncIterator[ChatEvent]) -> AsyncIterator[ChatEvent]:
-    for event in held:
-        yield event
-    async for event in rest:
-        yield event
