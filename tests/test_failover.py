@@ -34,7 +34,7 @@ from ratatoskr_client.types import (
     Notes,
     UsageEvent,
 )
-from ratatoskr_server.config import load_settings
+from ratatoskr_server.config import ConfigError, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.fronts.grpc.status import trailing_metadata
@@ -292,6 +292,30 @@ async def test_a_request_can_opt_out_and_a_target_can_be_declared_unable(gw: Emb
         async for _ in gw.chat_stream(ASK, ChatOptions(model="nowhere", raw_provider_options={story.CUT_FIELD: 600})):
             pass
     assert oa.state["continued"] == []
+
+
+@pytest.mark.parametrize(
+    ("delivered", "continued", "prefill", "joined"),
+    [
+        ("Hello wor", "world!", False, "Hello world!"),  # the cut word restarted
+        ("Hello ", "Hello world", False, "Hello world"),  # the last word restarted
+        ("Hello ", "world", False, "Hello world"),  # no repeat: the seam's space kept
+        ("se", "e you", False, "see you"),  # a repeat never starts mid-word
+        ("Grüße 🐿", "🐿️ und", False, "Grüße 🐿️ und"),  # by code point: the squirrel and its selector
+        ("Hello\n\n", "\nWorld", True, "Hello\n\nWorld"),  # a prefill without its trailing whitespace
+        ("bana", "na", True, "banana"),  # after a prefill only whitespace repeats
+        ("x" * 100 + " abc", "x" * 100 + " abcd", False, "x" * 100 + " abc" + "x" * 100 + " abcd"),  # bounded
+    ],
+)
+def test_the_seam_drops_only_what_the_new_leg_repeats(
+    delivered: str, continued: str, prefill: bool, joined: str
+) -> None:
+    assert join(delivered, continued, 64, whitespace_only=prefill) == joined
+
+
+def test_continuation_modes_are_checked_in_the_configuration() -> None:
+    with pytest.raises(ConfigError, match=r"failover.continuation.oa: Input should be 'prefill', 'prompt' or 'none'"):
+        load_settings(failover={"continuation": {"oa": "telepathy"}})
 
 
 def test_the_failover_event_and_notes_travel_on_every_wire() -> None:
