@@ -26,6 +26,7 @@ from ratatoskr_client.types import (
     CountTokensResult,
     Done,
     EmbedResult,
+    Failover,
     GenerateResult,
     LabelScore,
     LoadedModel,
@@ -112,6 +113,7 @@ def notes_to_pb(n: Notes) -> types_pb2.Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=n.failed_over,
+        failovers=[failover_to_pb(f) for f in n.failovers],
     )
     t = n.truncation
     if t is not None:
@@ -149,6 +151,19 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=list(n.failed_over),
+        failovers=[failover_from_pb(f) for f in n.failovers],
+    )
+
+
+def failover_to_pb(f: Failover) -> types_pb2.Failover:
+    return types_pb2.Failover(
+        from_candidate=f.from_candidate, to_candidate=f.to_candidate, at_char=f.at_char, reason=f.reason
+    )
+
+
+def failover_from_pb(pb: types_pb2.Failover) -> Failover:
+    return Failover(
+        from_candidate=pb.from_candidate, to_candidate=pb.to_candidate, at_char=pb.at_char, reason=pb.reason
     )
 
 
@@ -479,6 +494,8 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
         raw_provider_options_json=json.dumps(o.raw_provider_options) if o.raw_provider_options else "",
         context_strategy=o.context_strategy,
     )
+    if o.stream_failover is not None:
+        pb.stream_failover = o.stream_failover
     for name in NUMERIC_PARAMETERS:
         value = getattr(o, name)
         if value is not None:
@@ -561,6 +578,7 @@ def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
         reasoning=reasoning,
         parallel_tool_calls=_opt(pb, "parallel_tool_calls"),
         context_strategy=pb.context_strategy,
+        stream_failover=_opt(pb, "stream_failover"),
         raw_provider_options=raw,
     )
 
@@ -579,6 +597,8 @@ def chat_event_to_pb(e: ChatEvent) -> types_pb2.ChatEvent:
         return E(tool_call_end=E.ToolCallEnd(index=e.index))
     if isinstance(e, UsageEvent):
         return E(usage=usage_to_pb(e.usage))
+    if isinstance(e, Failover):
+        return E(failover=failover_to_pb(e))
     return E(
         done=E.Done(
             finish_reason=e.finish_reason,
@@ -606,6 +626,8 @@ def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent | None:
         return ToolCallEnd(index=pb.tool_call_end.index)
     if which == "usage":
         return UsageEvent(usage_from_pb(pb.usage))
+    if which == "failover":
+        return failover_from_pb(pb.failover)
     if which != "done":
         return None
     d = pb.done

@@ -503,6 +503,33 @@ class ResilienceSettings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
 
+# -- streaming failover (issue 12 part 4) -----------------------------------------------------------
+#: How a candidate continues another's broken answer: "prefill" (the partial answer as the start of
+#: its own turn), "prompt" (a request to continue it, built for the wire format), "none" (it cannot).
+ContinuationMode = Literal["prefill", "prompt", "none"]
+
+
+class FailoverSettings(_Section):
+    """Streams that fail mid-answer continue on the route's next candidate, seamlessly for the caller."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Resume a stream cut mid-answer (transient failure, content already sent) on the route's next "
+        "candidate; a request's ChatOptions.stream_failover = false opts out.",
+    )
+    max_overlap_chars: int = Field(
+        default=64,
+        ge=0,
+        le=4096,
+        description="The longest stretch at the seam that the continuing model may repeat and that is removed.",
+    )
+    continuation: dict[str, ContinuationMode] = Field(
+        default_factory=dict,
+        description='How each target continues, by "provider" or "provider/model-glob" (the most specific wins); '
+        "unlisted: anthropic prefill, completion_only models prefill, other chat APIs prompt.",
+    )
+
+
 class RouteSettings(_Section):
     """An ordered fallback chain: each candidate is a provider/model, an alias or a local model."""
 
@@ -691,6 +718,7 @@ class Settings(BaseSettings):
     #: Fallback chains: [routes.NAME] candidates = ["provider/model", "alias", "local-model", ...].
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    failover: FailoverSettings = Field(default_factory=FailoverSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     parameters: ParametersSettings = Field(default_factory=ParametersSettings)

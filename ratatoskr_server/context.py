@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ratatoskr_client.errors import DeadlineExceeded
-from ratatoskr_client.types import ChatOptions, Notes, PrivacyTier, Truncation
+from ratatoskr_client.types import ChatOptions, Failover, Notes, PrivacyTier, Truncation
 
 Clock = Callable[[], float]
 _NO_NOTES = Notes()
@@ -102,6 +102,7 @@ class RequestContext:
     _cache_hits: int = 0
     _retries: int = 0
     _failed_over: list[str] = field(default_factory=list)
+    _failovers: list[Failover] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -157,6 +158,10 @@ class RequestContext:
         """The route moved past ``candidate`` ("provider/model")."""
         self._failed_over.append(candidate)
 
+    def note_resumed(self, failover: Failover) -> None:
+        """A stream that failed mid-answer continued on another candidate (streaming failover)."""
+        self._failovers.append(failover)
+
     @property
     def retries(self) -> int:
         return self._retries
@@ -166,8 +171,13 @@ class RequestContext:
         return self._cache_hits
 
     @property
-    def failovers(self) -> int:
+    def fallbacks(self) -> int:
+        """Candidates left for the next one (``failed_over``); resumed streams are ``resumes``."""
         return len(self._failed_over)
+
+    @property
+    def resumes(self) -> int:
+        return len(self._failovers)
 
     @property
     def notes(self) -> Notes:
@@ -178,6 +188,7 @@ class RequestContext:
             and not self._cache_hits
             and not self._retries
             and not self._failed_over
+            and not self._failovers
         ):
             return _NO_NOTES
         return Notes(
@@ -187,6 +198,7 @@ class RequestContext:
             cache_hits=self._cache_hits,
             retries=self._retries,
             failed_over=list(self._failed_over),
+            failovers=list(self._failovers),
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

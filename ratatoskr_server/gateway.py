@@ -77,6 +77,7 @@ from ratatoskr_server.registry import ModelRegistry, RefreshReport
 from ratatoskr_server.registry.cache import load_live
 from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.breaker import Breakers, BreakerStage
+from ratatoskr_server.routing.failover import StreamFailover
 from ratatoskr_server.routing.fallback import FallbackStage
 from ratatoskr_server.routing.plan import PlanStage
 from ratatoskr_server.routing.retry import RetryStage, Sleep
@@ -230,7 +231,7 @@ class Gateway:
             PresetStage(settings.presets),
             PlanStage(router),
             PrivacyStage(egress),
-            FallbackStage(breakers, self.metrics),
+            FallbackStage(breakers, self.metrics, StreamFailover(settings.failover)),
             ParamsStage(self.params.under(settings), self.registry),
             ContextStage(settings.context, self.registry, templates),
             # After the stages that make the request final (its key), before budget (a hit spends nothing).
