@@ -112,6 +112,7 @@ def notes_to_pb(n: Notes) -> types_pb2.Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=n.failed_over,
+        spilled_from=n.spilled_from,
     )
     t = n.truncation
     if t is not None:
@@ -149,6 +150,7 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=list(n.failed_over),
+        spilled_from=n.spilled_from,
     )
 
 
@@ -255,6 +257,8 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         models=[loaded_model_to_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=s.breakers,
+        bulkhead_in_flight=s.bulkhead_in_flight,
+        bulkhead_limits=s.bulkhead_limits,
     )
 
 
@@ -270,6 +274,8 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         models=[loaded_model_from_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=dict(s.breakers),
+        bulkhead_in_flight=dict(s.bulkhead_in_flight),
+        bulkhead_limits=dict(s.bulkhead_limits),
     )
 
 
@@ -668,6 +674,7 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
             description=info.description,
             aliases=info.aliases,
             catalogue_only=not info.routable,
+            breaker=info.breaker,
         ),
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
@@ -698,6 +705,7 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
             description=info.description,
             aliases=list(info.aliases),
             routable=not info.catalogue_only,
+            breaker=info.breaker,
         ),
         context_window=pb.context_window,
         max_output_tokens=pb.max_output_tokens,

@@ -128,6 +128,8 @@ class Notes:
     retries: int = 0
     #: The route's candidates ("provider/model") the call moved past, in the order it left them.
     failed_over: list[str] = field(default_factory=list)
+    #: The local candidate whose queue reached the route's ``spill_at``, so another answered ("" : none).
+    spilled_from: str = ""
 
     def __bool__(self) -> bool:
         return (
@@ -137,6 +139,7 @@ class Notes:
             or self.cache_hits > 0
             or bool(self.retries)
             or bool(self.failed_over)
+            or bool(self.spilled_from)
         )
 
 
@@ -192,6 +195,9 @@ class ServerStatus:
     config_path: str = ""
     #: Circuit breakers by "provider/model": "closed", "half_open" or "open".
     breakers: dict[str, str] = field(default_factory=dict)
+    #: Calls in flight and limits (0: none) per bulkhead: "local" and "providers.NAME".
+    bulkhead_in_flight: dict[str, int] = field(default_factory=dict)
+    bulkhead_limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +471,8 @@ class ModelInfo:
     aliases: list[str] = field(default_factory=list)
     #: False for a model known only from the catalogue: no configured provider serves it here.
     routable: bool = True
+    #: Its circuit breaker: "closed", "half_open", "open"; "" before any call (local models have none).
+    breaker: str = ""
 
 
 @dataclass(frozen=True, slots=True)

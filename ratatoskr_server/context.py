@@ -67,6 +67,7 @@ class RequestContext:
     _cache_hits: int = 0
     _retries: int = 0
     _failed_over: list[str] = field(default_factory=list)
+    _spilled_from: str = ""
 
     @classmethod
     def start(
@@ -122,6 +123,10 @@ class RequestContext:
         """The route moved past ``candidate`` ("provider/model")."""
         self._failed_over.append(candidate)
 
+    def note_spilled(self, candidate: str) -> None:
+        """The route's local ``candidate`` ("provider/model") was at its queue's spill_at: others go first."""
+        self._spilled_from = candidate
+
     @property
     def notes(self) -> Notes:
         if (
@@ -131,6 +136,7 @@ class RequestContext:
             and not self._cache_hits
             and not self._retries
             and not self._failed_over
+            and not self._spilled_from
         ):
             return _NO_NOTES
         return Notes(
@@ -140,6 +146,7 @@ class RequestContext:
             cache_hits=self._cache_hits,
             retries=self._retries,
             failed_over=list(self._failed_over),
+            spilled_from=self._spilled_from,
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

@@ -235,6 +235,8 @@ class Daemon:
             models=self.gateway.admin.loaded_models(),
             config_path=str(self.config_path or ""),
             breakers={key: phase.value for key, phase in self.gateway.breaker_phases().items()},
+            bulkhead_in_flight={name: n for name, (n, _) in self.gateway.bulkhead_occupancy().items()},
+            bulkhead_limits={name: limit for name, (_, limit) in self.gateway.bulkhead_occupancy().items()},
         )
 
     async def reload(self) -> ReloadResult:

@@ -24,6 +24,7 @@ from ratatoskr_client.client import (
     REQUEST_ID_KEY,
     RETRIES_KEY,
     RETRY_AFTER_KEY,
+    SPILLED_KEY,
     TRUNCATED_KEY,
 )
 from ratatoskr_client.errors import InvalidArgument, RatatoskrError
@@ -111,6 +112,8 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((RETRIES_KEY, str(notes.retries)))
     if notes.failed_over:  # candidate ids are caller-named model strings: ASCII-escaped like the warning
         trailing.append((FAILED_OVER_KEY, ",".join(notes.failed_over).encode("ascii", "backslashreplace").decode()))
+    if notes.spilled_from:
+        trailing.append((SPILLED_KEY, notes.spilled_from.encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     return tuple(trailing)
