@@ -1,18 +1,17 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
-Behaviour is chosen by the requested model name, so one server covers every
-case a test needs ("flaky-N" fails its first N calls with 503, "early-overload-N" its first N
-streams with an in-stream overload before any content; calls are counted per model in
-``upstream.state["calls"]``; "hold" answers only once ``upstream.state["release"]``, a
-``threading.Event``, is set, as a busy local server would; "keepalive" streams its first words and
-then only SSE keep-alive comments, "keepalive-early" only comments from the start).  A client that sends ``X-Double-Echo`` (a provider configured
-with that header) gets the key it authenticated with echoed back, as a careless
-or hostile upstream might: in the 401 body ("error"), in answers ("answer": the
-content split across stream chunks, the reasoning, the model field) and as a
-model id of /v1/models ("models"), so tests can prove that configured secrets
-never reach a client.  Chunks have the exact shapes OpenAI sends (id, object,
-created, model, choices[index, delta, logprobs, finish_reason], usage null
-except on the last chunk when stream_options.include_usage is set).
+Behaviour is chosen by the requested model name, so one server covers every case a test needs
+("flaky-N" fails its first N calls with 503, "early-overload-N" its first N streams with an in-
+stream overload before any content; calls are counted per model in ``upstream.state["calls"]``;
+"hold" answers only once ``upstream.state["release"]``, a ``threading.Event``, is set, as a busy
+local server would; "keepalive" streams its first words and then only SSE keep-alive comments,
+"keepalive-early" only comments from the start). A client that sends ``X-Double-Echo`` (a provider
+configured with that header) gets the key it authenticated with echoed back, as a careless or
+hostile upstream might: in the 401 body ("error"), in answers ("answer": the content split across
+stream chunks, the reasoning, the model field) and as a model id of /v1/models ("models"), so tests
+can prove that configured secrets never reach a client. Chunks have the exact shapes OpenAI sends
+(id, object, created, model, choices[index, delta, logprobs, finish_reason], usage null except on
+the last chunk when stream_options.include_usage is set).
 """
 
 from __future__ import annotations
