@@ -1,8 +1,8 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
 Behaviour is chosen by the requested model name, so one server covers every case a test needs
-("flaky-N" fails its first N calls with 503, "early-overload-N" its first N streams with an in-
-stream overload before any content; calls are counted per model in ``upstream.state["calls"]``;
+("flaky-N" fails its first N calls with 503, "early-overload-N" its first N streams with an
+in-stream overload before any content; calls are counted per model in ``upstream.state["calls"]``;
 "hold" answers only once ``upstream.state["release"]``, a ``threading.Event``, is set, as a busy
 local server would; "keepalive" streams its first words and then only SSE keep-alive comments,
 "keepalive-early" only comments from the start). A client that sends ``X-Double-Echo`` (a provider
