@@ -27,7 +27,7 @@ from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.routing.breaker import Breakers
 from tests.conftest import MODEL, DaemonProcess, run_ratatoskr
-from tests.upstreams import openai_double
+from tests.upstreams import anthropic_double, openai_double
 from tests.upstreams.harness import Upstream, serve
 
 HI = [Message("user", "hi")]
@@ -145,6 +145,31 @@ async def test_keep_alive_comments_do_not_hold_a_stuck_stream_open(idle: Embedde
     assert seen == "Let me think"  # it had committed: the failure is visible, not hidden
     assert "providers.up.stream_idle_timeout_s" in failed.value.message
     assert time.monotonic() - started < 10  # not the minute of comments
+
+
+async def test_anthropic_pings_do_not_hold_a_stuck_stream_open() -> None:
+    with serve(anthropic_double.routes()) as an:
+        providers = {
+            "claude": {
+                "kind": "anthropic",
+                "base_url": f"{an.base_url}/v1",
+                "api_key": "sk-ant-test-0123456789",
+                "stream_idle_timeout_s": 0.3,
+            }
+        }
+        settings = load_settings(local={"preload": [], "auto_import_default": False}, providers=providers)
+        gw = EmbeddedGateway(settings)
+        seen = ""
+        started = time.monotonic()
+        try:
+            with pytest.raises(Unavailable, match=r"claude: no stream event for 0\.3s"):
+                async for event in gw.chat_stream(HI, ChatOptions(model="claude/pinging", max_tokens=64)):
+                    if isinstance(event, ContentDelta):
+                        seen += event.text
+        finally:
+            await gw.close()
+        assert seen == "tick 0 tick 1 "
+        assert time.monotonic() - started < 10
 
 
 async def test_an_idle_stream_before_its_first_content_falls_back(idle: EmbeddedGateway, up: Upstream) -> None:

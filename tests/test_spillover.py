@@ -24,11 +24,14 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import AsyncServiceClient
+from ratatoskr_client.client import SPILLED_KEY
+from ratatoskr_client.convert import notes_from_pb, notes_to_pb, status_from_pb, status_to_pb
 from ratatoskr_client.errors import ResourceExhausted
-from ratatoskr_client.types import ChatOptions, EmbedResult, Message, PrivacyTier
-from ratatoskr_server.config import Settings, load_settings
+from ratatoskr_client.types import ChatOptions, EmbedResult, Message, Notes, PrivacyTier, ServerStatus
+from ratatoskr_server.config import ConfigError, Settings, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
+from ratatoskr_server.fronts.grpc.status import trailing_metadata
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.local.pool import LocalModelPool
 from ratatoskr_server.registry import ModelRegistry
@@ -242,3 +245,22 @@ def test_a_busy_local_server_spills_and_sovereign_requests_never_reach_a_public_
     lines = [r for r in local_server.records() if r.get("msg") == "request" and r.get("rpc") == "Chat"]
     assert sum(1 for r in lines if r.get("spilled_from") == "llamacpp/hold") == 2
     assert not any("public" in str(r) for r in local_server.records())  # never tried, never failed over from
+
+
+def test_a_spill_travels_in_the_wire_notes_trailing_metadata_and_status() -> None:
+    notes = Notes(spilled_from="llamacpp/hold", failed_over=["remote/gpt-test"])
+    assert notes_from_pb(notes_to_pb(notes)) == notes
+    ctx = RequestContext.start()
+    ctx.note_spilled("llamacpp/hold")
+    assert ctx.notes.spilled_from == "llamacpp/hold"
+    assert dict(trailing_metadata(ctx))[SPILLED_KEY] == "llamacpp/hold"
+    status = ServerStatus(
+        "1", 1, 0.0, [], 0, 1, "serving", [],
+        bulkhead_in_flight={"local": 3, "providers.up": 8}, bulkhead_limits={"local": 192, "providers.up": 8},
+    )  # fmt: skip
+    assert status_from_pb(status_to_pb(status)) == status
+
+
+def test_reject_at_below_spill_at_is_refused_in_the_configuration() -> None:
+    with pytest.raises(ConfigError, match=r"routes\.r: .*reject_at \(5\) must not be below spill_at \(10\)"):
+        load_settings(routes={"r": {"candidates": ["a/b"], "spill_at": 10, "reject_at": 5}})
