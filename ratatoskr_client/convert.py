@@ -114,6 +114,7 @@ def notes_to_pb(n: Notes) -> types_pb2.Notes:
         retries=n.retries,
         failed_over=n.failed_over,
         failovers=[failover_to_pb(f) for f in n.failovers],
+        spilled_from=n.spilled_from,
     )
     t = n.truncation
     if t is not None:
@@ -152,6 +153,7 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
         retries=n.retries,
         failed_over=list(n.failed_over),
         failovers=[failover_from_pb(f) for f in n.failovers],
+        spilled_from=n.spilled_from,
     )
 
 
@@ -272,6 +274,8 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         breakers=s.breakers,
         config_generation=s.config_generation,
         config_sha256=s.config_sha256,
+        bulkhead_in_flight=s.bulkhead_in_flight,
+        bulkhead_limits=s.bulkhead_limits,
     )
 
 
@@ -289,6 +293,8 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         breakers=dict(s.breakers),
         config_generation=s.config_generation,
         config_sha256=s.config_sha256,
+        bulkhead_in_flight=dict(s.bulkhead_in_flight),
+        bulkhead_limits=dict(s.bulkhead_limits),
     )
 
 
@@ -704,6 +710,7 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
             description=info.description,
             aliases=info.aliases,
             catalogue_only=not info.routable,
+            breaker=info.breaker,
         ),
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
@@ -734,6 +741,7 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
             description=info.description,
             aliases=list(info.aliases),
             routable=not info.catalogue_only,
+            breaker=info.breaker,
         ),
         context_window=pb.context_window,
         max_output_tokens=pb.max_output_tokens,

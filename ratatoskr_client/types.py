@@ -147,6 +147,8 @@ class Notes:
     failed_over: list[str] = field(default_factory=list)
     #: Streams resumed mid-answer on another candidate (the same facts as the stream's Failover events).
     failovers: list[Failover] = field(default_factory=list)
+    #: The local candidate whose queue reached the route's ``spill_at``, so another answered ("" : none).
+    spilled_from: str = ""
 
     def __bool__(self) -> bool:
         return (
@@ -157,6 +159,7 @@ class Notes:
             or bool(self.retries)
             or bool(self.failed_over)
             or bool(self.failovers)
+            or bool(self.spilled_from)
         )
 
 
@@ -216,6 +219,9 @@ class ServerStatus:
     config_generation: int = 0
     #: sha256 (hex) of the configuration file that generation was read from ("" without a file).
     config_sha256: str = ""
+    #: Calls in flight and limits (0: none) per bulkhead: "local" and "providers.NAME".
+    bulkhead_in_flight: dict[str, int] = field(default_factory=dict)
+    bulkhead_limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +509,8 @@ class ModelInfo:
     aliases: list[str] = field(default_factory=list)
     #: False for a model known only from the catalogue: no configured provider serves it here.
     routable: bool = True
+    #: Its circuit breaker: "closed", "half_open", "open"; "" before any call (local models have none).
+    breaker: str = ""
 
 
 @dataclass(frozen=True, slots=True)

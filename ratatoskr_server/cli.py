@@ -72,6 +72,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         where = status.config_path or "defaults and environment only"
         digest = f", sha256 {status.config_sha256[:12]}" if status.config_sha256 else ""
         print(f"configuration: {where} (generation {status.config_generation}{digest})")
+        if status.bulkhead_in_flight:
+            heads = sorted(status.bulkhead_in_flight.items())
+            shown = (f"{n} {k}/{status.bulkhead_limits.get(n) or 'no limit'}" for n, k in heads)
+            print(f"bulkheads: {', '.join(shown)}")
         for m in status.models:
             print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
         tripped = {key: phase for key, phase in status.breakers.items() if phase != "closed"}
@@ -558,6 +562,10 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         return rows
 
     rows = asyncio.run(probe())
+    breakers = _daemon_breakers(args.socket or str(settings.server.resolved_socket_path()))
+    for row in rows:
+        # The running daemon's breakers of this provider's models ({} all closed; None: no daemon answered).
+        row["breakers"] = None if breakers is None else breakers.get(row["name"], {})
 
     def human() -> None:
         if not rows:
@@ -570,13 +578,31 @@ def _cmd_backends(args: argparse.Namespace) -> int:
             state = {True: "reachable", False: "UNREACHABLE", None: "not asked"}[r["reachable"]]
             where = "local" if r["local"] else "remote"
             addresses = ",".join(r["addresses"]) or "-"
+            tripped = r["breakers"]
+            breaker = "" if not tripped else "  breakers: " + ", ".join(f"{m} {p}" for m, p in sorted(tripped.items()))
             print(
                 f"{r['name']:<14} {r['kind']:<14} {where:<6} {r['tier'] or '-':<10} {state:<11} "
-                f"{r['base_url']} [{addresses}]  {r['detail']}"
+                f"{r['base_url']} [{addresses}]  {r['detail']}{breaker}"
             )
 
     _print(rows, args.json, human)
     return 0 if all(r["reachable"] is not False for r in rows) else EXIT_FAILURE
+
+
+def _daemon_breakers(socket: str) -> dict[str, dict[str, str]] | None:
+    """The running daemon's circuit breakers that are not closed, by provider then model; None when
+    no daemon answers (the state lives in the daemon: this command only probes the upstreams)."""
+    try:
+        with ServiceClient(socket, timeout=1.0) as client:
+            phases = client.status().breakers
+    except RatatoskrError:
+        return None
+    tripped: dict[str, dict[str, str]] = {}
+    for key, phase in phases.items():
+        provider, _, model = key.partition("/")
+        if phase != "closed":
+            tripped.setdefault(provider, {})[model] = phase
+    return tripped
 
 
 def _cmd_models_info(args: argparse.Namespace) -> int:
@@ -800,9 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "backends",
-        help="configured providers: resolved addresses, the privacy tier each satisfies, whether they answer",
+        help="configured providers: resolved addresses, the privacy tier each satisfies, whether they answer, "
+        "and the running daemon's circuit breakers that are not closed",
     )
-    common(p, config=True, timeout=5.0)
+    common(p, config=True, socket=True, timeout=5.0)
     p.add_argument(
         "--tier",
         choices=[t.value for t in PrivacyTier],

@@ -103,6 +103,7 @@ class RequestContext:
     _retries: int = 0
     _failed_over: list[str] = field(default_factory=list)
     _failovers: list[Failover] = field(default_factory=list)
+    _spilled_from: str = ""
 
     @classmethod
     def start(
@@ -179,6 +180,10 @@ class RequestContext:
     def resumes(self) -> int:
         return len(self._failovers)
 
+    def note_spilled(self, candidate: str) -> None:
+        """The route's local ``candidate`` ("provider/model") was at its queue's spill_at: others go first."""
+        self._spilled_from = candidate
+
     @property
     def notes(self) -> Notes:
         if (
@@ -189,6 +194,7 @@ class RequestContext:
             and not self._retries
             and not self._failed_over
             and not self._failovers
+            and not self._spilled_from
         ):
             return _NO_NOTES
         return Notes(
@@ -199,6 +205,7 @@ class RequestContext:
             retries=self._retries,
             failed_over=list(self._failed_over),
             failovers=list(self._failovers),
+            spilled_from=self._spilled_from,
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

@@ -294,6 +294,8 @@ class Daemon:
             breakers={key: phase.value for key, phase in self.gateway.breaker_phases().items()},
             config_generation=self.generation,
             config_sha256=self.config_sha256,
+            bulkhead_in_flight={name: n for name, (n, _) in self.gateway.bulkhead_occupancy().items()},
+            bulkhead_limits={name: limit for name, (_, limit) in self.gateway.bulkhead_occupancy().items()},
         )
 
     async def reload(self) -> ReloadResult:

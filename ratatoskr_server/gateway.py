@@ -77,11 +77,13 @@ from ratatoskr_server.registry import ModelRegistry, RefreshReport
 from ratatoskr_server.registry.cache import load_live
 from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.breaker import Breakers, BreakerStage
+from ratatoskr_server.routing.bulkhead import Bulkheads, BulkheadStage
 from ratatoskr_server.routing.failover import StreamFailover
 from ratatoskr_server.routing.fallback import FallbackStage
 from ratatoskr_server.routing.plan import PlanStage
 from ratatoskr_server.routing.retry import RetryStage, Sleep
 from ratatoskr_server.routing.router import Router
+from ratatoskr_server.routing.spillover import QueueDepth, SpilloverStage
 from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
@@ -174,8 +176,17 @@ class Gateway:
         #: The response cache's store, made when the cache is first enabled and kept across reloads.
         self.cache = cache
         self.clock = clock
+        #: Concurrency limits of the local pool and each provider, kept across reloads (their counts are calls).
+        self.bulkheads = Bulkheads(settings)
         self._routing = self._build(settings)
-        self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
+        self.catalog = Catalog(
+            lambda: self.settings,
+            lambda: self._routing.router,
+            pool,
+            registry,
+            self.params,
+            lambda: {key: phase.value for key, phase in self.breaker_phases().items()},
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -231,6 +242,7 @@ class Gateway:
             PresetStage(settings.presets),
             PlanStage(router),
             PrivacyStage(egress),
+            SpilloverStage(settings.routes, QueueDepth(self.pool, self.bulkheads), breakers, self.metrics),
             FallbackStage(breakers, self.metrics, StreamFailover(settings.failover)),
             ParamsStage(self.params.under(settings), self.registry),
             ContextStage(settings.context, self.registry, templates),
@@ -238,6 +250,7 @@ class Gateway:
             *self._cache(settings),
             *self._budget(settings, templates),
             TemplateStage(settings.providers, templates, settings.limits.max_stop_sequences),
+            BulkheadStage(self.bulkheads, self.metrics),
             RetryStage(settings.resilience, sleep=self.sleep, metrics=self.metrics),
             BreakerStage(breakers),
         ]
@@ -277,6 +290,10 @@ class Gateway:
                 self.clock,
             )
         ]
+
+    def bulkhead_occupancy(self) -> dict[str, tuple[int, int]]:
+        """(in flight, limit) per bulkhead ("local", "providers.NAME"), for status."""
+        return self.bulkheads.occupancy()
 
     def breaker_phases(self) -> dict[str, Phase]:
         """Each provider/model's circuit breaker, for status, ListModels and tests."""
@@ -374,6 +391,7 @@ class Gateway:
         the last of them ends).  Returns what loaded models take only when next loaded.
         """
         old = self._routing
+        self.bulkheads.configure(prepared.settings)
         self._routing = prepared
         self.params.settings = prepared.settings
         awaiting = self.pool.update_settings(prepared.settings)

@@ -596,6 +596,13 @@ class LocalModelPool:
         await self._remove(slot)
         return True
 
+    def queue_depth(self, name: str) -> int:
+        """Requests waiting in ``name``'s batcher now (0 when it is not loaded): what spillover
+        reads on every call to a local-first route, so a dictionary lookup and a length."""
+        slot = self._slots.get(name[len(LOCAL_PREFIX) :] if name.startswith(LOCAL_PREFIX) else name)
+        model = slot.model if slot is not None else None
+        return 0 if model is None else model.batcher.queued_requests
+
     def loaded(self) -> list[LoadedModel]:
         now = self._clock()
         return [s.describe(now) for s in self._slots.values()]

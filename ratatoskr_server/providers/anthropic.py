@@ -387,6 +387,7 @@ class AnthropicProvider(HttpProvider):
             ),
             transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:

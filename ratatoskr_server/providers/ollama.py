@@ -302,6 +302,7 @@ class OllamaProvider(HttpProvider):
             status_error=lambda status, text, headers: self._status_error(status, text, headers, model),
             transport_error=transport_error,
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:

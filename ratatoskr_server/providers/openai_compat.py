@@ -250,6 +250,7 @@ class OpenAICompatProvider(HttpProvider):
             ),
             transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:

@@ -21,6 +21,8 @@ What it answers is scripted by the request's ``model``:
 ``slow``                 a text delta every ``delay_s`` for a minute; sets ``streaming``
                          after the first, and ``disconnected`` when the client goes away
 ``cut``                  two text deltas, then the stream ends without ``message_stop``
+``pinging``              two text deltas, then only ``ping`` events every 50 ms for a minute
+                         (an upstream stuck mid-answer whose keep-alives still flow)
 ``rate-limited``         429 ``rate_limit_error`` with ``retry-after: 7``
 ``auth``                 401 ``authentication_error`` that echoes the rejected key (as some
                          APIs do) so tests prove adapters scrub it
@@ -371,7 +373,8 @@ async def _stream_script(request: web.Request, upstream: Upstream, model: str, s
 
 
 async def _stream_broken(request: web.Request, upstream: Upstream, model: str, delay_s: float) -> web.StreamResponse:
-    """``overloaded-midstream``, ``cut`` and ``slow``: a 200 whose stream fails, stops, or drags on."""
+    """``overloaded-midstream``, ``cut``, ``slow`` and ``pinging``: a 200 whose stream fails, stops, drags
+    on, or goes silent but for pings."""
     response = await start_stream(request, "text/event-stream; charset=utf-8")
     opening = [
         sse({"type": "message_start", "message": _message(model, [], None, 1)}, "message_start"),
@@ -392,6 +395,11 @@ async def _stream_broken(request: web.Request, upstream: Upstream, model: str, d
         upstream.streaming.set()
         if model == "slow":
             await asyncio.sleep(delay_s)
+    if model == "pinging":
+        for _ in range(1200):
+            if not await write_or_notice(response, sse({"type": "ping"}, "ping"), upstream):
+                return response
+            await asyncio.sleep(0.05)
     if model == "overloaded-midstream":
         error = {"type": "error", "error": {"details": None, "type": "overloaded_error", "message": "Overloaded"}}
         await write_or_notice(response, sse(error, "error"), upstream)
@@ -460,7 +468,7 @@ def routes(
             if not stream:
                 return _invalid(f"the double's model '{model}' only streams")
             return await _stream_story(request, upstream, model, body)
-        if model in ("overloaded-midstream", "cut", "slow"):
+        if model in ("overloaded-midstream", "cut", "slow", "pinging"):
             if not stream:
                 return _invalid(f"the double's model '{model}' only streams")
             return await _stream_broken(request, upstream, model, delay_s)

@@ -1,22 +1,24 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
-Behaviour is chosen by the requested model name, so one server covers every
-case a test needs ("flaky-N" fails its first N calls with 503, "early-overload-N" its first N
-streams with an in-stream overload before any content; calls are counted per model in
-``upstream.state["calls"]``).  A client that sends ``X-Double-Echo`` (a provider configured
-with that header) gets the key it authenticated with echoed back, as a careless
-or hostile upstream might: in the 401 body ("error"), in answers ("answer": the
-content split across stream chunks, the reasoning, the model field) and as a
-model id of /v1/models ("models"), so tests can prove that configured secrets
-never reach a client.  Chunks have the exact shapes OpenAI sends (id, object,
-created, model, choices[index, delta, logprobs, finish_reason], usage null
-except on the last chunk when stream_options.include_usage is set).
+Behaviour is chosen by the requested model name, so one server covers every case a test needs
+("flaky-N" fails its first N calls with 503, "early-overload-N" its first N streams with an
+in-stream overload before any content; calls are counted per model in ``upstream.state["calls"]``;
+"hold" answers only once ``upstream.state["release"]``, a ``threading.Event``, is set, as a busy
+local server would; "keepalive" streams its first words and then only SSE keep-alive comments,
+"keepalive-early" only comments from the start). A client that sends ``X-Double-Echo`` (a provider
+configured with that header) gets the key it authenticated with echoed back, as a careless or
+hostile upstream might: in the 401 body ("error"), in answers ("answer": the content split across
+stream chunks, the reasoning, the model field) and as a model id of /v1/models ("models"), so tests
+can prove that configured secrets never reach a client. Chunks have the exact shapes OpenAI sends
+(id, object, created, model, choices[index, delta, logprobs, finish_reason], usage null except on
+the last chunk when stream_options.include_usage is set).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -117,9 +119,44 @@ def failing_now(model: str, upstream: Upstream) -> bool:
     return prefix in ("flaky", "early-overload") and count.isdigit() and calls[model] <= int(count)
 
 
+#: How long "hold" waits for ``state["release"]`` and "keepalive" sends comments, at most.
+HOLD_LIMIT_S = 60.0
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+
+
+async def _held(request: web.Request, upstream: Upstream) -> bool:
+    """Wait for ``state["release"]``; False if the client went away first."""
+    release: threading.Event = upstream.state.setdefault("release", threading.Event())
+    for _ in range(int(HOLD_LIMIT_S / 0.02)):
+        if release.is_set():
+            return True
+        if request.transport is None or request.transport.is_closing():
+            upstream.disconnected.set()
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _keepalive(request: web.Request, upstream: Upstream, model: str) -> web.StreamResponse:
+    """An upstream that is stuck but alive: comments every 50 ms and nothing of the answer."""
+    response = await start_stream(request, "text/event-stream")
+    await response.write(sse(chunk(model, {"role": "assistant", "content": ""})))
+    if model == "keepalive":
+        await response.write(sse(chunk(model, {"content": "Let me think"})))
+    for _ in range(int(HOLD_LIMIT_S / 0.05)):
+        if not await write_or_notice(response, KEEPALIVE_COMMENT, upstream):
+            return response
+        await asyncio.sleep(0.05)
+    return response
+
+
 async def chat_completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model", "")
+    if model == "hold" and not await _held(request, upstream):
+        return web.Response(status=499)
+    if model in ("keepalive", "keepalive-early") and body.get("stream"):
+        return await _keepalive(request, upstream, model)
     failing = failing_now(model, upstream)
     if failing and model.startswith("flaky-"):  # the first N calls: 503 overloaded, then answers
         status, payload, headers = ERRORS["unavailable"]

@@ -25,6 +25,7 @@ from ratatoskr_client.client import (
     REQUEST_ID_KEY,
     RETRIES_KEY,
     RETRY_AFTER_KEY,
+    SPILLED_KEY,
     TRUNCATED_KEY,
 )
 from ratatoskr_client.errors import InvalidArgument, RatatoskrError
@@ -120,6 +121,8 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
     if notes.failovers:
         resumed = ",".join(f"{f.from_candidate}->{f.to_candidate}@{f.at_char}" for f in notes.failovers)
         trailing.append((FAILOVER_KEY, resumed.encode("ascii", "backslashreplace").decode()))
+    if notes.spilled_from:
+        trailing.append((SPILLED_KEY, notes.spilled_from.encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     overhead = ctx.answered.overhead_ms
