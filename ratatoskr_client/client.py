@@ -61,6 +61,11 @@ CACHE_KEY = "x-ratatoskr-cache"
 RETRIES_KEY = "x-ratatoskr-retries"
 #: Trailing metadata: the route's candidates the call moved past, comma-separated (``Notes.failed_over``).
 FAILED_OVER_KEY = "x-ratatoskr-failed-over"
+#: Trailing metadata: streams resumed mid-answer on another candidate, comma-separated
+#: ``from->to@at_char`` (``Notes.failovers``).
+FAILOVER_KEY = "x-ratatoskr-failover"
+#: Trailing metadata: the local candidate whose full queue sent the call elsewhere (``Notes.spilled_from``).
+SPILLED_KEY = "x-ratatoskr-spilled"
 #: Request metadata asking for a privacy tier (sovereign, private, standard); it can only tighten
 #: what the daemon's setting and the caller's key allow.
 PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"

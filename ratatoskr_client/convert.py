@@ -26,6 +26,7 @@ from ratatoskr_client.types import (
     CountTokensResult,
     Done,
     EmbedResult,
+    Failover,
     GenerateResult,
     LabelScore,
     LoadedModel,
@@ -112,6 +113,8 @@ def notes_to_pb(n: Notes) -> types_pb2.Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=n.failed_over,
+        failovers=[failover_to_pb(f) for f in n.failovers],
+        spilled_from=n.spilled_from,
     )
     t = n.truncation
     if t is not None:
@@ -149,6 +152,20 @@ def notes_from_pb(n: types_pb2.Notes) -> Notes:
         cache_hits=n.cache_hits,
         retries=n.retries,
         failed_over=list(n.failed_over),
+        failovers=[failover_from_pb(f) for f in n.failovers],
+        spilled_from=n.spilled_from,
+    )
+
+
+def failover_to_pb(f: Failover) -> types_pb2.Failover:
+    return types_pb2.Failover(
+        from_candidate=f.from_candidate, to_candidate=f.to_candidate, at_char=f.at_char, reason=f.reason
+    )
+
+
+def failover_from_pb(pb: types_pb2.Failover) -> Failover:
+    return Failover(
+        from_candidate=pb.from_candidate, to_candidate=pb.to_candidate, at_char=pb.at_char, reason=pb.reason
     )
 
 
@@ -263,6 +280,10 @@ def status_to_pb(s: ServerStatus) -> admin_pb2.StatusResponse:
         models=[loaded_model_to_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=s.breakers,
+        config_generation=s.config_generation,
+        config_sha256=s.config_sha256,
+        bulkhead_in_flight=s.bulkhead_in_flight,
+        bulkhead_limits=s.bulkhead_limits,
     )
 
 
@@ -278,18 +299,32 @@ def status_from_pb(s: admin_pb2.StatusResponse) -> ServerStatus:
         models=[loaded_model_from_pb(m) for m in s.models],
         config_path=s.config_path,
         breakers=dict(s.breakers),
+        config_generation=s.config_generation,
+        config_sha256=s.config_sha256,
+        bulkhead_in_flight=dict(s.bulkhead_in_flight),
+        bulkhead_limits=dict(s.bulkhead_limits),
     )
 
 
 def reload_to_pb(r: ReloadResult) -> admin_pb2.ReloadResponse:
     return admin_pb2.ReloadResponse(
-        applied=r.applied, changed=r.changed, needs_restart=r.needs_restart, message=r.message
+        applied=r.applied,
+        changed=r.changed,
+        needs_restart=r.needs_restart,
+        message=r.message,
+        generation=r.generation,
+        config_sha256=r.config_sha256,
     )
 
 
 def reload_from_pb(r: admin_pb2.ReloadResponse) -> ReloadResult:
     return ReloadResult(
-        applied=r.applied, changed=list(r.changed), needs_restart=list(r.needs_restart), message=r.message
+        applied=r.applied,
+        changed=list(r.changed),
+        needs_restart=list(r.needs_restart),
+        message=r.message,
+        generation=r.generation,
+        config_sha256=r.config_sha256,
     )
 
 
@@ -473,6 +508,8 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
         raw_provider_options_json=json.dumps(o.raw_provider_options) if o.raw_provider_options else "",
         context_strategy=o.context_strategy,
     )
+    if o.stream_failover is not None:
+        pb.stream_failover = o.stream_failover
     for name in NUMERIC_PARAMETERS:
         value = getattr(o, name)
         if value is not None:
@@ -555,6 +592,7 @@ def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
         reasoning=reasoning,
         parallel_tool_calls=_opt(pb, "parallel_tool_calls"),
         context_strategy=pb.context_strategy,
+        stream_failover=_opt(pb, "stream_failover"),
         raw_provider_options=raw,
     )
 
@@ -573,6 +611,8 @@ def chat_event_to_pb(e: ChatEvent) -> types_pb2.ChatEvent:
         return E(tool_call_end=E.ToolCallEnd(index=e.index))
     if isinstance(e, UsageEvent):
         return E(usage=usage_to_pb(e.usage))
+    if isinstance(e, Failover):
+        return E(failover=failover_to_pb(e))
     return E(
         done=E.Done(
             finish_reason=e.finish_reason,
@@ -600,6 +640,8 @@ def chat_event_from_pb(pb: types_pb2.ChatEvent) -> ChatEvent | None:
         return ToolCallEnd(index=pb.tool_call_end.index)
     if which == "usage":
         return UsageEvent(usage_from_pb(pb.usage))
+    if which == "failover":
+        return failover_from_pb(pb.failover)
     if which != "done":
         return None
     d = pb.done
@@ -680,6 +722,7 @@ def model_metadata_to_pb(m: ModelMetadata) -> types_pb2.ModelMetadata:
             verification=info.verification,
             signature=info.signature,
             encrypted=info.encrypted,
+            breaker=info.breaker,
         ),
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
@@ -716,6 +759,7 @@ def model_metadata_from_pb(pb: types_pb2.ModelMetadata) -> ModelMetadata:
             verification=info.verification,
             signature=info.signature,
             encrypted=info.encrypted,
+            breaker=info.breaker,
         ),
         context_window=pb.context_window,
         max_output_tokens=pb.max_output_tokens,

@@ -106,6 +106,22 @@ def _ranges(indices: Sequence[int]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Failover:
+    """A stream resumed on another candidate after its upstream failed mid-answer.
+
+    As a stream event it sits at the seam: the text before it came from ``from_candidate``, the text
+    after it from ``to_candidate``, and together they read as one answer (the overlap the new leg
+    repeated is removed).  ``at_char`` counts the characters (code points) of answer text sent
+    before the seam; ``reason`` is the failure that cut the first leg.
+    """
+
+    from_candidate: str
+    to_candidate: str
+    at_char: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Notes:
     """What the gateway did to a request on its way, so nothing changes behind the caller's back.
 
@@ -113,7 +129,8 @@ class Notes:
     ``parameters.policy = "warn"``; ``truncation``: what was left out to fit the context window;
     ``budget_warning``: the budgets this call brought near their limit; ``cache_hits``: the items
     (inputs, pairs, the one answer) served from the response cache instead of computed; ``retries``:
-    tries again after transient upstream failures; ``failed_over``: the route's candidates left, in order.
+    tries again after transient upstream failures; ``failed_over``: the route's candidates left, in order;
+    ``failovers``: streams resumed mid-answer on another candidate.
     Later stages add their facts here (failover, cache hits, budget warnings) rather than inventing
     another side channel.
     """
@@ -128,6 +145,10 @@ class Notes:
     retries: int = 0
     #: The route's candidates ("provider/model") the call moved past, in the order it left them.
     failed_over: list[str] = field(default_factory=list)
+    #: Streams resumed mid-answer on another candidate (the same facts as the stream's Failover events).
+    failovers: list[Failover] = field(default_factory=list)
+    #: The local candidate whose queue reached the route's ``spill_at``, so another answered ("" : none).
+    spilled_from: str = ""
 
     def __bool__(self) -> bool:
         return (
@@ -137,6 +158,8 @@ class Notes:
             or self.cache_hits > 0
             or bool(self.retries)
             or bool(self.failed_over)
+            or bool(self.failovers)
+            or bool(self.spilled_from)
         )
 
 
@@ -197,6 +220,13 @@ class ServerStatus:
     config_path: str = ""
     #: Circuit breakers by "provider/model": "closed", "half_open" or "open".
     breakers: dict[str, str] = field(default_factory=dict)
+    #: The configuration generation serving new calls: 1 at start, one more per applied reload.
+    config_generation: int = 0
+    #: sha256 (hex) of the configuration file that generation was read from ("" without a file).
+    config_sha256: str = ""
+    #: Calls in flight and limits (0: none) per bulkhead: "local" and "providers.NAME".
+    bulkhead_in_flight: dict[str, int] = field(default_factory=dict)
+    bulkhead_limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +246,18 @@ class BudgetStatus:
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
+    """What a reload did: applied whole or refused whole (``message`` says why)."""
+
     applied: bool
+    #: Settings that changed and serve every call started from now on.
     changed: list[str]
+    #: Settings that changed in the file but keep their running value until a restart.
     needs_restart: list[str]
     message: str = ""
+    #: The configuration generation serving new calls (1 at start; unchanged when refused).
+    generation: int = 0
+    #: sha256 (hex) of the configuration file that generation was read from ("" without a file).
+    config_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +408,10 @@ class ChatOptions:
     #: What to do when the conversation does not fit the model's window (one of CONTEXT_STRATEGIES);
     #: "" takes the configured default (``context.strategy``). Not a generation parameter: the gateway acts on it.
     context_strategy: str = ""
+    #: Streaming failover mid-answer: None takes the configured default (``failover.enabled``), False
+    #: opts this request out (a stream cut mid-answer fails with the upstream's status). Not a
+    #: generation parameter: the gateway acts on it.
+    stream_failover: bool | None = None
     #: Merged into the provider's request body as is: the escape hatch for provider-only fields.
     raw_provider_options: dict[str, Any] = field(default_factory=dict)
 
@@ -377,7 +419,9 @@ class ChatOptions:
 #: Generation parameters: every ChatOptions field but the model and the raw escape hatch. Policy,
 #: registry, presets and adapters derive their lists from this, so a new option is added once.
 GENERATION_PARAMETERS: tuple[str, ...] = tuple(
-    f.name for f in fields(ChatOptions) if f.name not in ("model", "raw_provider_options", "context_strategy")
+    f.name
+    for f in fields(ChatOptions)
+    if f.name not in ("model", "raw_provider_options", "context_strategy", "stream_failover")
 )
 #: The numeric ones: they travel as plain numbers on every wire format that carries them.
 NUMERIC_PARAMETERS: tuple[str, ...] = tuple(
@@ -429,7 +473,7 @@ class Done:
     notes: Notes = field(default_factory=Notes)
 
 
-ChatEvent = ContentDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageEvent | Done
+ChatEvent = ContentDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageEvent | Done | Failover
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +520,8 @@ class ModelInfo:
     verification: str = ""
     signature: str = ""
     encrypted: bool = False
+    #: Its circuit breaker: "closed", "half_open", "open"; "" before any call (local models have none).
+    breaker: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,10 @@ class Catalog:
         pool: LocalModelPool,
         registry: ModelRegistry,
         params: ParameterGuard,
+        breakers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        #: Circuit breaker phases by "provider/model" (shown in each provider model's info).
+        self._breakers: Callable[[], Mapping[str, str]] = breakers or (lambda: {})
         self._settings = settings
         self._router = router
         self.pool = pool
@@ -102,7 +105,13 @@ class Catalog:
             tokenizer_family=record.tokenizer_family if record else manifest.architecture,
         )
 
-    def _provider_metadata(self, provider: HttpProvider, model: str, aliases: Mapping[str, list[str]]) -> ModelMetadata:
+    def _provider_metadata(
+        self,
+        provider: HttpProvider,
+        model: str,
+        aliases: Mapping[str, list[str]],
+        breakers: Mapping[str, str] | None = None,
+    ) -> ModelMetadata:
         record = self.registry.lookup(provider.name, model)
         known = {name: availability_of(spec) for name, spec in record.parameters.items()} if record else {}
         model_id = f"{provider.name}/{model}"
@@ -115,6 +124,7 @@ class Catalog:
                 provider.local,
                 record.description if record else "",
                 aliases.get(model_id, []),
+                breaker=(self._breakers() if breakers is None else breakers).get(model_id, ""),
             ),
             context_window=record.context_window if record else 0,
             max_output_tokens=record.max_output_tokens if record else 0,
@@ -201,6 +211,7 @@ class Catalog:
                 out.append(local)
         with router.lease(), requested_tier(effective):  # the connects, too, are held to the request's tier
             listed = await router.list_models(names=sorted(allowed))
+        breakers = self._breakers()
         for provider_name, answer in listed.items():
             provider = router.providers[provider_name]
             if isinstance(answer, RatatoskrError):
@@ -209,7 +220,7 @@ class Catalog:
                 )
                 continue
             for model in answer:
-                meta = self._provider_metadata(provider, model, aliases)
+                meta = self._provider_metadata(provider, model, aliases, breakers)
                 out.append(replace(meta, source="live" if not meta.source else meta.source))
         return [
             m

@@ -1,5 +1,5 @@
-"""The ``ratatoskr`` command: serve, status, budget, health, config check, models import/list/keygen/
-hash/sign/verify, embed, template render, tokens count, keys create/list.
+"""The ``ratatoskr`` command: serve, status, budget, reload, health, config check, models import/list/
+keygen/hash/sign/verify/encrypt/decrypt, embed, template render, tokens count, keys create/list.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
 and exits non-zero with a one-line reason (never a traceback) on failure.
@@ -70,6 +70,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"ratatoskr {status.version}  pid {status.pid}  {status.state}  up {status.uptime_s:.0f}s")
         print(f"listening: {', '.join(status.listen)}")
         print(f"in flight: {status.in_flight}/{status.max_in_flight}")
+        where = status.config_path or "defaults and environment only"
+        digest = f", sha256 {status.config_sha256[:12]}" if status.config_sha256 else ""
+        print(f"configuration: {where} (generation {status.config_generation}{digest})")
+        if status.bulkhead_in_flight:
+            heads = sorted(status.bulkhead_in_flight.items())
+            shown = (f"{n} {k}/{status.bulkhead_limits.get(n) or 'no limit'}" for n, k in heads)
+            print(f"bulkheads: {', '.join(shown)}")
         for m in status.models:
             print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
         tripped = {key: phase for key, phase in status.breakers.items() if phase != "closed"}
@@ -115,6 +122,26 @@ def _cmd_health(args: argparse.Namespace) -> int:
         state = client.health(args.service, timeout=args.timeout)
     _print({"status": state}, args.json, lambda: print(state))
     return 0 if state == "SERVING" else EXIT_FAILURE
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    """Admin.Reload, waiting for the verdict: as systemd's ExecReload, a refused configuration fails
+    ``systemctl reload`` with the reason instead of passing unnoticed as a signal would."""
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+        result = client.reload()
+
+    def human() -> None:
+        if not result.applied:
+            print(f"reload refused: {result.message}", file=sys.stderr)
+            return
+        print(f"{result.message} (configuration generation {result.generation})")
+        for key in result.changed:
+            print(f"  applied:        {key}")
+        for key in result.needs_restart:
+            print(f"  needs restart:  {key}")
+
+    _print(asdict(result), args.json, human)
+    return 0 if result.applied else EXIT_FAILURE
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -556,6 +583,10 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         return rows
 
     rows = asyncio.run(probe())
+    breakers = _daemon_breakers(args.socket or str(settings.server.resolved_socket_path()))
+    for row in rows:
+        # The running daemon's breakers of this provider's models ({} all closed; None: no daemon answered).
+        row["breakers"] = None if breakers is None else breakers.get(row["name"], {})
 
     def human() -> None:
         if not rows:
@@ -568,13 +599,31 @@ def _cmd_backends(args: argparse.Namespace) -> int:
             state = {True: "reachable", False: "UNREACHABLE", None: "not asked"}[r["reachable"]]
             where = "local" if r["local"] else "remote"
             addresses = ",".join(r["addresses"]) or "-"
+            tripped = r["breakers"]
+            breaker = "" if not tripped else "  breakers: " + ", ".join(f"{m} {p}" for m, p in sorted(tripped.items()))
             print(
                 f"{r['name']:<14} {r['kind']:<14} {where:<6} {r['tier'] or '-':<10} {state:<11} "
-                f"{r['base_url']} [{addresses}]  {r['detail']}"
+                f"{r['base_url']} [{addresses}]  {r['detail']}{breaker}"
             )
 
     _print(rows, args.json, human)
     return 0 if all(r["reachable"] is not False for r in rows) else EXIT_FAILURE
+
+
+def _daemon_breakers(socket: str) -> dict[str, dict[str, str]] | None:
+    """The running daemon's circuit breakers that are not closed, by provider then model; None when
+    no daemon answers (the state lives in the daemon: this command only probes the upstreams)."""
+    try:
+        with ServiceClient(socket, timeout=1.0) as client:
+            phases = client.status().breakers
+    except RatatoskrError:
+        return None
+    tripped: dict[str, dict[str, str]] = {}
+    for key, phase in phases.items():
+        provider, _, model = key.partition("/")
+        if phase != "closed":
+            tripped.setdefault(provider, {})[model] = phase
+    return tripped
 
 
 def _cmd_models_info(args: argparse.Namespace) -> int:
@@ -695,6 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scope", nargs="?", help="one scope: global, caller:NAME or model:PATTERN (default: all)")
     p.set_defaults(func=_cmd_budget)
 
+    p = sub.add_parser("reload", help="re-read the daemon's configuration; exit 0 when it was applied")
+    common(p, socket=True, timeout=30.0)
+    p.set_defaults(func=_cmd_reload)
+
     p = sub.add_parser("health", help="grpc.health.v1 check; exit 0 when SERVING")
     common(p, socket=True, timeout=5.0)
     p.add_argument("--service", default="", help="service name; empty checks the whole server")
@@ -799,9 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "backends",
-        help="configured providers: resolved addresses, the privacy tier each satisfies, whether they answer",
+        help="configured providers: resolved addresses, the privacy tier each satisfies, whether they answer, "
+        "and the running daemon's circuit breakers that are not closed",
     )
-    common(p, config=True, timeout=5.0)
+    common(p, config=True, socket=True, timeout=5.0)
     p.add_argument(
         "--tier",
         choices=[t.value for t in PrivacyTier],

@@ -320,6 +320,12 @@ class LocalSettings(_Section):
     )
     idle_unload_s: float = Field(default=0, ge=0, description="Unload unpinned models idle this long; 0: never.")
     load_wait_s: float = Field(default=120, gt=0, description="How long a request waits for its model to load.")
+    max_in_flight: int = Field(
+        default=192,
+        ge=0,
+        description="Bulkhead: calls the local pool serves at once (all its models) before RESOURCE_EXHAUSTED, "
+        "so a flood of local calls cannot take every server.max_in_flight slot; 0: no limit of its own.",
+    )
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
     def resolved_model_dir(self) -> Path:
@@ -443,6 +449,20 @@ class ProviderSettings(_Section):
     default_max_tokens: int = Field(default=4096, ge=1)
     #: Overrides parameters.policy for this provider.
     parameter_policy: ParameterPolicyName | None = None
+    # -- bulkhead and stream idle timeout (issue 12) --
+    max_in_flight: int = Field(
+        default=128,
+        ge=0,
+        description="Bulkhead: calls to this provider at once (streams included) before RESOURCE_EXHAUSTED (a "
+        "route moves to its next candidate), so streams hung on one upstream cannot take every "
+        "server.max_in_flight slot; 0: no limit of its own.",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Longest wait between two stream events; keep-alive comments and pings do not count as "
+        "events. Past it the stream fails as UNAVAILABLE (retried or failed over before its first content); 0: off.",
+    )
 
 
 class ParametersSettings(_Section):
@@ -536,10 +556,57 @@ class ResilienceSettings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
 
+# -- streaming failover (issue 12 part 4) -----------------------------------------------------------
+#: How a candidate continues another's broken answer: "prefill" (the partial answer as the start of
+#: its own turn), "prompt" (a request to continue it, built for the wire format), "none" (it cannot).
+ContinuationMode = Literal["prefill", "prompt", "none"]
+
+
+class FailoverSettings(_Section):
+    """Streams that fail mid-answer continue on the route's next candidate, seamlessly for the caller."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Resume a stream cut mid-answer (transient failure, content already sent) on the route's next "
+        "candidate; a request's ChatOptions.stream_failover = false opts out.",
+    )
+    max_overlap_chars: int = Field(
+        default=64,
+        ge=0,
+        le=4096,
+        description="The longest stretch at the seam that the continuing model may repeat and that is removed.",
+    )
+    continuation: dict[str, ContinuationMode] = Field(
+        default_factory=dict,
+        description='How each target continues, by "provider" or "provider/model-glob" (the most specific wins); '
+        "unlisted: anthropic prefill, completion_only models prefill, other chat APIs prompt.",
+    )
+
+
 class RouteSettings(_Section):
     """An ordered fallback chain: each candidate is a provider/model, an alias or a local model."""
 
     candidates: list[str] = Field(min_length=1)
+    # -- spillover: a local-first route's queue (issue 12) --
+    spill_at: int = Field(
+        default=10,
+        ge=1,
+        description="When the first candidate is local (the ONNX pool, or a provider with local = true) and "
+        "this many requests wait in its queue (or are in flight on the local server), calls go to the next "
+        "candidates the privacy tier allows.",
+    )
+    reject_at: int = Field(
+        default=50,
+        ge=1,
+        description="At this queue depth a call that cannot spill (no other candidate allowed or able) is "
+        "refused with RESOURCE_EXHAUSTED and a retry-after instead of queued.",
+    )
+
+    @model_validator(mode="after")
+    def _spill_before_reject(self) -> RouteSettings:
+        if self.reject_at < self.spill_at:
+            raise ValueError(f"reject_at ({self.reject_at}) must not be below spill_at ({self.spill_at})")
+        return self
 
 
 def _no_float_money(value: Any) -> Any:
@@ -724,6 +791,7 @@ class Settings(BaseSettings):
     #: Fallback chains: [routes.NAME] candidates = ["provider/model", "alias", "local-model", ...].
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    failover: FailoverSettings = Field(default_factory=FailoverSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     parameters: ParametersSettings = Field(default_factory=ParametersSettings)

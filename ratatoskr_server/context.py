@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ratatoskr_client.errors import DeadlineExceeded
-from ratatoskr_client.types import ChatOptions, Notes, PrivacyTier, Truncation
+from ratatoskr_client.types import ChatOptions, Failover, Notes, PrivacyTier, Truncation
 
 Clock = Callable[[], float]
 _NO_NOTES = Notes()
@@ -102,6 +102,8 @@ class RequestContext:
     _cache_hits: int = 0
     _retries: int = 0
     _failed_over: list[str] = field(default_factory=list)
+    _failovers: list[Failover] = field(default_factory=list)
+    _spilled_from: str = ""
 
     @classmethod
     def start(
@@ -157,6 +159,10 @@ class RequestContext:
         """The route moved past ``candidate`` ("provider/model")."""
         self._failed_over.append(candidate)
 
+    def note_resumed(self, failover: Failover) -> None:
+        """A stream that failed mid-answer continued on another candidate (streaming failover)."""
+        self._failovers.append(failover)
+
     @property
     def retries(self) -> int:
         return self._retries
@@ -166,8 +172,17 @@ class RequestContext:
         return self._cache_hits
 
     @property
-    def failovers(self) -> int:
+    def fallbacks(self) -> int:
+        """Candidates left for the next one (``failed_over``); resumed streams are ``resumes``."""
         return len(self._failed_over)
+
+    @property
+    def resumes(self) -> int:
+        return len(self._failovers)
+
+    def note_spilled(self, candidate: str) -> None:
+        """The route's local ``candidate`` ("provider/model") was at its queue's spill_at: others go first."""
+        self._spilled_from = candidate
 
     @property
     def notes(self) -> Notes:
@@ -178,6 +193,8 @@ class RequestContext:
             and not self._cache_hits
             and not self._retries
             and not self._failed_over
+            and not self._failovers
+            and not self._spilled_from
         ):
             return _NO_NOTES
         return Notes(
@@ -187,6 +204,8 @@ class RequestContext:
             cache_hits=self._cache_hits,
             retries=self._retries,
             failed_over=list(self._failed_over),
+            failovers=list(self._failovers),
+            spilled_from=self._spilled_from,
         )
 
     # -- deadlines ---------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Lifecycle: bind (refusing a socket a live daemon answers on, replacing a
 stale one), start with health NOT_SERVING, load the preload models, turn
 SERVING, then wait.  SIGTERM/SIGINT drain: health goes NOT_SERVING, new calls
 are refused, in-flight calls get ``server.shutdown_grace_s`` to finish, exit 0.
-SIGHUP (and Admin.Reload) re-reads the configuration and applies what can
-change live.
+SIGHUP (and Admin.Reload) re-reads the configuration and swaps it whole: a call
+runs to its end on the configuration it started with, the next call sees the new
+one, and a configuration that fails to load or check is refused whole.  Under
+systemd (``Type=notify``) each step is reported through ``sdnotify``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import grp
+import hashlib
 import logging
 import os
 import shlex
@@ -24,7 +27,7 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -36,17 +39,27 @@ from ratatoskr_client.errors import RatatoskrError
 from ratatoskr_client.paths import default_socket_path, unsafe_socket_directory
 from ratatoskr_client.types import ReloadResult, ServerStatus
 from ratatoskr_server import package_version
-from ratatoskr_server.config import ConfigError, ServerSettings, Settings, flatten, load_settings
+from ratatoskr_server.config import (
+    ConfigError,
+    ServerSettings,
+    Settings,
+    flatten,
+    load_settings,
+    resolve_config_path,
+)
 from ratatoskr_server.edge import Edge
 from ratatoskr_server.fronts.grpc.auth import Guard
 from ratatoskr_server.fronts.grpc.servicers import AdminServicer, GatewayServicer
 from ratatoskr_server.fronts.grpc.status import Front
-from ratatoskr_server.fronts.openai_http.server import HttpFront
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
+from ratatoskr_server.sdnotify import Notifier
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
 from ratatoskr_server.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from ratatoskr_server.fronts.openai_http.server import HttpFront
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +81,8 @@ _RESTART_PREFIXES = (
     "http_front.",
     "local.inference_workers",
     "local.load_workers",
+    "local.preload",  # loaded before SERVING; a reload neither loads nor unloads them
+    "registry.refresh_at_start",
     "budget.ledger",  # and budget.ledger_path: the ledger is opened once and kept across reloads
     "state.",  # the shared-state backend and its connection are made once
 )
@@ -79,6 +94,28 @@ _SERVICES = (
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+
+def _file_digest(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""  # load_settings says so, in its words
+
+
+def read_configuration(path: Path | None, overrides: dict[str, Any]) -> tuple[Settings, str]:
+    """The settings and the sha256 of the very file bytes they came from.
+
+    The file is hashed before and after loading; a file rewritten in between (an editor, a
+    ConfigMap update) is refused rather than reported under a digest it was not read from.
+    """
+    before = _file_digest(path)
+    settings = load_settings(path, **overrides)
+    if _file_digest(path) != before:
+        raise ConfigError(f"configuration file {path} changed while it was being read; try again")
+    return settings, before
 
 
 def group_id(name: str) -> int:
@@ -205,10 +242,23 @@ def _try_next(socket_path: Path) -> str:
 
 class Daemon:
     def __init__(
-        self, settings: Settings, config_path: Path | None = None, overrides: dict[str, Any] | None = None
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        *,
+        config_sha256: str = "",
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        #: The configuration serving new calls: 1 at start, one more per applied reload.
+        self.generation = 1
+        self.config_sha256 = config_sha256
+        #: systemd's notification socket (nothing outside systemd).
+        self.notifier = notifier or Notifier.from_environment()
+        self._reloading = asyncio.Lock()
+        self._ready_sent = False
         #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
         self.overrides = dict(overrides or {})
         self.metrics = Metrics()
@@ -242,38 +292,96 @@ class Daemon:
             models=self.gateway.admin.loaded_models(),
             config_path=str(self.config_path or ""),
             breakers={key: phase.value for key, phase in self.gateway.breaker_phases().items()},
+            config_generation=self.generation,
+            config_sha256=self.config_sha256,
+            bulkhead_in_flight={name: n for name, (n, _) in self.gateway.bulkhead_occupancy().items()},
+            bulkhead_limits={name: limit for name, (_, limit) in self.gateway.bulkhead_occupancy().items()},
         )
 
     async def reload(self) -> ReloadResult:
+        """Re-read the configuration and swap it whole, or refuse it whole; one reload at a time."""
+        async with self._reloading:
+            self.notifier.reloading()
+            try:
+                result = await self._reload()
+            except BaseException:
+                self._reloaded("reload failed; the running configuration is unchanged")
+                raise
+            if result.applied:
+                self._reloaded(f"serving configuration generation {result.generation}")
+            else:
+                self._reloaded(f"reload refused, still serving generation {result.generation}: {result.message}")
+            return result
+
+    def _reloaded(self, status: str) -> None:
+        """READY=1 ends systemd's reloading state, whether the new configuration was taken or refused;
+        before the first READY=1 (still loading models) only the status line is sent."""
+        if self._ready_sent:
+            self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
+
+    def _refused(self, message: str) -> ReloadResult:
+        log.error("reload refused; keeping the running configuration", extra={"reason": message})
+        return ReloadResult(
+            applied=False,
+            changed=[],
+            needs_restart=[],
+            message=f"{message} (reload refused; the running configuration is unchanged)",
+            generation=self.generation,
+            config_sha256=self.config_sha256,
+        )
+
+    async def _reload(self) -> ReloadResult:
+        path = self.config_path
         try:
-            if self.config_path is not None and not self.config_path.read_text(encoding="utf-8").strip():
+            if path is not None and not (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip():
                 # An editor or a ConfigMap update caught mid-write: applying it would drop every setting.
                 raise ConfigError(
-                    f"configuration file {self.config_path} is empty (being rewritten?); send SIGHUP again once "
-                    "it is complete"
+                    f"configuration file {path} is empty (being rewritten?); send SIGHUP again once it is complete"
                 )
-            new = load_settings(self.config_path, **self.overrides)
+            new, digest = await asyncio.to_thread(read_configuration, path, self.overrides)
+            findings = await asyncio.to_thread(check_settings, new, path)
         except OSError as err:
-            message = f"cannot read {self.config_path}: {err.strerror}"
-            log.error("reload refused; keeping the running configuration", extra={"reason": message})
-            return ReloadResult(applied=False, changed=[], needs_restart=[], message=message)
+            return self._refused(f"cannot read {path}: {err.strerror}")
         except ConfigError as err:
-            log.error("reload refused; keeping the running configuration", extra={"reason": str(err)})
-            return ReloadResult(applied=False, changed=[], needs_restart=[], message=str(err))
+            return self._refused(str(err))
+        errors = [str(f) for f in findings if f.level is Level.ERROR]
+        if errors:
+            return self._refused("the new configuration has errors: " + "; ".join(errors))
+        try:
+            # Everything that can fail is built before anything is swapped.
+            guard = Guard(new, self.front.guard.rates)  # keys change live; rate windows carry on
+            prepared = await self.gateway.prepare(new)
+        except (ConfigError, ValueError, OSError, RatatoskrError) as err:
+            return self._refused(f"the new configuration cannot be put in service: {err}")
         old_flat = dict(flatten(self.settings.masked()))
         new_flat = dict(flatten(new.masked()))
         differing = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
         needs_restart = [k for k in differing if k.startswith(_RESTART_PREFIXES)]
         changed = [k for k in differing if k not in needs_restart]
+        # The swap: no await from here on, so no call sees half of it.
         self.settings = new
         configure_logging(new.logging.level, new.logging.format, new.secret_values())
         self.edge.max_in_flight = new.server.max_in_flight
-        self.front.guard = Guard(new, self.front.guard.rates)  # keys change live; rate windows carry on
-        awaiting = await self.gateway.apply_settings(new)
-        log.info("configuration reloaded", extra={"changed": changed, "needs_restart": needs_restart})
+        self.front.guard = guard
+        awaiting = self.gateway.commit(prepared)
+        self.generation += 1
+        self.config_sha256 = digest
+        log.info(
+            "configuration reloaded",
+            extra={"changed": changed, "needs_restart": needs_restart, "generation": self.generation},
+        )
         # Settings loaded models follow only once loaded again (pinning and the budget apply now), in words.
         message = "; ".join(["reloaded", *awaiting])
-        return ReloadResult(applied=True, changed=changed, needs_restart=needs_restart, message=message)
+        return ReloadResult(
+            applied=True,
+            changed=changed,
+            needs_restart=needs_restart,
+            message=message,
+            generation=self.generation,
+            config_sha256=digest,
+        )
 
     def _reload_on_signal(self) -> None:
         # The loop keeps only weak references to tasks; hold this one until it ends.
@@ -332,6 +440,9 @@ class Daemon:
         if not settings.enabled:
             return
         check_port_free(settings.host, settings.port, "http_front.port")
+        # aiohttp's server side loads only when the front is on (off by default; a costly import).
+        from ratatoskr_server.fronts.openai_http.server import HttpFront
+
         self.http_front = HttpFront(settings, self.gateway, self.front, self.settings.server.shutdown_grace_s)
         try:
             self.listen.append(await self.http_front.start())
@@ -397,6 +508,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         log.info("listening", extra={"listen": self.listen, "metrics": metrics_addr, "pid": os.getpid()})
+        watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_s else None
+        self.notifier.status("loading models")
 
         preload = loop.create_task(self.gateway.start())
         stopper = loop.create_task(self._stop.wait())
@@ -418,16 +531,22 @@ class Daemon:
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 models = [m.name for m in self.gateway.admin.loaded_models()]
                 loaded = ", ".join(models) if models else "no preloaded models"
+                self.notifier.ready(f"serving ({loaded}) on {' and '.join(self.listen)}")
+                self._ready_sent = True
                 log.info(
                     f"ratatoskr {package_version()} serving ({loaded}) on {' and '.join(self.listen)}; "
                     f"{_try_next(self.settings.server.resolved_socket_path())}",
                     extra={"models": models, "listen": self.listen, "metrics": metrics_addr},
                 )
         await stopper
+        self.notifier.stopping(f"draining {self.edge.in_flight} calls in flight")
         preload.cancel()
         with contextlib.suppress(asyncio.CancelledError, RatatoskrError):
             await preload
         await self._drain(server)
+        if watchdog is not None:
+            watchdog.cancel()
+        self.notifier.close()
         # Drained and closed; only teardown is left (the loop's own, joining worker threads, freeing
         # sessions). The loop's handlers go with the loop, after which a service manager's repeated
         # SIGTERM would kill the process as if it had failed: from here a signal ends it at once with
@@ -436,6 +555,14 @@ class Daemon:
             loop.remove_signal_handler(sig)
             signal.signal(sig, lambda *_: os._exit(exit_code))
         return exit_code
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half systemd's WatchdogSec, from the event loop itself: a loop that stops
+        turning stops the pings, and systemd restarts the service."""
+        assert self.notifier.watchdog_s is not None
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_s / 2)
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         self.state = "draining"
@@ -471,8 +598,13 @@ def _exit_after_drain(code: int) -> NoReturn:
 def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
     """Entry point of ``ratatoskr serve``: the exit status of the daemon (2: fix the configuration)."""
     overrides = overrides or {}
+    path = resolve_config_path(config_path)
     try:
-        settings = load_settings(config_path, **overrides)
+        settings, digest = read_configuration(path, overrides)
+    except OSError as err:
+        configure_logging("INFO", "auto")
+        log.error(f"cannot read {path}: {err.strerror}")
+        return 2
     except ConfigError as err:
         configure_logging("INFO", "auto")
         log.error(str(err))
@@ -484,11 +616,10 @@ def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str
     if any(f.level is Level.ERROR for f in findings):
         log.error("the configuration has errors; nothing was started (`ratatoskr config check` lists them)")
         return 2
-    path = Path(config_path) if config_path else None
     try:
         import uvloop
 
-        code = uvloop.run(Daemon(settings, path, overrides).run())
+        code = uvloop.run(Daemon(settings, path, overrides, config_sha256=digest).run())
     except DaemonError as err:
         log.error(str(err))
         return 1

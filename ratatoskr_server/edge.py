@@ -133,6 +133,8 @@ class Edge:
                 extra["retries"] = notes.retries
             if notes.failed_over:
                 extra["failed_over"] = ",".join(notes.failed_over)
+            if notes.spilled_from:
+                extra["spilled_from"] = notes.spilled_from
             log.info("request", extra=extra)
 
     def _model_metrics(

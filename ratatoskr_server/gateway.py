@@ -77,10 +77,13 @@ from ratatoskr_server.registry import ModelRegistry, RefreshReport
 from ratatoskr_server.registry.cache import load_live
 from ratatoskr_server.registry.cache import update as update_registry
 from ratatoskr_server.routing.breaker import Breakers, BreakerStage
+from ratatoskr_server.routing.bulkhead import Bulkheads, BulkheadStage
+from ratatoskr_server.routing.failover import StreamFailover
 from ratatoskr_server.routing.fallback import FallbackStage
 from ratatoskr_server.routing.plan import PlanStage
 from ratatoskr_server.routing.retry import RetryStage, Sleep
 from ratatoskr_server.routing.router import Router
+from ratatoskr_server.routing.spillover import QueueDepth, SpilloverStage
 from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
@@ -107,10 +110,16 @@ def _noted(result: R, ctx: RequestContext) -> R:
 
 @dataclass(frozen=True, slots=True)
 class _Routing:
-    """A router and the chain built on it: swapped together on reload, leased together per call."""
+    """One configuration's pipeline: its settings, router and the chain built on them.
 
+    Swapped whole on reload and taken once per call, so a call runs start to end on the
+    configuration it began with while the next call already sees the new one.
+    """
+
+    settings: Settings
     router: Router
     chain: Chain
+    templates: TemplateRenderer
 
 
 class Gateway:
@@ -133,7 +142,6 @@ class Gateway:
         shared: SharedState | None = None,
         tracing: Tracing | None = None,
     ) -> None:
-        self.settings = settings
         #: Spans of the stages, the pool, batches and upstream calls; off unless [tracing] enabled.
         self.tracing = tracing or Tracing.off()
         #: The Redis stores every replica shares (``state.backend = "redis"``): they stand in for the
@@ -164,14 +172,22 @@ class Gateway:
             self.params.shared = shared.verdicts
             shared.verdicts.target = self.params
         self.admin = Admin(pool)
-        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
         #: The budget ledger, made when a budget is first configured and kept across reloads.
         self.ledger = ledger
         #: The response cache's store, made when the cache is first enabled and kept across reloads.
         self.cache = cache
         self.clock = clock
+        #: Concurrency limits of the local pool and each provider, kept across reloads (their counts are calls).
+        self.bulkheads = Bulkheads(settings)
         self._routing = self._build(settings)
-        self.catalog = Catalog(lambda: self.settings, lambda: self._routing.router, pool, registry, self.params)
+        self.catalog = Catalog(
+            lambda: self.settings,
+            lambda: self._routing.router,
+            pool,
+            registry,
+            self.params,
+            lambda: {key: phase.value for key, phase in self.breaker_phases().items()},
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -216,22 +232,32 @@ class Gateway:
         egress = EgressPolicy.from_settings(settings, self.resolver)
         router = Router(settings, self.local, egress, self.tracing)
         breakers = Breakers(settings.resilience.breaker, self.breakers, self.monotonic, self.metrics)
+        # The renderer resolves names with this configuration's router, not whichever is current.
+        templates = TemplateRenderer(
+            settings.templates,
+            lambda name: self._local_folder(router, settings, name),
+            lambda name: self._family(router, name),
+        )
         stages = [
             LimitsStage(settings.limits),
             PresetStage(settings.presets),
             PlanStage(router),
             PrivacyStage(egress),
-            FallbackStage(breakers, self.metrics),
-            ParamsStage(self.params, self.registry),
-            ContextStage(settings.context, self.registry, self.templates),
+            SpilloverStage(settings.routes, QueueDepth(self.pool, self.bulkheads), breakers, self.metrics),
+            FallbackStage(breakers, self.metrics, StreamFailover(settings.failover)),
+            ParamsStage(self.params.under(settings), self.registry),
+            ContextStage(settings.context, self.registry, templates),
             # After the stages that make the request final (its key), before budget (a hit spends nothing).
             *self._cache(settings),
-            *self._budget(settings),
-            TemplateStage(settings.providers, self.templates, settings.limits.max_stop_sequences),
+            *self._budget(settings, templates),
+            TemplateStage(settings.providers, templates, settings.limits.max_stop_sequences),
+            BulkheadStage(self.bulkheads, self.metrics),
             RetryStage(settings.resilience, sleep=self.sleep, metrics=self.metrics),
             BreakerStage(breakers),
         ]
-        return _Routing(router, Chain(stages, Dispatch(settings.http.total_timeout_s), self.tracing))
+        return _Routing(
+            settings, router, Chain(stages, Dispatch(settings.http.total_timeout_s), self.tracing), templates
+        )
 
     def _cache(self, settings: Settings) -> list[CacheStage]:
         """The response cache stage when enabled; its store is made on first need and kept across reloads."""
@@ -248,7 +274,7 @@ class Gateway:
         models are known by name only."""
         return self.pool.revision(target.model) if isinstance(target.provider, LocalProvider) else ""
 
-    def _budget(self, settings: Settings) -> list[BudgetStage]:
+    def _budget(self, settings: Settings, templates: TemplateRenderer) -> list[BudgetStage]:
         """The budget stage when any budget is configured (its ledger opened on first need)."""
         if not settings.budget.enabled():
             return []
@@ -259,12 +285,16 @@ class Gateway:
                 settings.budget,
                 settings.context.output_reserve_tokens,
                 self.registry,
-                self.templates,
+                templates,
                 self.ledger,
                 self.metrics,
                 self.clock,
             )
         ]
+
+    def bulkhead_occupancy(self) -> dict[str, tuple[int, int]]:
+        """(in flight, limit) per bulkhead ("local", "providers.NAME"), for status."""
+        return self.bulkheads.occupancy()
 
     def breaker_phases(self) -> dict[str, Phase]:
         """Each provider/model's circuit breaker, for status, ListModels and tests."""
@@ -290,6 +320,15 @@ class Gateway:
             entry = settings.providers.get(provider)
             return (entry is not None and model in entry.models) or self.registry.lookup(provider, model) is not None
         return self.registry.match_embedded(name) is not None
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration new calls start on."""
+        return self._routing.settings
+
+    @property
+    def templates(self) -> TemplateRenderer:
+        return self._routing.templates
 
     @property
     def router(self) -> Router:
@@ -334,17 +373,29 @@ class Gateway:
     async def apply_settings(self, settings: Settings) -> list[str]:
         """Take reloadable settings (limits, declarations, providers); executor sizes need a restart.
 
-        A new router and chain serve new calls at once; the old router closes its connections when
-        the last call that leased it ends.  Returns what loaded models take only when next loaded.
+        Returns what loaded models take only when next loaded.
         """
-        self.settings = settings
-        awaiting = self.pool.update_settings(settings)
-        self.params.settings = settings
-        self.templates = TemplateRenderer(settings.templates, self._local_folder, self._family)
+        return self.commit(await self.prepare(settings))
+
+    async def prepare(self, settings: Settings) -> _Routing:
+        """Build the pipeline ``settings`` ask for without serving it: anything that fails here (a
+        provider that cannot be built, an unreadable file) leaves the running configuration as it is."""
+        prepared = self._build(settings)
         # File IO and validating a few thousand records: off the event loop.
         await asyncio.to_thread(load_live, self.registry, settings.registry.cache_file.expanduser())
+        return prepared
+
+    def commit(self, prepared: _Routing) -> list[str]:
+        """Serve ``prepared`` from the next call on, in one step with nothing awaited in between.
+
+        Calls already running keep the pipeline they took (its router closes its connections when
+        the last of them ends).  Returns what loaded models take only when next loaded.
+        """
         old = self._routing
-        self._routing = self._build(settings)
+        self.bulkheads.configure(prepared.settings)
+        self._routing = prepared
+        self.params.settings = prepared.settings
+        awaiting = self.pool.update_settings(prepared.settings)
         old.router.retire()
         return awaiting
 
@@ -437,8 +488,9 @@ class Gateway:
     async def tokenize(
         self, ctx: RequestContext, text: str, *, model: str = "", add_special_tokens: bool = True
     ) -> TokenizeResult:
-        LimitsStage(self.settings.limits).texts([text], "text", "text")
-        name = self.router.target(model or self.settings.local.default_embed_model)
+        r = self._routing
+        LimitsStage(r.settings.limits).texts([text], "text", "text")
+        name = r.router.target(model or r.settings.local.default_embed_model)
         tokenizer = await self.pool.tokenizer(name)
         tokens = tokenizer.tokens(text, add_special_tokens=add_special_tokens)
         elapsed = ctx.elapsed_ms()
@@ -448,25 +500,26 @@ class Gateway:
             timing=Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=len(tokens)),
         )
 
-    def _local_folder(self, name: str) -> Path | None:
+    def _local_folder(self, router: Router, settings: Settings, name: str) -> Path | None:
         """The folder of the local model ``name`` (``local/NAME`` or ``NAME``) stands for: chat
         templates and vocabularies saved beside it are its own."""
-        canonical = self.pool.canonical(self.router.target(name))
-        return None if "/" in canonical else local_models(self.settings).get(canonical)
+        canonical = self.pool.canonical(router.target(name))
+        return None if "/" in canonical else local_models(settings).get(canonical)
 
-    def _family(self, name: str) -> str:
+    def _family(self, router: Router, name: str) -> str:
         """The registry's tokenizer family for ``name`` (``provider/model`` or a bare name), "" if unknown."""
-        found = self.router.split(name)
+        found = router.split(name)
         record = self.registry.lookup(*found) if found else self.registry.match_embedded(name)
         return record.tokenizer_family if record else ""
 
     async def count_tokens(self, ctx: RequestContext, texts: Sequence[str], *, model: str = "") -> CountTokensResult:
-        LimitsStage(self.settings.limits).texts(texts, "texts", "text")
-        target = self.router.target(model or self.settings.local.default_embed_model)
-        if self.router.split(target) is not None or self.templates.sources.configured(model, target) is not None:
+        r = self._routing  # one configuration for the whole call, should a reload come meanwhile
+        LimitsStage(r.settings.limits).texts(texts, "texts", "text")
+        target = r.router.target(model or r.settings.local.default_embed_model)
+        if r.router.split(target) is not None or r.templates.sources.configured(model, target) is not None:
             # A provider's model (or one given a template source): its own vocabulary when the
             # source carries one, else an estimate that says so.
-            counted = await self.templates.count_texts((model, target), texts)
+            counted = await r.templates.count_texts((model, target), texts)
             elapsed = ctx.elapsed_ms()
             return CountTokensResult(
                 counts=counted.counts,
@@ -492,11 +545,24 @@ class Gateway:
         self, ctx: RequestContext, messages: Sequence[Message], *, model: str, add_generation_prompt: bool = True
     ) -> RenderedPrompt:
         """The prompt the model's chat template makes of ``messages``, and its size."""
+        return await self._render(
+            self._routing, ctx, messages, model=model, add_generation_prompt=add_generation_prompt
+        )
+
+    async def _render(
+        self,
+        r: _Routing,
+        ctx: RequestContext,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        add_generation_prompt: bool,
+    ) -> RenderedPrompt:
         if not model:
             raise InvalidArgument("no model given: name the model whose chat template to render")
-        LimitsStage(self.settings.limits).messages(messages)
-        rendered = await self.templates.render(
-            (model, self.router.target(model)), messages, add_generation_prompt=add_generation_prompt
+        LimitsStage(r.settings.limits).messages(messages)
+        rendered = await r.templates.render(
+            (model, r.router.target(model)), messages, add_generation_prompt=add_generation_prompt
         )
         return replace(rendered, timing=Timing(total_ms=ctx.elapsed_ms(), input_tokens=rendered.tokens))
 
@@ -510,14 +576,15 @@ class Gateway:
         """
         if not model:
             raise InvalidArgument("no model given: name the model whose prompt to count")
-        names = (model, self.router.target(model))
-        if await self.templates.sources.lookup(*names) is None:
-            LimitsStage(self.settings.limits).messages(messages)
+        r = self._routing
+        names = (model, r.router.target(model))
+        if await r.templates.sources.lookup(*names) is None:
+            LimitsStage(r.settings.limits).messages(messages)
             tokens = estimate_messages(messages)
             elapsed = ctx.elapsed_ms()
             timing = Timing(tokenization_ms=elapsed, total_ms=elapsed, input_tokens=tokens)
             return CountTokensResult(counts=[tokens], total=tokens, model=model, timing=timing, estimated=True)
-        rendered = await self.render_chat_template(ctx, messages, model=model, add_generation_prompt=True)
+        rendered = await self._render(r, ctx, messages, model=model, add_generation_prompt=True)
         return CountTokensResult(
             counts=[rendered.tokens],
             total=rendered.tokens,

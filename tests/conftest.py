@@ -112,13 +112,13 @@ class DaemonProcess:
     def write_config(self) -> None:
         self.config_path.write_text(toml_text(self.config), encoding="utf-8")
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ratatoskr_server", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_env(),
+                env=clean_env(**(env or {})),
                 cwd=REPO,
             )
         if wait:

@@ -72,19 +72,13 @@ def run_config_check(path: Path, model_root: Path, **env: str) -> subprocess.Com
 
 
 # ------------------------------------------------------------------------------ configurations
-def _configmap_toml(tmp_path: Path) -> Path:
-    configmap = yaml.safe_load((DEPLOY / "kubernetes" / "configmap.yaml").read_text())
-    path = tmp_path / "configmap.toml"
-    path.write_text(configmap["data"]["config.toml"])
-    return path
-
-
 def test_configs_in_docs_and_deploy_pass_config_check(model_root: Path, tmp_path: Path) -> None:
-    """config.example.toml, every toml block of the READMEs and the Kubernetes ConfigMap.
+    """config.example.toml, every toml block of the READMEs and the Kubernetes base's config.toml
+    (tests/test_deploy.py checks the built ConfigMaps, the overlay's included).
 
     The model directory is the test's (it holds the default model, as /models does in the image).
     """
-    paths = [REPO / "config.example.toml", _configmap_toml(tmp_path)]
+    paths = [REPO / "config.example.toml", DEPLOY / "k8s" / "base" / "config.toml"]
     for i, (_doc, body) in enumerate(blocks("toml")):
         paths.append(tmp_path / f"block{i}.toml")
         paths[-1].write_text(body)
@@ -237,8 +231,8 @@ def test_make_install_is_the_runtime_set() -> None:
 
 
 def test_kubernetes_and_launchd_files_parse() -> None:
-    kinds = [yaml.safe_load(p.read_text()).get("kind") for p in sorted((DEPLOY / "kubernetes").glob("*.yaml"))]
-    assert kinds == ["ConfigMap", "Deployment", "Kustomization", "Service"]
+    for manifest in sorted((DEPLOY / "k8s").rglob("*.yaml")):
+        assert all(doc.get("kind") for doc in yaml.safe_load_all(manifest.read_text()) if doc), manifest
     raw = (DEPLOY / "launchd" / "dev.ratatoskr.daemon.plist").read_bytes()
     for data in (raw, raw.replace(b"__HOME__", b"/Users/someone")):
         plist = plistlib.loads(data)

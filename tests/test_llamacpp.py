@@ -220,3 +220,56 @@ def test_completion_only_chat_stream_equals_the_servers_own_stream(
     assert text and text == _direct(llama_server, stream=True, messages=CONVERSATION)
     assert isinstance(events[-1], Done) and events[-1].finish_reason in ("stop", "length")
     assert events[-1].provider == "llamacpp"
+
+
+# ------------------------------------------------------------------ streaming failover onto the real server
+async def test_a_cut_stream_continues_on_the_real_server_through_its_chat_template(
+    recording_proxy: Upstream, llama_server: str
+) -> None:
+    """A stream cut mid-answer (the OpenAI double's story) resumes on llama.cpp's /completions: the
+    GGUF's template rendered with the answer so far appended, and the server's continuation relayed."""
+    from ratatoskr_client.types import Failover
+    from ratatoskr_server.config import load_settings
+    from ratatoskr_server.embedded import EmbeddedGateway
+    from ratatoskr_server.gateway import Gateway
+    from ratatoskr_server.routing.seam import join
+    from tests.upstreams import openai_double, story
+
+    with serve(openai_double.routes()) as double:
+        settings = load_settings(
+            local={"preload": [], "auto_import_default": False},
+            providers={
+                "oa": {"kind": "openai_compat", "base_url": f"{double.base_url}/v1", "local": True},
+                "llamacpp": {
+                    "kind": "openai_compat",
+                    "base_url": f"{recording_proxy.base_url}/v1",
+                    "local": True,
+                    "completion_only": ["*"],
+                },
+            },
+            templates={"sources": {"llamacpp/*": str(_gguf())}},
+            routes={"story": {"candidates": ["oa/story", "llamacpp/smollm2"]}},
+            resilience={"attempts": 1},
+        )
+        gw = EmbeddedGateway(settings, gateway=Gateway.from_settings(settings))
+        at = sum(len(raw) for raw, _ in openai_double.story_events("story")[:12]) - 4
+        options = ChatOptions(model="story", raw_provider_options={story.CUT_FIELD: at}, **OPTIONS)  # type: ignore[arg-type]
+        since = len(recording_proxy.requests)
+        try:
+            events = [event async for event in gw.chat_stream(QUESTION, options)]
+        finally:
+            await gw.close()
+    seam = next(i for i, e in enumerate(events) if isinstance(e, Failover))
+    delivered = "".join(e.text for e in events[:seam] if isinstance(e, ContentDelta))
+    continued = "".join(e.text for e in events[seam:] if isinstance(e, ContentDelta))
+    assert delivered and story.STORY.startswith(delivered)
+    sent = recording_proxy.requests[since].body
+    assert recording_proxy.requests[since].path == "/v1/completions"
+    assert sent["prompt"].endswith("<|im_start|>assistant\n" + delivered) and QUESTION[0].content in sent["prompt"]
+    # What the server itself writes after that prompt, relayed (a repeated seam whitespace dropped).
+    direct = {k: v for k, v in sent.items() if k not in ("stream", "stream_options", story.CUT_FIELD)}
+    async with httpx.AsyncClient(timeout=120) as client:
+        answer = (await client.post(f"{llama_server}/completions", json=direct)).json()
+    generated = answer["choices"][0]["text"]
+    assert delivered + continued == join(delivered, generated, 64, whitespace_only=True)
+    assert isinstance(events[-1], Done) and events[-1].provider == "llamacpp"

@@ -579,19 +579,19 @@ async def test_close_ends_a_reaper_caught_mid_unload(tiny_root: Path, make_gatew
 async def test_a_slow_first_use_import_does_not_hold_back_other_models(
     tiny_root: Path, make_gateway: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import ratatoskr_server.local.pool as pool_module
+    import ratatoskr_server.local.importer as importer_module  # the pool imports it from there when needed
 
     checkpoint = make_tiny_bert_checkpoint(tmp_path / "ckpt", seed=9)
     gw = make_gateway(tiny_root, models={"imported-later": {"source": str(checkpoint)}})
     release, entered = threading.Event(), threading.Event()
-    real = pool_module.import_bert_checkpoint
+    real = importer_module.import_bert_checkpoint
 
     def slow_import(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(timeout=60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pool_module, "import_bert_checkpoint", slow_import)
+    monkeypatch.setattr(importer_module, "import_bert_checkpoint", slow_import)
     importing = asyncio.create_task(gw.embed(["x"], model="imported-later"))
     await _until(entered.is_set)  # the import is under way
     try:

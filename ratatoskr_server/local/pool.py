@@ -41,7 +41,6 @@ from ratatoskr_client.types import LoadedModel
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ModelSettings, Settings
 from ratatoskr_server.local.batcher import BatchLimits
 from ratatoskr_server.local.discovery import find_default_model_source, local_models
-from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import MANIFEST_FILE
 from ratatoskr_server.local.model import LocalModel, build_tokenizer, open_local_model
 from ratatoskr_server.local.tokenization import TextTokenizer
@@ -321,6 +320,9 @@ class LocalModelPool:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 loop = asyncio.get_running_loop()
                 try:
+                    # onnx (the importer's) loads only when a model must be imported: a third of a cold start.
+                    from ratatoskr_server.local.importer import import_bert_checkpoint
+
                     await loop.run_in_executor(self._loader, import_bert_checkpoint, source, target.parent, name)
                 except FileExistsError:
                     pass  # another process imported it first
@@ -618,6 +620,13 @@ class LocalModelPool:
         await slot.drained.wait()
         await self._remove(slot)
         return True
+
+    def queue_depth(self, name: str) -> int:
+        """Requests waiting in ``name``'s batcher now (0 when it is not loaded): what spillover
+        reads on every call to a local-first route, so a dictionary lookup and a length."""
+        slot = self._slots.get(name[len(LOCAL_PREFIX) :] if name.startswith(LOCAL_PREFIX) else name)
+        model = slot.model if slot is not None else None
+        return 0 if model is None else model.batcher.queued_requests
 
     def loaded(self) -> list[LoadedModel]:
         now = self._clock()

@@ -70,6 +70,19 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Continuation:
+    """The answer so far, which this call's target is to continue (streaming failover).
+
+    ``text`` is what the caller already received; ``mode`` how the target takes it ("prefill": as the
+    start of its own turn, "prompt": through a request to continue).  The adapter builds the wire
+    request for it; a completion-only target gets it appended to its rendered prompt.
+    """
+
+    text: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     task: Capability
     #: The model as the caller named it, until the preset and plan stages resolve it.
@@ -81,6 +94,8 @@ class Call:
     candidates: tuple[Candidate, ...] = ()
     #: The candidate this attempt goes to.
     target: Candidate | None = None
+    #: Set on a stream that resumes another candidate's broken answer: this call continues it.
+    continuation: Continuation | None = None
 
     def but(self, **changes: Any) -> Call:
         return replace(self, **changes)

@@ -26,7 +26,14 @@ from ratatoskr_server.pipeline.call import (
     NliInput,
     Result,
 )
-from ratatoskr_server.providers.capabilities import as_chat, as_classify, as_embed, as_generate, as_nli
+from ratatoskr_server.providers.capabilities import (
+    as_chat,
+    as_classify,
+    as_continuing,
+    as_embed,
+    as_generate,
+    as_nli,
+)
 from ratatoskr_server.providers.local import LocalProvider
 from ratatoskr_server.providers.scrub import scrub_events
 
@@ -121,7 +128,13 @@ class Dispatch:
         target = _target(call)
         provider, model, payload, options = target.provider, target.model, call.payload, call.options
         assert options is not None, "streams are chat and generate calls, which carry options"
-        if isinstance(payload, ChatInput):
+        if isinstance(payload, ChatInput) and call.continuation is not None:
+            continuer = as_continuing(provider)
+            if continuer is None:
+                raise _refused(target, "continuing another model's answer")
+            resumed = call.continuation
+            source = continuer.continue_stream(model, payload.messages, resumed.text, resumed.mode, options)
+        elif isinstance(payload, ChatInput):
             chatter = as_chat(provider)
             if chatter is None:
                 raise _refused(target, "chat")

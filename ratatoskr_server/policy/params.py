@@ -124,12 +124,19 @@ class RejectionSink(Protocol):
 
 
 class ParameterGuard:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rejected: dict[tuple[str, str, str], float] | None = None) -> None:
         self.settings = settings
         #: (provider, model, parameter) -> monotonic time until which it counts as unsupported.
-        self._rejected: dict[tuple[str, str, str], float] = {}
+        self._rejected: dict[tuple[str, str, str], float] = {} if rejected is None else rejected
         #: Where rejections are shared with other replicas (``state.backend = "redis"``), if anywhere.
         self.shared: RejectionSink | None = None
+
+    def under(self, settings: Settings) -> ParameterGuard:
+        """A guard reading ``settings`` that shares what upstreams rejected: each configuration's
+        pipeline keeps its own policy while a reload cannot make an upstream forget a refusal."""
+        guard = ParameterGuard(settings, self._rejected)
+        guard.shared = self.shared
+        return guard
 
     def learn(self, provider: str, model: str, parameter: str, seconds: float) -> None:
         """A rejection another replica saw: ``parameter`` counts as unsupported for ``seconds`` more."""

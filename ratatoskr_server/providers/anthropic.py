@@ -51,6 +51,7 @@ from ratatoskr_client.types import (
 )
 from ratatoskr_server.providers.base import HttpProvider
 from ratatoskr_server.providers.capabilities import Capability
+from ratatoskr_server.providers.continuation import PREFILL, prefilled, prompted
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 from ratatoskr_server.providers.streaming import relay
 
@@ -386,11 +387,26 @@ class AnthropicProvider(HttpProvider):
             ),
             transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
         # The body is built here, not in the generator, so a request that cannot be sent fails at the call.
         body = self._body(model, messages, options, stream=True)
+        return self._stream(self.url("/messages"), body, bool(options.reasoning and options.reasoning.exclude))
+
+    def continuation_mode(self, model: str) -> str:
+        """A trailing assistant message is a prefill on the Messages API (models that refuse it are
+        declared "prompt" in failover.continuation)."""
+        return PREFILL
+
+    def continue_stream(
+        self, model: str, messages: Sequence[Message], partial: str, mode: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """Prefill: the API refuses a final assistant turn that ends in whitespace, so the trailing
+        whitespace stays out of it (the model writes it again, and the seam drops the repeat)."""
+        turns = prefilled(messages, partial.rstrip()) if mode == PREFILL else prompted(messages, partial)
+        body = self._body(model, turns, options, stream=True)
         return self._stream(self.url("/messages"), body, bool(options.reasoning and options.reasoning.exclude))
 
     async def list_models(self) -> list[str]:

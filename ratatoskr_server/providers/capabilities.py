@@ -76,6 +76,21 @@ class ChatProvider(Provider, Protocol):
 
 
 @runtime_checkable
+class ContinuingChatProvider(ChatProvider, Protocol):
+    """A chat provider that can continue another model's broken answer (streaming failover)."""
+
+    def continuation_mode(self, model: str) -> str:
+        """How ``model`` continues when the configuration does not say: "prefill", "prompt" or "none"."""
+        ...
+
+    def continue_stream(
+        self, model: str, messages: Sequence[Message], partial: str, mode: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """The rest of the answer that begins with ``partial``, built for this wire format and ``mode``."""
+        ...
+
+
+@runtime_checkable
 class GenerateProvider(Provider, Protocol):
     async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult: ...
 
@@ -122,6 +137,13 @@ class ClassifyProvider(Provider, Protocol):
 
 def as_chat(provider: Provider) -> ChatProvider | None:
     return cast(ChatProvider, provider) if Capability.CHAT in provider.capabilities else None
+
+
+def as_continuing(provider: Provider) -> ContinuingChatProvider | None:
+    """The provider as one that continues broken answers, or None (the in-process pool never does)."""
+    if Capability.CHAT not in provider.capabilities or not hasattr(provider, "continue_stream"):
+        return None
+    return cast(ContinuingChatProvider, provider)
 
 
 def as_generate(provider: Provider) -> GenerateProvider | None:

@@ -49,6 +49,7 @@ from ratatoskr_client.types import (
 )
 from ratatoskr_server.providers.base import HttpProvider, embed_result
 from ratatoskr_server.providers.capabilities import Capability
+from ratatoskr_server.providers.continuation import PREFILL, PROMPT, prefilled, prompted
 from ratatoskr_server.providers.errors import (
     error_from_exception,
     error_from_status,
@@ -301,6 +302,7 @@ class OllamaProvider(HttpProvider):
             status_error=lambda status, text, headers: self._status_error(status, text, headers, model),
             transport_error=transport_error,
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
@@ -327,6 +329,18 @@ class OllamaProvider(HttpProvider):
 
     def chat_stream(self, model: str, messages: Sequence[Message], options: ChatOptions) -> AsyncIterator[ChatEvent]:
         body = self._body(model, options, tools=True, messages=messages_to_ollama(self.name, messages), stream=True)
+        return self._stream("/api/chat", model, body, bool(options.reasoning and options.reasoning.exclude))
+
+    def continuation_mode(self, model: str) -> str:
+        """A request to continue: every model's template takes it."""
+        return PROMPT
+
+    def continue_stream(
+        self, model: str, messages: Sequence[Message], partial: str, mode: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """Prefill: /api/chat renders a trailing assistant message as the open turn the model extends."""
+        turns = prefilled(messages, partial) if mode == PREFILL else prompted(messages, partial)
+        body = self._body(model, options, tools=True, messages=messages_to_ollama(self.name, turns), stream=True)
         return self._stream("/api/chat", model, body, bool(options.reasoning and options.reasoning.exclude))
 
     async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult:

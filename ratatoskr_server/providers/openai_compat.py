@@ -17,6 +17,7 @@ that stops before ``[DONE]`` and before any finish reason is an error.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -46,6 +47,7 @@ from ratatoskr_client.types import (
 )
 from ratatoskr_server.providers.base import HttpProvider, embed_result
 from ratatoskr_server.providers.capabilities import Capability
+from ratatoskr_server.providers.continuation import PREFILL, PROMPT, prefilled, prompted
 from ratatoskr_server.providers.errors import error_from_exception, error_from_status, error_in_stream, json_object
 from ratatoskr_server.providers.streaming import relay
 
@@ -248,6 +250,7 @@ class OpenAICompatProvider(HttpProvider):
             ),
             transport_error=lambda err: error_from_exception(self.name, url, err, self.secrets),
             provider=self.name,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
 
     async def chat(self, model: str, messages: Sequence[Message], options: ChatOptions) -> ChatResult:
@@ -282,6 +285,30 @@ class OpenAICompatProvider(HttpProvider):
             stream=True,
             stream_options={"include_usage": True},
         )
+        return self._stream("/chat/completions", model, body, bool(options.reasoning and options.reasoning.exclude))
+
+    def continuation_mode(self, model: str) -> str:
+        """Completion-only models continue by prefill (their template with the answer appended); a
+        chat endpoint gets a request to continue, which every OpenAI-compatible server takes."""
+        if any(fnmatch.fnmatchcase(model, glob) for glob in self.settings.completion_only):
+            return PREFILL
+        return PROMPT
+
+    def continue_stream(
+        self, model: str, messages: Sequence[Message], partial: str, mode: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """Prefill: the partial answer as a trailing assistant message the server extends (vLLM's
+        ``continue_final_message``; llama.cpp's server prefills a trailing assistant message by
+        itself).  Prompt: the partial answer and a user turn asking for the rest."""
+        if mode == PREFILL:
+            fields: dict[str, Any] = {
+                "messages": messages_to_openai(prefilled(messages, partial)),
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            }
+        else:
+            fields = {"messages": messages_to_openai(prompted(messages, partial))}
+        body = self._body(model, options, **fields, stream=True, stream_options={"include_usage": True})
         return self._stream("/chat/completions", model, body, bool(options.reasoning and options.reasoning.exclude))
 
     async def generate(self, model: str, prompt: str, options: ChatOptions) -> GenerateResult:

@@ -5,12 +5,21 @@ mapped, the end marker handed out at once (its ``Done`` is never held back behin
 reads the rest of the body to keep the connection reusable), a body cut before the answer is
 complete reported as UNAVAILABLE, a body cut *after* it is complete (finish reason seen) ending
 cleanly, and transport or parse failures mapped to domain errors at this one boundary.
+
+It also keeps the idle bound (``providers.NAME.stream_idle_timeout_s``): the longest wait for the
+next record that carries an event.  An upstream that is stuck but sends SSE keep-alive comments
+(``: ping``, which the SSE reader drops before they become records) or Anthropic ``ping`` events
+(records that yield no event) still has its bytes reset ``http.read_timeout_s``; only this bound sees
+that nothing of the answer came.  It fails as UNAVAILABLE, so retry and fallback can act on it.
+The time a yielded event spends with the consumer is not counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from typing import Any, Protocol
 
 import httpx
@@ -53,20 +62,41 @@ async def relay(
     status_error: Callable[[int, str, httpx.Headers], RatatoskrError],
     transport_error: Callable[[Exception], RatatoskrError],
     provider: str,
+    idle_timeout_s: float = 0.0,
 ) -> AsyncIterator[ChatEvent]:
     closed = False
+    loop = asyncio.get_running_loop()
     try:
         async with client.stream("POST", url, json=body, params=params) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode("utf-8", "replace")
                 raise status_error(response.status_code, text, response.headers)
-            async for record in drained(decoder.records(response), lambda: decoder.ended):
-                for event in decoder.events(record):
-                    yield event
-                if decoder.ended and not closed:
-                    closed = True
-                    for event in decoder.closing():
+            records = drained(decoder.records(response), lambda: decoder.ended)
+            last = loop.time()
+            async with aclosing(records):  # type: ignore[type-var]
+                while True:
+                    try:
+                        async with asyncio.timeout_at(last + idle_timeout_s if idle_timeout_s else None):
+                            record = await anext(records)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        if decoder.complete:
+                            break  # only the read past the answer's end was slow
+                        raise Unavailable(
+                            f"{provider}: no stream event for {idle_timeout_s:g}s "
+                            f"(providers.{provider}.stream_idle_timeout_s; keep-alive comments and pings do not count)"
+                        ) from None
+                    produced = False
+                    for event in decoder.events(record):
+                        produced = True
                         yield event
+                    if produced:
+                        last = loop.time()  # after the consumer took them: its time is not the upstream's
+                    if decoder.ended and not closed:
+                        closed = True
+                        for event in decoder.closing():
+                            yield event
             if not decoder.complete:
                 raise Unavailable(f"{provider}: the stream ended before the answer was complete")
     except RatatoskrError:

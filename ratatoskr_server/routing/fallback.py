@@ -10,7 +10,9 @@ It moves on when a candidate failed transiently (after its retries), does not ha
 candidates whose window is as small, so the walk reaches a larger one), or the budget cannot cover
 it (ResourceExhausted from the budget stage).  Candidates whose circuit breaker is open are skipped
 without a call.  Any other failure is the caller's to see: a bad request fails everywhere alike.
-Nothing is tried once the deadline has passed; the last failure is the answer.
+Nothing is tried once the deadline has passed; the last failure is the answer.  A stream that
+breaks after its first content resumes on the next candidate when ``failover`` (``routing.failover``)
+may resume it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
 from ratatoskr_server.providers.errors import transient
 from ratatoskr_server.routing.breaker import Breakers, CircuitOpen
 from ratatoskr_server.routing.commit import opening
+from ratatoskr_server.routing.failover import StreamFailover
 from ratatoskr_server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,9 +41,15 @@ def falls_back(err: RatatoskrError) -> bool:
 
 
 class FallbackStage(Stage):
-    def __init__(self, breakers: Breakers | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        breakers: Breakers | None = None,
+        metrics: Metrics | None = None,
+        failover: StreamFailover | None = None,
+    ) -> None:
         self.breakers = breakers
         self.metrics = metrics
+        self.failover = failover
 
     def _usable(self, call: Call) -> list[Candidate]:
         """The candidates to try, in order: those whose breaker is open are left out, unless all are
@@ -77,6 +86,9 @@ class FallbackStage(Stage):
     def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         if len(call.candidates) <= 1:
             return next(call, ctx)
+        failover = self.failover
+        if failover is not None and failover.applies(call):
+            return failover.walk(call, ctx, next, self._usable(call), self._moved_on, falls_back)
         return self._walk(call, ctx, next)
 
     async def _walk(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:

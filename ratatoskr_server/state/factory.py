@@ -10,17 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ratatoskr_server.config import BudgetSettings, Settings
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.memory import MemoryBudgetLedger
-from ratatoskr_server.state.redis_budget import RedisBudgetLedger
-from ratatoskr_server.state.redis_cache import RedisResponseCache
-from ratatoskr_server.state.redis_conn import RedisState
-from ratatoskr_server.state.redis_rates import RedisRates
-from ratatoskr_server.state.redis_sync import SharedVerdicts
 from ratatoskr_server.state.sqlite import SqliteBudgetLedger
 from ratatoskr_server.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from ratatoskr_server.state.redis_budget import RedisBudgetLedger
+    from ratatoskr_server.state.redis_cache import RedisResponseCache
+    from ratatoskr_server.state.redis_conn import RedisState
+    from ratatoskr_server.state.redis_rates import RedisRates
+    from ratatoskr_server.state.redis_sync import SharedVerdicts
 
 
 def budget_ledger(settings: BudgetSettings) -> BudgetLedger:
@@ -57,6 +60,13 @@ def shared_state(
     connects here: the first command does (so a replica starts while Redis is still coming up)."""
     if settings.state.backend != "redis":
         return None
+    # redis-py loads only for a daemon that uses it: it is a fifth of a cold start otherwise.
+    from ratatoskr_server.state.redis_budget import RedisBudgetLedger
+    from ratatoskr_server.state.redis_cache import RedisResponseCache
+    from ratatoskr_server.state.redis_conn import RedisState
+    from ratatoskr_server.state.redis_rates import RedisRates
+    from ratatoskr_server.state.redis_sync import SharedVerdicts
+
     redis = RedisState(settings.state, metrics)
     return SharedState(
         redis=redis,

@@ -14,7 +14,6 @@ from ratatoskr_server.store.content import ContentManifest
 from ratatoskr_server.store.crypt import is_encrypted
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE
 from ratatoskr_server.store.keys import KeyFileError, load_public_key
-from ratatoskr_server.store.signature import SignatureError, read_signature, signed_digests
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,8 @@ def _signature(folder: Path, trusted_keys: list[Path]) -> str:
     path = folder / SIGNATURE_FILE
     if not path.exists():
         return "unsigned"
+    from ratatoskr_server.store.signature import SignatureError, read_signature, signed_digests  # heavy: signed only
+
     try:
         envelope = read_signature(path)
     except SignatureError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -21,14 +22,6 @@ from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_bytes, hash_f
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE, covered_files
 from ratatoskr_server.store.keys import KeyFileError, TrustedKey, load_public_key
 from ratatoskr_server.store.provenance import Provenance, SignatureState, SignatureStatus, Verification
-from ratatoskr_server.store.signature import (
-    Envelope,
-    SignatureError,
-    compare_signed,
-    default_ignored,
-    read_signature,
-    signed_digests,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +65,10 @@ class ModelFiles:
     graph: Path | bytes
     tokenizer_json: str
     provenance: Provenance
+
+
+if TYPE_CHECKING:
+    from ratatoskr_server.store.signature import Envelope
 
 
 def _key_source(key_file: Path | None, passphrase: SecretStr | None, where: str) -> KeySource:
@@ -240,6 +237,9 @@ class ModelStore:
                     f"`ratatoskr models sign {folder} --key KEY` using a key listed in store.trusted_keys"
                 )
             return None
+        # model-signing (and sigstore under it) costs about a second of imports: only signed models pay it.
+        from ratatoskr_server.store.signature import SignatureError, read_signature
+
         try:
             return read_signature(path)
         except SignatureError as err:
@@ -263,6 +263,8 @@ class ModelStore:
     ) -> SignatureState:
         """A signature by a trusted key must match every file; one by another key is only reported
         (and refused when a signature is required): it cannot be checked without the key."""
+        from ratatoskr_server.store.signature import SignatureError, compare_signed, default_ignored, signed_digests
+
         keys = self._trusted(policy)
         candidates = [k for k in keys if k.id == envelope.key_id] if envelope.key_id else keys
         if not candidates:

@@ -210,6 +210,20 @@ class Metrics:
             ["store"],
             registry=self.registry,
         )
+        # -- spillover and bulkheads (issue 12) --
+        self.spills = Counter(
+            "ratatoskr_spills",
+            "Calls a local-first route sent past its local candidate because its queue reached spill_at, "
+            "by the local provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.bulkhead_refusals = Counter(
+            "ratatoskr_bulkhead_refusals",
+            "Calls refused because a bulkhead (local, providers.NAME) was at its max_in_flight.",
+            ["bulkhead"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._server: WSGIServer | None = None

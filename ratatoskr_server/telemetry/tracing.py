@@ -256,7 +256,9 @@ def request_attributes(ctx: RequestContext, overhead_ms: float) -> dict[str, Any
         attributes["ratatoskr.budget.settled_usd"] = answered.budget_settled_usd
     attributes["ratatoskr.cache_hit"] = ctx.cache_hits > 0
     attributes["ratatoskr.retries"] = ctx.retries
-    attributes["ratatoskr.fallbacks"] = ctx.failovers
-    if ctx.failovers:
+    attributes["ratatoskr.fallbacks"] = ctx.fallbacks
+    if ctx.fallbacks:
         attributes["ratatoskr.failed_over"] = tuple(ctx.notes.failed_over)
+    if ctx.resumes:
+        attributes["ratatoskr.stream_failovers"] = ctx.resumes
     return attributes

@@ -21,11 +21,16 @@ What it answers is scripted by the request's ``model``:
 ``slow``                 a text delta every ``delay_s`` for a minute; sets ``streaming``
                          after the first, and ``disconnected`` when the client goes away
 ``cut``                  two text deltas, then the stream ends without ``message_stop``
+``pinging``              two text deltas, then only ``ping`` events every 50 ms for a minute
+                         (an upstream stuck mid-answer whose keep-alives still flow)
 ``rate-limited``         429 ``rate_limit_error`` with ``retry-after: 7``
 ``auth``                 401 ``authentication_error`` that echoes the rejected key (as some
                          APIs do) so tests prove adapters scrub it
 ``overloaded``           529 ``overloaded_error``
 ``too-long``             400 ``invalid_request_error`` "prompt is too long: ..."
+``story``                ``tests/upstreams/story.py``'s story, cut after ``x_double_cut_at`` bytes
+``story-continue``       continues a prefix of the story: after a prefill (a final assistant
+                         turn) exactly, when asked in a user turn from the last word's start
 =======================  ==============================================================
 
 Any other model is a 404 ``not_found_error``.  Non-streaming requests get
@@ -46,6 +51,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import story
 from tests.upstreams.harness import Handler, Upstream, sse, start_stream, write_or_notice
 
 #: Text of the ``text`` script as streamed: one string, a squirrel and a line break included.
@@ -217,7 +223,72 @@ def _check_messages(messages: Any) -> str | None:
                 f"{missing}. Each `tool_use` block must have a corresponding `tool_result` block in the next message."
             )
         previous_tool_ids, previous_role = tool_ids, role
+    last = messages[-1]
+    if last.get("role") == "assistant" and _text_of(last).rstrip() != _text_of(last):
+        return "messages: final assistant content cannot end with trailing whitespace"
     return None
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text") or "" for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
+
+
+def story_events(model: str, text: str = story.STORY) -> list[tuple[bytes, str]]:
+    """The SSE events of a story stream, each with the answer text it carries."""
+    usage = story.CONTINUE_USAGE if model == "story-continue" else story.STORY_USAGE
+    start = _message(model, [], None, 1)
+    start["usage"]["input_tokens"] = usage["prompt_tokens"]
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    events = [
+        (story.data({"type": "message_start", "message": start}, "message_start"), ""),
+        (story.data({"type": "ping"}, "ping"), ""),
+        (story.data(block, "content_block_start"), ""),
+    ]
+    for piece in story.pieces(text):
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+        events.append((story.data(delta, "content_block_delta"), piece))
+    delta = {"stop_reason": "end_turn", "stop_sequence": None}
+    events += [
+        (story.data({"type": "content_block_stop", "index": 0}, "content_block_stop"), ""),
+        (
+            story.data(
+                {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["completion_tokens"]}},
+                "message_delta",
+            ),
+            "",
+        ),
+        (story.data({"type": "message_stop"}, "message_stop"), ""),
+    ]
+    return events
+
+
+async def _stream_story(
+    request: web.Request, upstream: Upstream, model: str, body: dict[str, Any]
+) -> web.Response | web.StreamResponse:
+    text = story.STORY
+    messages = body["messages"]
+    if model == "story-continue" and messages[-1]["role"] == "assistant":
+        asked = (_text_of(messages[-1]), True)
+    elif model == "story-continue" and len(messages) >= 2 and messages[-2]["role"] == "assistant":
+        asked = (_text_of(messages[-2]), False)
+    else:
+        asked = None
+    if asked is not None:
+        upstream.state.setdefault("continued", []).append(asked)
+        rest = story.continuation(*asked)
+        if rest is None:
+            return _invalid("the double's story-continue: the prefix to continue is not the story's start")
+        text = rest
+    whole = b"".join(event for event, _ in story_events(model, text))
+    cut = story.cut_at(body)
+    if cut is not None and model == "story":
+        whole = whole[:cut]
+    response = await start_stream(request, "text/event-stream; charset=utf-8")
+    await write_or_notice(response, whole, upstream)
+    return response
 
 
 def _check_body(body: Any) -> str | None:
@@ -302,7 +373,8 @@ async def _stream_script(request: web.Request, upstream: Upstream, model: str, s
 
 
 async def _stream_broken(request: web.Request, upstream: Upstream, model: str, delay_s: float) -> web.StreamResponse:
-    """``overloaded-midstream``, ``cut`` and ``slow``: a 200 whose stream fails, stops, or drags on."""
+    """``overloaded-midstream``, ``cut``, ``slow`` and ``pinging``: a 200 whose stream fails, stops, drags
+    on, or goes silent but for pings."""
     response = await start_stream(request, "text/event-stream; charset=utf-8")
     opening = [
         sse({"type": "message_start", "message": _message(model, [], None, 1)}, "message_start"),
@@ -323,6 +395,11 @@ async def _stream_broken(request: web.Request, upstream: Upstream, model: str, d
         upstream.streaming.set()
         if model == "slow":
             await asyncio.sleep(delay_s)
+    if model == "pinging":
+        for _ in range(1200):
+            if not await write_or_notice(response, sse({"type": "ping"}, "ping"), upstream):
+                return response
+            await asyncio.sleep(0.05)
     if model == "overloaded-midstream":
         error = {"type": "error", "error": {"details": None, "type": "overloaded_error", "message": "Overloaded"}}
         await write_or_notice(response, sse(error, "error"), upstream)
@@ -387,7 +464,11 @@ def routes(
             return error_response(529, "overloaded_error", "Overloaded")
         if model == "too-long":
             return _invalid("prompt is too long: 215734 tokens > 200000 maximum")
-        if model in ("overloaded-midstream", "cut", "slow"):
+        if model in ("story", "story-continue"):
+            if not stream:
+                return _invalid(f"the double's model '{model}' only streams")
+            return await _stream_story(request, upstream, model, body)
+        if model in ("overloaded-midstream", "cut", "slow", "pinging"):
             if not stream:
                 return _invalid(f"the double's model '{model}' only streams")
             return await _stream_broken(request, upstream, model, delay_s)

@@ -1,26 +1,29 @@
 """An OpenAI chat-completions double: SSE framing, tool-call fragments, usage chunk, error bodies.
 
-Behaviour is chosen by the requested model name, so one server covers every
-case a test needs ("flaky-N" fails its first N calls with 503, "early-overload-N" its first N
-streams with an in-stream overload before any content; calls are counted per model in
-``upstream.state["calls"]``).  A client that sends ``X-Double-Echo`` (a provider configured
-with that header) gets the key it authenticated with echoed back, as a careless
-or hostile upstream might: in the 401 body ("error"), in answers ("answer": the
-content split across stream chunks, the reasoning, the model field) and as a
-model id of /v1/models ("models"), so tests can prove that configured secrets
-never reach a client.  Chunks have the exact shapes OpenAI sends (id, object,
-created, model, choices[index, delta, logprobs, finish_reason], usage null
-except on the last chunk when stream_options.include_usage is set).
+Behaviour is chosen by the requested model name, so one server covers every case a test needs
+("flaky-N" fails its first N calls with 503, "early-overload-N" its first N streams with an
+in-stream overload before any content; calls are counted per model in ``upstream.state["calls"]``;
+"hold" answers only once ``upstream.state["release"]``, a ``threading.Event``, is set, as a busy
+local server would; "keepalive" streams its first words and then only SSE keep-alive comments,
+"keepalive-early" only comments from the start). A client that sends ``X-Double-Echo`` (a provider
+configured with that header) gets the key it authenticated with echoed back, as a careless or
+hostile upstream might: in the 401 body ("error"), in answers ("answer": the content split across
+stream chunks, the reasoning, the model field) and as a model id of /v1/models ("models"), so tests
+can prove that configured secrets never reach a client. Chunks have the exact shapes OpenAI sends
+(id, object, created, model, choices[index, delta, logprobs, finish_reason], usage null except on
+the last chunk when stream_options.include_usage is set).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import story
 from tests.upstreams.harness import Handler, Upstream, sse, start_stream, write_or_notice
 
 TEXT_PIECES = ["Hel", "lo", ", wor", "ld", "! ", "Ünï", "cødé ✓"]
@@ -116,9 +119,44 @@ def failing_now(model: str, upstream: Upstream) -> bool:
     return prefix in ("flaky", "early-overload") and count.isdigit() and calls[model] <= int(count)
 
 
+#: How long "hold" waits for ``state["release"]`` and "keepalive" sends comments, at most.
+HOLD_LIMIT_S = 60.0
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+
+
+async def _held(request: web.Request, upstream: Upstream) -> bool:
+    """Wait for ``state["release"]``; False if the client went away first."""
+    release: threading.Event = upstream.state.setdefault("release", threading.Event())
+    for _ in range(int(HOLD_LIMIT_S / 0.02)):
+        if release.is_set():
+            return True
+        if request.transport is None or request.transport.is_closing():
+            upstream.disconnected.set()
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _keepalive(request: web.Request, upstream: Upstream, model: str) -> web.StreamResponse:
+    """An upstream that is stuck but alive: comments every 50 ms and nothing of the answer."""
+    response = await start_stream(request, "text/event-stream")
+    await response.write(sse(chunk(model, {"role": "assistant", "content": ""})))
+    if model == "keepalive":
+        await response.write(sse(chunk(model, {"content": "Let me think"})))
+    for _ in range(int(HOLD_LIMIT_S / 0.05)):
+        if not await write_or_notice(response, KEEPALIVE_COMMENT, upstream):
+            return response
+        await asyncio.sleep(0.05)
+    return response
+
+
 async def chat_completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model", "")
+    if model == "hold" and not await _held(request, upstream):
+        return web.Response(status=499)
+    if model in ("keepalive", "keepalive-early") and body.get("stream"):
+        return await _keepalive(request, upstream, model)
     failing = failing_now(model, upstream)
     if failing and model.startswith("flaky-"):  # the first N calls: 503 overloaded, then answers
         status, payload, headers = ERRORS["unavailable"]
@@ -130,6 +168,8 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
         await response.write(sse({"error": {"message": "Overloaded", "type": "overloaded_error"}}))
         await response.write_eof()
         return response
+    if model in STORY_MODELS and body.get("stream"):
+        return await _story(request, upstream, model, body)
     if model in ERRORS:
         status, payload, headers = ERRORS[model]
         key = echoes(request, "error")
@@ -175,6 +215,92 @@ async def chat_completions(request: web.Request, upstream: Upstream) -> web.Stre
         if not await write_or_notice(response, sse(event), upstream):
             return response
     await response.write_eof()
+    return response
+
+
+#: Streaming failover (``tests/upstreams/story.py``): "story" streams the story (cut on command),
+#: "story-continue" continues a prefix of it, "story-tools" starts a tool call and is cut inside it.
+STORY_MODELS = ("story", "story-continue", "story-tools", "story-reasoning")
+#: A completion-only model (ChatML prompts on /completions): it continues the assistant turn the
+#: prompt opens, whatever it holds already.
+STORY_RAW = "story-raw"
+CHATML_ASSISTANT = "<|im_start|>assistant\n"
+
+
+def story_events(model: str, text: str = story.STORY) -> list[tuple[bytes, str]]:
+    """The SSE events of a story stream, each with the answer text it carries."""
+    usage = story.CONTINUE_USAGE if model == "story-continue" else story.STORY_USAGE
+    events = [(story.data(chunk(model, {"role": "assistant", "content": ""})), "")]
+    if model == "story-reasoning":
+        events.append((story.data(chunk(model, {"reasoning_content": "The user wants the story."})), ""))
+    events += [(story.data(chunk(model, {"content": piece})), piece) for piece in story.pieces(text)]
+    events.append((story.data(chunk(model, {}, "stop")), ""))
+    events.append((story.data({**chunk(model, None), "usage": usage}), ""))
+    events.append((story.data("[DONE]"), ""))
+    return events
+
+
+def _story_prefix(body: dict[str, Any]) -> tuple[str, bool] | None:
+    """(the answer to continue, whether it came as a prefill), or None for a fresh answer."""
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "assistant" and body.get("continue_final_message"):
+        return str(messages[-1].get("content") or ""), True
+    if len(messages) >= 2 and messages[-2].get("role") == "assistant" and messages[-1].get("role") == "user":
+        return str(messages[-2].get("content") or ""), False
+    return None
+
+
+async def _story(request: web.Request, upstream: Upstream, model: str, body: dict[str, Any]) -> web.StreamResponse:
+    text = story.STORY
+    if model == "story-continue":
+        asked = _story_prefix(body)
+        if asked is not None:
+            upstream.state.setdefault("continued", []).append(asked)
+            rest = story.continuation(*asked)
+            if rest is None:
+                error = {"message": "the prefix to continue is not the story's start", "type": "invalid_request_error"}
+                return web.json_response({"error": error}, status=400)
+            text = rest
+    if model == "story-tools":
+        call = {"index": 0, "id": "call_t", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+        raw = [
+            story.data(chunk(model, {"role": "assistant", "content": ""})),
+            story.data(chunk(model, {"content": "Let me look that up. "})),
+            story.data(chunk(model, {"tool_calls": [call]})),
+            story.data(chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"que'}}]})),
+            story.data(chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": 'ry": "Ygg'}}]})),
+        ]
+        whole = b"".join(raw)  # and the body ends: cut inside the tool call's arguments
+    else:
+        whole = b"".join(event for event, _ in story_events(model, text))
+        cut = story.cut_at(body)
+        if cut is not None and model in ("story", "story-reasoning"):
+            whole = whole[:cut]
+    response = await start_stream(request, "text/event-stream")
+    await write_or_notice(response, whole, upstream)
+    return response
+
+
+async def _story_raw(request: web.Request, upstream: Upstream, body: dict[str, Any]) -> web.StreamResponse:
+    """The rest of the assistant turn the ChatML prompt opens, as ``text_completion`` chunks."""
+    prompt = str(body.get("prompt") or "")
+    opened = prompt.rfind(CHATML_ASSISTANT)
+    prefix = prompt[opened + len(CHATML_ASSISTANT) :] if opened >= 0 else None
+    rest = None if prefix is None else story.continuation(prefix, True)
+    if prefix is None or rest is None:
+        error = {"message": "the prompt does not open an assistant turn of the story", "type": "invalid_request_error"}
+        return web.json_response({"error": error}, status=400)
+    upstream.state.setdefault("continued", []).append((prefix, True))
+    response = await start_stream(request, "text/event-stream")
+    for piece in story.pieces(rest):
+        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
+        await response.write(
+            story.data({"id": "cmpl-s", "object": "text_completion", "model": STORY_RAW, "choices": [choice]})
+        )
+    last = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+    usage = story.CONTINUE_USAGE
+    done = {"id": "cmpl-s", "object": "text_completion", "model": STORY_RAW, "choices": [last], "usage": usage}
+    await response.write(story.data(done) + story.data("[DONE]"))
     return response
 
 
@@ -287,6 +413,8 @@ def _unary(model: str, body: dict[str, Any], echo: str = "") -> dict[str, Any]:
 async def completions(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     body = await request.json()
     model = body.get("model", "")
+    if model == STORY_RAW and body.get("stream"):
+        return await _story_raw(request, upstream, body)
     pieces = ["Once", " upon", " a", " time"]
     echo = echoes(request, "answer")
     if echo:

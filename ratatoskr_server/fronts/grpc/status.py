@@ -20,10 +20,12 @@ from ratatoskr_client.client import (
     CACHE_KEY,
     DROPPED_PARAMETERS_KEY,
     FAILED_OVER_KEY,
+    FAILOVER_KEY,
     PRIVACY_TIER_KEY,
     REQUEST_ID_KEY,
     RETRIES_KEY,
     RETRY_AFTER_KEY,
+    SPILLED_KEY,
     TRUNCATED_KEY,
 )
 from ratatoskr_client.errors import InvalidArgument, RatatoskrError
@@ -116,6 +118,11 @@ def trailing_metadata(ctx: RequestContext, err: RatatoskrError | None = None) ->
         trailing.append((RETRIES_KEY, str(notes.retries)))
     if notes.failed_over:  # candidate ids are caller-named model strings: ASCII-escaped like the warning
         trailing.append((FAILED_OVER_KEY, ",".join(notes.failed_over).encode("ascii", "backslashreplace").decode()))
+    if notes.failovers:
+        resumed = ",".join(f"{f.from_candidate}->{f.to_candidate}@{f.at_char}" for f in notes.failovers)
+        trailing.append((FAILOVER_KEY, resumed.encode("ascii", "backslashreplace").decode()))
+    if notes.spilled_from:
+        trailing.append((SPILLED_KEY, notes.spilled_from.encode("ascii", "backslashreplace").decode()))
     if err is not None and err.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, f"{err.retry_after_s:g}"))
     overhead = ctx.answered.overhead_ms

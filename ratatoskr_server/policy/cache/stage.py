@@ -241,7 +241,8 @@ class CacheStage(Stage):
 
     # -- streams -------------------------------------------------------------------------------------
     def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
-        if ctx.cache is False or not self._deterministic(call, ctx):
+        # A continuation (streaming failover) is the rest of another answer, never a whole one.
+        if ctx.cache is False or call.continuation is not None or not self._deterministic(call, ctx):
             return next(call, ctx)
         return self._stream(call, ctx, next)
 

@@ -84,7 +84,10 @@ class TemplateStage(Stage):
             parallel_tool_calls=None,
         )
         prompt = completion_prompt(source, rendered.text)
-        return call.but(task=Capability.GENERATE, payload=GenerateInput(prompt), options=options)
+        if call.continuation is not None:
+            # Resuming another model's broken answer: the raw prompt is a prefill by nature.
+            prompt += call.continuation.text
+        return call.but(task=Capability.GENERATE, payload=GenerateInput(prompt), options=options, continuation=None)
 
     def _stops(self, caller: list[str], turn_end: tuple[str, ...], target: Candidate) -> list[str]:
         """The caller's stop strings and the template's end of turn, each once.
