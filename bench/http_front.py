@@ -10,7 +10,8 @@ at once).  Figures, each p50/p99 over interleaved rounds of sequential calls wit
   floor aiohttp / floor uvicorn  a bare server answering a fixed JSON (uvicorn: httptools when installed,
                                  else h11): what the HTTP server alone costs, the measurement behind aiohttp
                                  (uvicorn figures only when uvicorn is installed).
-Added latency = front p50 - direct p50.  LiteLLM side by side is not run (not installed here).
+Added latency = front p50 - direct p50.  Throughput with 32 concurrent clients, LiteLLM's proxy side by
+side: bench/http_throughput.py.
 
 Run: .venv/bin/python bench/http_front.py [--rounds 6 --requests 200]
 """

@@ -1,5 +1,6 @@
-"""The ``ratatoskr`` command: serve, status, budget, reload, health, config check, models import/list/
-keygen/hash/sign/verify/encrypt/decrypt, embed, template render, tokens count, keys create/list.
+"""The ``ratatoskr`` command: serve, status (``--watch``: a live view), tree, budget, reload, health,
+config check, models import/list/keygen/hash/sign/verify/encrypt/decrypt, embed, template render,
+tokens count, keys create/list.
 
 Every subcommand prints a person-readable answer, or JSON with ``--json``,
 and exits non-zero with a one-line reason (never a traceback) on failure.
@@ -8,9 +9,11 @@ and exits non-zero with a one-line reason (never a traceback) on failure.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,8 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_status(args)
     with ServiceClient(args.socket, timeout=args.timeout) as client:
         status = client.status()
     data = asdict(status)
@@ -86,6 +91,57 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {key:<40} {phase}")
 
     _print(data, args.json, human)
+    return 0
+
+
+def _has_rich(what: str) -> bool:
+    """Whether rich (the ``tui`` extra) is installed; says how to get it when not."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print(f"ratatoskr: {what} draws with rich: pip install 'ratatoskr[tui]'", file=sys.stderr)
+        return False
+    return True
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """The live view (rich, imported here only) until Ctrl-C."""
+    if not _has_rich("status --watch"):
+        return EXIT_FAILURE
+    from rich.console import Console
+
+    from ratatoskr_server.terminal.status import Snapshot, watch
+
+    if args.json:
+        args.parser.error("--watch draws a live view; it has no --json form (use `status --json` in a loop)")
+    if not args.interval > 0:
+        args.parser.error("--interval must be a positive number of seconds")
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+
+        def fetch() -> Snapshot:
+            return Snapshot(client.status(), client.get_budget(""))
+
+        return watch(fetch, Console(), args.interval)
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    """Built from the configuration alone (no network); ``--live`` adds a running daemon's breakers."""
+    if not _has_rich("tree"):
+        return EXIT_FAILURE
+    from ratatoskr_server.terminal.tree import backends, build_tree
+
+    settings = load_settings(args.config)
+    items = backends(settings)
+    breakers: dict[str, str] | None = None
+    if args.live:
+        with ServiceClient(args.socket, timeout=args.timeout) as client:
+            breakers = client.status().breakers
+    if args.json:
+        print(json.dumps({"backends": [asdict(b) for b in items], "breakers": breakers}, indent=2))
+        return 0
+    from rich.console import Console
+
+    Console().print(build_tree(items, breakers))
     return 0
 
 
@@ -258,8 +314,26 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _steps(title: str, total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr when it is a terminal (rich, imported only then); a no-op otherwise."""
+    if quiet or not sys.stderr.isatty() or importlib.util.find_spec("rich") is None:
+        yield lambda _name: None
+        return
+    from ratatoskr_server.terminal.progress import steps
+
+    with steps(title, total) as step:
+        yield step
+
+
 def _cmd_models_import(args: argparse.Namespace) -> int:
-    from ratatoskr_server.local.importer import find_default_model_source, import_bert_checkpoint, quantize_model
+    from ratatoskr_server.local.importer import (
+        IMPORT_STEPS,
+        QUANTIZE_STEPS,
+        find_default_model_source,
+        import_bert_checkpoint,
+        quantize_model,
+    )
 
     settings = load_settings(args.config)
     dest = Path(args.model_dir).expanduser() if args.model_dir else settings.local.resolved_model_dir()
@@ -280,9 +354,10 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
     else:
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            manifest = import_bert_checkpoint(
-                source, dest, name, max_length=args.max_length, overwrite=args.force, head=args.head
-            )
+            with _steps(f"importing {name}", IMPORT_STEPS, args.json) as step:
+                manifest = import_bert_checkpoint(
+                    source, dest, name, max_length=args.max_length, overwrite=args.force, head=args.head, step=step
+                )
         except FileExistsError:
             print(f"{target} already exists; pass --force to replace it", file=sys.stderr)
             return EXIT_FAILURE
@@ -310,7 +385,8 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
         if args.if_missing and (quantized / MANIFEST_FILE).is_file():
             data["quantized"] = {"path": str(quantized), "imported": False}
         else:
-            report = quantize_model(target, overwrite=args.force)
+            with _steps(f"quantizing {name}", QUANTIZE_STEPS, args.json) as step:
+                report = quantize_model(target, overwrite=args.force, step=step)
             data["quantized"] = report.to_dict()
             if not args.json:
                 print(report.summary())
@@ -737,7 +813,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what a running daemon is doing")
     common(p, socket=True, timeout=5.0)
+    p.add_argument("--watch", action="store_true", help="a live view (models, breakers, budgets) until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (default 2)")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("tree", help="configured backends as a tree: local/remote, family, privacy tier (no network)")
+    common(p, socket=True, config=True, timeout=5.0)
+    p.add_argument("--live", action="store_true", help="add a running daemon's circuit breaker states")
+    p.set_defaults(func=_cmd_tree)
 
     p = sub.add_parser("budget", help="cost budgets of a running daemon: limit, spent, reserved, window end")
     common(p, socket=True, timeout=5.0)

@@ -51,13 +51,21 @@ class Edge:
 
     @asynccontextmanager
     async def admit(
-        self, rpc: str, ctx: RequestContext, *, model: str = "", limited: bool = True, attach: bool = True
+        self,
+        rpc: str,
+        ctx: RequestContext,
+        *,
+        model: str = "",
+        limited: bool = True,
+        attach: bool = True,
+        transport: str = "grpc",
     ) -> AsyncIterator[None]:
         """Run one request's body under the limits; ``limited`` calls count against ``max_in_flight``.
 
         The log line, metrics and the request's span end once the body ends, however it ends.  With
         ``attach`` the span is the current one for the body (a unary call; a stream attaches it per
-        event instead, see ``stream``).
+        event instead, see ``stream``).  ``transport`` ("grpc", "http", "embedded") labels the
+        request metrics, as fronts share rpc names.
         """
         started = time.perf_counter()
         code = "OK"
@@ -99,7 +107,7 @@ class Edge:
             answered = ctx.answered
             overhead = max(elapsed - answered.upstream_s, 0.0)
             answered.overhead_ms = overhead * 1000
-            self.metrics.count(rpc, code, elapsed)
+            self.metrics.count(rpc, code, elapsed, transport)
             if limited:  # model calls; the catalogue and admin RPCs are counted above only
                 self._model_metrics(rpc, model, code, elapsed, overhead, ctx)
             if tracing is not None:
@@ -149,7 +157,7 @@ class Edge:
             self.metrics.tokens(model, answered.output_tokens, answered.inference_ms / 1000)
 
     async def stream(
-        self, rpc: str, ctx: RequestContext, events: AsyncIterator[T], *, model: str = ""
+        self, rpc: str, ctx: RequestContext, events: AsyncIterator[T], *, model: str = "", transport: str = "grpc"
     ) -> AsyncIterator[T]:
         """Relay a stream under the limits; a failure after the first event still fails the request.
 
@@ -158,7 +166,7 @@ class Edge:
         With tracing on, the request's span is current only while the source works for an event.
         """
         tracing = self.tracing
-        async with self.admit(rpc, ctx, model=model, attach=False), aclosing(events):  # type: ignore[type-var]
+        async with self.admit(rpc, ctx, model=model, attach=False, transport=transport), aclosing(events):  # type: ignore[type-var]
             if tracing is None:
                 async for item in events:
                     yield item

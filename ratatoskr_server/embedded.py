@@ -89,7 +89,7 @@ class EmbeddedGateway:
     ) -> T:
         ctx = RequestContext.start(timeout=timeout)
         ctx.tighten_privacy(self.privacy_tier)
-        async with self.edge.admit(rpc, ctx, model=model, limited=limited):
+        async with self.edge.admit(rpc, ctx, model=model, limited=limited, transport="embedded"):
             return await body(ctx)
         raise AssertionError("unreachable")  # admit() re-raises every failure
 
@@ -102,7 +102,7 @@ class EmbeddedGateway:
     ) -> AsyncIterator[ChatEvent]:
         ctx = RequestContext.start(timeout=timeout)
         ctx.tighten_privacy(self.privacy_tier)
-        relayed = self.edge.stream(rpc, ctx, events(ctx), model=model)
+        relayed = self.edge.stream(rpc, ctx, events(ctx), model=model, transport="embedded")
         async with aclosing(relayed):  # type: ignore[type-var]
             async for event in relayed:
                 yield event

@@ -115,9 +115,9 @@ def test_metrics_and_one_log_line_per_request(daemon: DaemonProcess) -> None:
         key = (name, frozenset(labels.items()))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert grew("ratatoskr_requests_total", code="OK", rpc="Embed") == 2
-    assert grew("ratatoskr_request_duration_seconds_count", rpc="Embed") == 2
-    assert grew("ratatoskr_request_duration_seconds_bucket", le="+Inf", rpc="Embed") == 2
+    assert grew("ratatoskr_requests_total", code="OK", rpc="Embed", transport="grpc") == 2
+    assert grew("ratatoskr_request_duration_seconds_count", rpc="Embed", transport="grpc") == 2
+    assert grew("ratatoskr_request_duration_seconds_bucket", le="+Inf", rpc="Embed", transport="grpc") == 2
     assert grew("ratatoskr_embedded_inputs_total", model=MODEL) == 3
     assert grew("ratatoskr_input_tokens_total", model=MODEL) == sum(first.tokens) + sum(second.tokens) > 0
     lines = _embed_lines(daemon)[lines_before:]

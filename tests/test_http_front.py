@@ -11,13 +11,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from ratatoskr_client.types import Done, Notes, ToolCallStart, Truncation, Usage, UsageEvent
+from ratatoskr_client.types import ChatOptions, Done, Message, Notes, ToolCallStart, Truncation, Usage, UsageEvent
 from ratatoskr_server.config import append_secret
 from ratatoskr_server.fronts.openai_http import errors, wire
 from ratatoskr_server.keys import new_token
@@ -166,6 +169,100 @@ def test_completions_unary_and_streamed(sdk: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == "Once upon a time"
 
 
+def _sent_upstream(upstream: Upstream, path: str, marker: str) -> list[dict[str, Any]]:
+    """The JSON bodies the double received at ``path`` whose text holds ``marker``, in arrival order."""
+    return [r.body for r in upstream.requests if r.path == path and marker in json.dumps(r.body)]
+
+
+def test_a_batch_of_prompts_is_one_choice_per_prompt_by_index(sdk: openai.OpenAI, upstream: Upstream) -> None:
+    batch = f"batch {uuid.uuid4().hex}"
+    prompts = [f"{batch} #{i}" for i in range(5)]
+    answer = sdk.completions.create(model="up/echo-prompt", prompt=prompts, max_tokens=9)
+    assert [c.index for c in answer.choices] == list(range(5))
+    assert [c.text for c in answer.choices] == [f"you said: {p}" for p in prompts]
+    assert answer.usage is not None and answer.usage.total_tokens == 5 * 19 and answer.usage.prompt_tokens == 5 * 12
+    sent = _sent_upstream(upstream, "/v1/completions", batch)
+    assert sorted(b["prompt"] for b in sent) == sorted(prompts) and {b["max_tokens"] for b in sent} == {9}
+
+    streamed = list(sdk.completions.create(model="up/echo-prompt", prompt=prompts[:3], stream=True))
+    texts: dict[int, str] = {}
+    finished: list[int] = []
+    for chunk in streamed:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finished.append(choice.index)
+    assert texts == {i: f"you said: {p}" for i, p in enumerate(prompts[:3])} and finished == [0, 1, 2]
+
+    with pytest.raises(openai.BadRequestError, match="token arrays"):
+        sdk.completions.create(model="up/echo-prompt", prompt=[[1, 2, 3]])
+    with pytest.raises(openai.BadRequestError):  # one refused prompt fails the batch with its own kind
+        sdk.completions.create(model="up/echo-prompt", prompt=["a", "fail:bad-request", "b"])
+
+
+def test_response_format_and_stop_reach_the_upstream_as_sent(sdk: openai.OpenAI, upstream: Upstream) -> None:
+    marker = f"passthrough {uuid.uuid4().hex}"
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}
+    messages = [{"role": "user", "content": marker}]
+    sdk.chat.completions.create(
+        model="up/gpt-test",
+        messages=messages,  # type: ignore[arg-type]
+        response_format=response_format,  # type: ignore[arg-type]
+        stop=["END", "\n\n"],
+    )
+    list(
+        sdk.chat.completions.create(
+            model="up/gpt-test",
+            messages=messages,  # type: ignore[arg-type]
+            response_format={"type": "json_object"},
+            stop="STOP",
+            stream=True,
+        )
+    )
+    sdk.completions.create(model="up/gpt-test", prompt=marker, stop=["###"])
+    unary, streamed = _sent_upstream(upstream, "/v1/chat/completions", marker)
+    assert unary["response_format"] == response_format and unary["stop"] == ["END", "\n\n"]
+    assert streamed["response_format"] == {"type": "json_object"} and streamed["stop"] in ("STOP", ["STOP"])
+    assert streamed["stream"] is True
+    (completion,) = _sent_upstream(upstream, "/v1/completions", marker)
+    assert completion["stop"] in ("###", ["###"])
+
+
+def test_a_body_over_max_body_mb_is_413_in_openais_shape(httpd: DaemonProcess) -> None:
+    oversized = json.dumps({"model": "up/gpt-test", "prompt": "x" * (17 * 1024 * 1024)}).encode()
+    request = urllib.request.Request(
+        f"{http_address(httpd)}/v1/completions",
+        data=oversized,
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "request_too_large" and "http_front.max_body_mb" in error["message"]
+
+
+def test_http_calls_count_under_the_http_transport(sdk: openai.OpenAI, httpd: DaemonProcess) -> None:
+    def requests(transport: str) -> float:
+        body = urllib.request.urlopen(httpd.metrics_url(), timeout=10).read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == "ratatoskr_requests_total"
+            and sample.labels == {"rpc": "Chat", "code": "OK", "transport": transport}
+        )
+
+    http_before, grpc_before = requests("http"), requests("grpc")
+    sdk.chat.completions.create(model="up/gpt-test", messages=HI)
+    sdk.chat.completions.create(model="up/gpt-test", messages=HI)
+    with httpd.client(timeout=10) as client:
+        client.chat([Message(role="user", content="hi")], ChatOptions(model="up/gpt-test"))
+    assert requests("http") - http_before == 2 and requests("grpc") - grpc_before == 1
+
+
 def test_local_embeddings_float_and_base64_are_the_same_vectors(sdk: openai.OpenAI) -> None:
     texts = ["the cat sat", "a dog ran"]
     floats = sdk.embeddings.create(model=MODEL, input=texts, encoding_format="float")
@@ -206,6 +303,36 @@ def test_bad_requests_are_400_with_the_field_named(sdk: openai.OpenAI) -> None:
         sdk.get("/nothing-here", cast_to=object)
 
 
+def test_the_litellm_sdk_is_a_client_for_chat_and_embeddings(
+    httpd: DaemonProcess, sdk: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM's own OpenAI route (``openai/<model>`` with ``api_base``), as its users would point it
+    at us; imported here only, as it takes seconds to import."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list from the wheel, not the network
+    import litellm
+
+    base = f"{http_address(httpd)}/v1"
+    answer = litellm.completion(
+        model="openai/up/gpt-test", api_base=base, api_key="unused", messages=HI, max_retries=0, timeout=30
+    )
+    assert answer.choices[0].message.content == openai_double.assembled_text()
+    assert answer.usage.total_tokens == 19
+    pieces = litellm.completion(
+        model="openai/up/gpt-test", api_base=base, api_key="unused", messages=HI, stream=True, timeout=30
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in pieces) == openai_double.assembled_text()
+    texts = ["the cat sat", "a dog ran"]
+    vectors = litellm.embedding(model=f"openai/{MODEL}", api_base=base, api_key="unused", input=texts, timeout=30)
+    expected = sdk.embeddings.create(model=MODEL, input=texts)
+    assert [d["index"] for d in vectors.data] == [0, 1]
+    for got, want in zip(vectors.data, expected.data, strict=True):
+        assert got["embedding"] == pytest.approx(want.embedding, abs=1e-6)
+    with pytest.raises(litellm.RateLimitError):
+        litellm.completion(
+            model="openai/up/rate-limited", api_base=base, api_key="unused", messages=HI, max_retries=0, timeout=30
+        )
+
+
 def test_keys_are_checked_when_configured(model_root: Path, upstream: Upstream) -> None:
     directory = short_dir()
     secrets = directory / "secrets.toml"
@@ -235,7 +362,10 @@ def test_keys_are_checked_when_configured(model_root: Path, upstream: Upstream) 
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 401
-        assert json.loads(refused.value.read())["error"]["type"] == "authentication_error"
+        error = json.loads(refused.value.read())["error"]
+        assert error["type"] == "authentication_error"
+        # Worded for an HTTP caller: the header to send, not gRPC metadata.
+        assert "Authorization: Bearer" in error["message"] and "metadata" not in error["message"]
         wrong = openai.OpenAI(base_url=base, api_key="rtk_not_a_key", max_retries=0)
         with wrong, pytest.raises(openai.AuthenticationError) as caught:
             wrong.chat.completions.create(model="up/gpt-test", messages=HI)

@@ -34,6 +34,13 @@ from ratatoskr_server.state.rates import MemoryRates, RateCounter
 AUTHORIZATION_KEY = "authorization"
 _BEARER = "bearer "
 
+#: How a caller of each transport sends its key, for the message that asks for one: each front's
+#: callers know their own tools (gRPC metadata and our client; an HTTP header and the OpenAI SDKs).
+KEY_HINT_BY_TRANSPORT = {
+    "grpc": "send `authorization: Bearer <key>` metadata (ServiceClient(api_key=…) or RATATOSKR_API_KEY)",
+    "http": "send the header `Authorization: Bearer <key>` (api_key=… in the OpenAI SDKs)",
+}
+
 #: The scope each RPC needs; "" is any valid key.  An RPC missing here needs ``admin`` (fail closed).
 SCOPE_BY_RPC: dict[str, Scope | str] = {
     "Chat": "chat",
@@ -90,17 +97,17 @@ class Guard:
         self.keys = KeyRing({name: key for name, c in self.callers.items() if (key := c.stored()) is not None})
         self.rates: RateCounter = rates if rates is not None else MemoryRates()
 
-    def authenticate(self, rpc: str, peer: str, metadata: object) -> Caller | None:
-        """The caller, None for an anonymous one the transport allows; raises when neither."""
+    def authenticate(self, rpc: str, peer: str, metadata: object, transport: str = "grpc") -> Caller | None:
+        """The caller, None for an anonymous one the transport allows; raises when neither.
+
+        ``transport`` ("grpc", "http") only words the message that asks for a key."""
         local = is_local_peer(peer)
         token = bearer_token(metadata)
         if token is None:
             if self.socket_require_auth if local else self.tcp_require_auth:
-                where = "the Unix socket" if local else "TCP"
-                raise Unauthenticated(
-                    f"{rpc} over {where} needs an API key: send `authorization: Bearer <key>` metadata "
-                    "(ServiceClient(api_key=…) or RATATOSKR_API_KEY)"
-                )
+                where = "the Unix socket" if local else "HTTP" if transport == "http" else "TCP"
+                hint = KEY_HINT_BY_TRANSPORT.get(transport, KEY_HINT_BY_TRANSPORT["grpc"])
+                raise Unauthenticated(f"{rpc} over {where} needs an API key: {hint}")
             return None
         name = self.keys.match(token)
         if name is None:
@@ -113,9 +120,11 @@ class Guard:
             raise PermissionDenied(f"caller {name!r} lacks the {needed!r} scope needed by {rpc}")
         return caller
 
-    async def admit(self, rpc: str, peer: str, metadata: object, ctx: RequestContext) -> Caller | None:
+    async def admit(
+        self, rpc: str, peer: str, metadata: object, ctx: RequestContext, transport: str = "grpc"
+    ) -> Caller | None:
         """Authenticate, put the caller on ``ctx`` and count the call against its rates."""
-        caller = self.authenticate(rpc, peer, metadata)
+        caller = self.authenticate(rpc, peer, metadata, transport)
         if caller is None:
             return None
         key = caller.settings

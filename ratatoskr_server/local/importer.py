@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -588,6 +588,7 @@ def import_bert_checkpoint(
     max_length: int | None = None,
     overwrite: bool = False,
     head: Head = "auto",
+    step: Callable[[str], None] | None = None,
 ) -> ModelManifest:
     """Import a BERT checkpoint into ``dest_root/name`` as ONNX + tokenizer + manifest.
 
@@ -598,7 +599,9 @@ def import_bert_checkpoint(
     Raises ValueError (with a message fit for the CLI) for unsupported or incomplete checkpoints and
     FileExistsError when the target exists and ``overwrite`` is False.  The directory is assembled
     next to the target and renamed into place, so readers never see a half-written model.
+    ``step`` is told the name of each of the ``IMPORT_STEPS`` as it starts (a progress bar's hook).
     """
+    step = step or _no_step
     source, dest_root = Path(source), Path(dest_root)
     _check_name(name)
     target = dest_root / name
@@ -611,8 +614,10 @@ def import_bert_checkpoint(
     _require_file(source, _WEIGHTS_FILE)
     _require_file(source, _TOKENIZER_FILE)
     length = _resolve_max_length(source, cfg, max_length)
+    step("reading weights")
     weights = _Weights(load_file(source / _WEIGHTS_FILE), cfg, source)
     classifier = _detect_head(raw, weights, cfg, head, source)
+    step("building the ONNX graph")
     model = _build_model(weights, cfg, classifier)
     common: dict[str, Any] = {
         "name": name,
@@ -648,9 +653,12 @@ def import_bert_checkpoint(
     dest_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.importing-", dir=dest_root))
     try:
+        step("writing model.onnx")
         onnx.save_model(model, staging / _ONNX_FILE)
+        step("checking the graph")
         # Checking the written file lets the C++ checker read it instead of serialising 90 MB twice.
         onnx.checker.check_model(staging / _ONNX_FILE, full_check=True)
+        step("publishing")
         shutil.copyfile(source / _TOKENIZER_FILE, staging / _TOKENIZER_FILE)
         manifest.write(staging)
         # The content manifest last, over every file: the store checks them against it at load.
@@ -660,6 +668,15 @@ def import_bert_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+#: The steps ``import_bert_checkpoint`` and ``quantize_model`` report, for a bar's length.
+IMPORT_STEPS = 5
+QUANTIZE_STEPS = 3
+
+
+def _no_step(_name: str) -> None:
+    pass
 
 
 def _check_name(name: str) -> None:
@@ -763,6 +780,7 @@ def quantize_model(
     dest_root: Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    step: Callable[[str], None] | None = None,
 ) -> QuantizeReport:
     """Write an int8 copy of an imported model as ``dest_root/name`` and measure its drift.
 
@@ -774,8 +792,9 @@ def quantize_model(
     Both models then run on :data:`QUANTIZATION_CHECK_SENTENCES` on the CPU and the report says how
     far apart their outputs are; whether that is acceptable is the caller's decision.  Raises
     ValueError for a folder without a manifest or one already quantized, FileExistsError when the
-    target exists and ``overwrite`` is False.
+    target exists and ``overwrite`` is False.  ``step`` is told each of the ``QUANTIZE_STEPS``.
     """
+    step = step or _no_step
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST_FILE).is_file():
         raise ValueError(f"{model_dir} has no {MANIFEST_FILE}; import the model first.")
@@ -799,6 +818,7 @@ def quantize_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.quantizing-", dir=dest_root))
     try:
         int8_file = staging / _ONNX_FILE
+        step("quantizing to int8")
         _quantize_dynamic(fp32_file, int8_file)
         copied_tokenizer = staging / manifest.tokenizer_file
         copied_tokenizer.parent.mkdir(parents=True, exist_ok=True)
@@ -807,8 +827,10 @@ def quantize_model(
         manifest.model_copy(update=update).write(staging)
         hash_folder(staging).write(staging)
         # Measured before publishing: a quantized graph that does not even load never appears.
+        step("measuring drift against float32")
         drift = _measure_drift(manifest, fp32_file, int8_file, tokenizer_file)
         sizes = fp32_file.stat().st_size / 2**20, int8_file.stat().st_size / 2**20
+        step("publishing")
         _publish(staging, target, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -38,14 +38,14 @@ class Metrics:
         # -- requests --------------------------------------------------------------------------
         self.requests = Counter(
             "ratatoskr_requests",
-            "RPCs answered, by method and gRPC status code.",
-            ["rpc", "code"],
+            "RPCs answered, by method, gRPC status code and transport (grpc, http, embedded).",
+            ["rpc", "code", "transport"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "ratatoskr_request_duration_seconds",
-            "Time to answer an RPC, by method.",
-            ["rpc"],
+            "Time to answer an RPC, by method and transport (grpc, http, embedded).",
+            ["rpc", "transport"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -224,20 +224,23 @@ class Metrics:
             ["bulkhead"],
             registry=self.registry,
         )
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+        self._latency: dict[tuple[str, str], Histogram] = {}
         self._server: WSGIServer | None = None
         self._models: set[str] = set()
 
-    def count(self, rpc: str, code: str, seconds: float) -> None:
-        """One answered RPC; the labelled children are kept, as ``labels()`` costs a lock and a lookup."""
-        key = (rpc, code)
+    def count(self, rpc: str, code: str, seconds: float, transport: str = "grpc") -> None:
+        """One answered RPC; the labelled children are kept, as ``labels()`` costs a lock and a lookup.
+
+        ``transport`` tells the fronts apart: the HTTP front counts under the gRPC method its route
+        stands for, so without it an HTTP chat and a gRPC chat would be one series."""
+        key = (rpc, code, transport)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = self.requests.labels(rpc=rpc, code=code)
-        latency = self._latency.get(rpc)
+            child = self._requests[key] = self.requests.labels(rpc=rpc, code=code, transport=transport)
+        latency = self._latency.get((rpc, transport))
         if latency is None:
-            latency = self._latency[rpc] = self.latency.labels(rpc=rpc)
+            latency = self._latency[(rpc, transport)] = self.latency.labels(rpc=rpc, transport=transport)
         child.inc()
         latency.observe(seconds)
 

@@ -416,6 +416,12 @@ async def completions(request: web.Request, upstream: Upstream) -> web.StreamRes
     if model == STORY_RAW and body.get("stream"):
         return await _story_raw(request, upstream, body)
     pieces = ["Once", " upon", " a", " time"]
+    if model == "echo-prompt":  # an answer that names its prompt, so a batch's choices can be told apart
+        prompt = str(body.get("prompt"))
+        if prompt.startswith("fail:") and prompt[5:] in ERRORS:  # one prompt of a batch refused upstream
+            status, payload, headers = ERRORS[prompt[5:]]
+            return web.json_response(payload, status=status, headers=headers)
+        pieces = ["you said: ", prompt]
     echo = echoes(request, "answer")
     if echo:
         pieces += echo_pieces(echo)

@@ -10,6 +10,7 @@ fails before it (auth, routing, the upstream's refusal) still gets its real stat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from ratatoskr_client.client import PRIVACY_TIER_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY
 from ratatoskr_client.errors import Internal, InvalidArgument, RatatoskrError
-from ratatoskr_client.types import ChatEvent, Done, Usage, UsageEvent
+from ratatoskr_client.types import ChatEvent, ChatOptions, Done, GenerateResult, Usage, UsageEvent
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.fronts.grpc.status import Front, privacy_tier, trailing_metadata
 from ratatoskr_server.fronts.guard import AUTHORIZATION_KEY, Guard
@@ -33,6 +34,9 @@ Json = dict[str, Any]
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 FRONT_KEY = web.AppKey("front", Front)
 
+
+#: This front's name in metrics labels and in the guard's wording.
+TRANSPORT = "http"
 
 #: The caller's deadline in seconds (HTTP has no standard one; gRPC's is the call's own).
 TIMEOUT_KEY = "x-ratatoskr-timeout"
@@ -113,8 +117,8 @@ async def unary(
     """One call through the edge: its answer, or the domain error it ended with."""
     front = request.app[FRONT_KEY]
     guard = front.guard  # one guard for the whole call, should a reload replace it meanwhile
-    async with front.edge.admit(rpc, ctx, model=model, limited=limited):
-        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
+    async with front.edge.admit(rpc, ctx, model=model, limited=limited, transport=TRANSPORT):
+        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx, TRANSPORT)
         result = await handler(ctx)
         if usage is not None:
             await guard.settle_tokens(caller, _tokens(usage(result)))
@@ -192,31 +196,67 @@ async def chat_completions(request: web.Request, ctx: RequestContext) -> web.Str
     return web.json_response(wire.chat_completion(result, ctx.request_id, options.model), headers=note_headers(ctx))
 
 
+#: Prompts of one ``/v1/completions`` batch sent upstream at once; the rest wait their turn.
+BATCH_CONCURRENCY = 8
+
+
 async def completions(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
     gateway = request.app[GATEWAY_KEY]
     body = await _body(request)
-    prompt = wire.prompt_from_json(body)
+    prompts = wire.prompts_from_json(body, gateway.settings.limits.max_inputs_per_request)
     options = wire.options_from_json(body)
     stream, include_usage = wire.stream_flags(body)
     if stream:
-        chunks = wire.TextChunks(ctx.request_id, options.model, include_usage)
+        chunks = wire.TextChunks(ctx.request_id, options.model, include_usage, prompts=len(prompts))
         return await _stream(
             request,
             ctx,
             "GenerateStream",
-            lambda ctx: gateway.generate_stream(ctx, prompt, options),
+            lambda ctx: _generate_streams(gateway, ctx, prompts, options),
             chunks,
             options.model,
         )
-    result = await unary(
+
+    async def generate_all(ctx: RequestContext) -> list[GenerateResult]:
+        """Every prompt answered, in order; the first failure fails the request and stops the rest."""
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(prompt: str) -> GenerateResult:
+            async with gate:
+                return await gateway.generate(ctx, prompt, options)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(prompt)) for prompt in prompts]
+        except BaseExceptionGroup as failed:  # the first failure speaks for the batch, as its own kind
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    results = await unary(
         request,
         ctx,
         "Generate",
-        lambda ctx: gateway.generate(ctx, prompt, options),
+        generate_all,
         model=options.model,
-        usage=lambda r: r.usage,
+        usage=lambda rs: wire.sum_usage(r.usage for r in rs),
     )
-    return web.json_response(wire.text_completion(result, ctx.request_id, options.model), headers=note_headers(ctx))
+    return web.json_response(
+        wire.text_completion(results, ctx.request_id, options.model, ctx.notes), headers=note_headers(ctx)
+    )
+
+
+async def _generate_streams(
+    gateway: Gateway, ctx: RequestContext, prompts: list[str], options: ChatOptions
+) -> AsyncIterator[ChatEvent]:
+    """The prompts' streams one after another (``TextChunks`` numbers the choices by their ``Done``)."""
+    for prompt in prompts:
+        done = False
+        async with aclosing(gateway.generate_stream(ctx, prompt, options)) as events:  # type: ignore[type-var]
+            async for event in events:
+                done = isinstance(event, Done)
+                yield event
+        if not done:
+            raise Internal(f"a prompt's stream ended before its end (request id {ctx.request_id})")
 
 
 async def _stream(
@@ -233,7 +273,7 @@ async def _stream(
     guard = front.guard
 
     async def guarded() -> AsyncIterator[ChatEvent]:
-        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx)
+        caller = await guard.admit(rpc, _peer(request), _metadata(request, guard), ctx, TRANSPORT)
         async for event in events(ctx):
             if isinstance(event, UsageEvent):
                 await guard.settle_tokens(caller, _tokens(event.usage))
@@ -243,7 +283,7 @@ async def _stream(
     finished = False
     tail = b""
     try:
-        async with aclosing(front.edge.stream(rpc, ctx, guarded(), model=model)) as relayed:  # type: ignore[type-var]
+        async with aclosing(front.edge.stream(rpc, ctx, guarded(), model=model, transport=TRANSPORT)) as relayed:  # type: ignore[type-var]
             async for event in relayed:
                 if response is None:
                     response = web.StreamResponse(headers={**sse.STREAM_HEADERS, **note_headers(ctx)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from enum import Enum
 from typing import Any
@@ -248,14 +248,21 @@ def stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def prompt_from_json(body: Mapping[str, Any]) -> str:
-    """The prompt of ``/v1/completions``: one string (a one-string array is taken as that string)."""
+def prompts_from_json(body: Mapping[str, Any], limit: int) -> list[str]:
+    """The prompts of ``/v1/completions``: one string, or an array of up to ``limit`` strings, each
+    answered as its own choice (token arrays are refused: we would have to guess the tokenizer)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise InvalidArgument("prompt: expected one string (batches and token arrays are not supported)")
-    return prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) for p in prompt):
+        raise InvalidArgument(
+            "prompt: expected a string or a non-empty array of strings (token arrays are not supported)"
+        )
+    if len(prompt) > limit:
+        raise InvalidArgument(
+            f"prompt: {len(prompt)} prompts in one request, more than limits.max_inputs_per_request ({limit})"
+        )
+    return list(prompt)
 
 
 def embed_inputs_from_json(body: Mapping[str, Any]) -> list[str]:
@@ -314,15 +321,22 @@ def chat_completion(result: ChatResult, request_id: str, model: str) -> Json:
     }
 
 
-def text_completion(result: GenerateResult, request_id: str, model: str) -> Json:
+def text_completion(results: Sequence[GenerateResult], request_id: str, model: str, notes: Notes) -> Json:
+    """One ``text_completion`` for one or several prompts: choice ``i`` answers prompt ``i``, and the
+    usage is the sum of theirs, as OpenAI answers a batch."""
+    first = results[0]
+    usage = sum_usage(r.usage for r in results)
+    choices = [
+        {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)
+    ]
     return {
         "id": f"cmpl-{request_id}",
         "object": "text_completion",
         "created": int(time.time()),
-        "model": model or result.model,
-        "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
-        "usage": usage_to_json(result.usage),
-        "ratatoskr": _extension(result.provider, result.model, result.notes),
+        "model": model or first.model,
+        "choices": choices,
+        "usage": usage_to_json(usage),
+        "ratatoskr": _extension(first.provider, first.model, notes),
     }
 
 
@@ -380,18 +394,44 @@ class ChatChunks:
         return []  # ToolCallEnd: OpenAI sends nothing for it
 
 
-class TextChunks:
-    """The ``text_completion`` chunks of a streamed ``/v1/completions`` answer."""
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        total_tokens=a.total_tokens + (b.total_tokens or b.prompt_tokens + b.completion_tokens),
+        cached_tokens=a.cached_tokens + b.cached_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+        cost_usd=a.cost_usd + b.cost_usd,
+    )
 
-    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
+
+def sum_usage(usages: Iterable[Usage]) -> Usage:
+    """The usage of several answers together (a batch of prompts, one stream per prompt)."""
+    total = Usage()
+    for usage in usages:
+        total = _add_usage(total, usage)
+    return total
+
+
+class TextChunks:
+    """The ``text_completion`` chunks of a streamed ``/v1/completions`` answer.
+
+    Several prompts are answered one after another in one stream: each one's events carry its
+    choice index, each ``Done`` but the last closes only its choice, and the usage chunk at the end
+    holds the sum of theirs.
+    """
+
+    def __init__(self, request_id: str, model: str, include_usage: bool, prompts: int = 1) -> None:
         self.id = f"cmpl-{request_id}"
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self.prompts = prompts
+        self.index = 0
         self.usage = Usage()
 
     def _chunk(self, text: str, finish: str | None = None) -> Json:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        choice = {"index": self.index, "text": text, "logprobs": None, "finish_reason": finish}
         return {
             "id": self.id,
             "object": "text_completion",
@@ -404,11 +444,12 @@ class TextChunks:
         if isinstance(event, ContentDelta):
             return [self._chunk(event.text)] if event.text else []
         if isinstance(event, UsageEvent):
-            self.usage = event.usage
+            self.usage = _add_usage(self.usage, event.usage)
             return []
         if isinstance(event, Done):
             out = [self._chunk("", event.finish_reason or "stop")]
-            if self.include_usage:
+            self.index += 1
+            if self.include_usage and self.index >= self.prompts:
                 out.append({**self._chunk(""), "choices": [], "usage": usage_to_json(self.usage)})
             return out
         return []

@@ -1,0 +1,267 @@
+"""The terminal views (issue 14 part 4): ``ratatoskr tree`` from the configuration alone, the live
+``status --watch`` view of a real daemon, and the progress bar of a model import.  Each is drawn
+into a rich Console of fixed width and read back as text."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from ratatoskr_server.config import load_settings
+from ratatoskr_server.local.importer import IMPORT_STEPS, import_bert_checkpoint
+from ratatoskr_server.terminal.progress import steps
+from ratatoskr_server.terminal.status import Snapshot, render, watch
+from ratatoskr_server.terminal.tree import backends, build_tree
+from tests.conftest import MODEL, REPO, TINY_NLI, DaemonProcess, clean_env
+from tests.tiny_bert import make_tiny_bert_checkpoint
+from tests.upstreams import openai_double
+from tests.upstreams.harness import Upstream, serve
+
+WIDTH = 140
+
+
+def text_of(renderable: object) -> str:
+    console = Console(file=io.StringIO(), width=WIDTH, color_system=None, force_terminal=False)
+    console.print(renderable)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return output
+
+
+# -- tree ---------------------------------------------------------------------------------------
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise AssertionError("ratatoskr tree touched the network")
+
+
+def test_tree_is_built_from_the_configuration_alone_well_under_100_ms(
+    model_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(
+        local={"model_dir": model_root},
+        providers={
+            "ollama": {"kind": "ollama", "base_url": "http://127.0.0.1:11434", "local": True, "models": ["llama3.2"]},
+            "openai": {"kind": "openai_compat", "base_url": "https://api.openai.example/v1", "models": ["gpt-4o"]},
+            "azure": {
+                "kind": "openai_compat",
+                "base_url": "https://mine.openai.azure.example/openai/deployments/{model}",
+                "dedicated": True,
+            },
+            "old": {"kind": "anthropic", "base_url": "https://api.anthropic.example", "enabled": False},
+        },
+    )
+    # Any name lookup or connection fails the test: the tree is drawn from the configuration only.
+    monkeypatch.setattr(socket, "getaddrinfo", _no_network)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    timings = []
+    for _ in range(3):  # the best of three: one scheduler hiccup on a shared machine is not the tree's cost
+        start = time.perf_counter()
+        out = text_of(build_tree(backends(settings)))
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 0.05, f"tree took {min(timings) * 1000:.1f} ms at best"
+
+    local, remote = out.split("remote", 1)
+    assert f"local/{MODEL}  bert embed  sovereign" in local and "dim 384, max 256 tokens" in local
+    assert f"local/{TINY_NLI}  bert nli" in local
+    assert "ollama  ollama  sovereign  127.0.0.1" in local and "llama3.2" in local
+    assert "openai  openai_compat  standard (at connect)  api.openai.example" in remote and "gpt-4o" in remote
+    assert "azure  openai_compat  private (declared)  mine.openai.azure.example" in remote
+    assert "old  anthropic" in remote and "disabled" in remote
+    assert "breaker" not in out  # no daemon asked, so no breaker column
+
+
+def test_tree_shows_the_breakers_a_daemon_reports() -> None:
+    settings = load_settings(
+        local={"model_dir": "/nonexistent"},
+        providers={"up": {"kind": "openai_compat", "base_url": "http://127.0.0.1:1/v1", "models": ["a", "b"]}},
+    )
+    out = text_of(build_tree(backends(settings), {"up/a": "open", "up/b": "closed"}))
+    assert "up  openai_compat  sovereign  127.0.0.1  breaker open" in out
+    assert "a  breaker open" in out and "b  breaker closed" in out
+    assert "none configured" in out.split("remote")[0]  # no local model: said, not left blank
+
+
+def test_the_tree_command_prints_and_answers_json(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[local]\nmodel_dir = "{tmp_path}"\n'
+        '[providers.up]\nkind = "ollama"\nbase_url = "http://[::1]:11434"\nlocal = true\n',
+        encoding="utf-8",
+    )
+    env = clean_env(COLUMNS=str(WIDTH))
+    run = subprocess.run(
+        [sys.executable, "-m", "ratatoskr_server", "tree", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "up  ollama  sovereign  ::1" in run.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "ratatoskr_server", "tree", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert '"tier": "sovereign"' in as_json.stdout and '"breakers": null' in as_json.stdout
+
+
+# -- status --watch -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with serve(openai_double.routes()) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def watched(model_root: Path, upstream: Upstream) -> Iterator[DaemonProcess]:
+    """A daemon with a priced remote provider under a daily budget, one chat and one embed served."""
+    d = DaemonProcess(
+        model_root,
+        providers={"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
+        budget={
+            "ledger": "memory",  # this daemon's spend only, never a ledger other runs wrote to
+            "daily_usd": "5",
+            "prices": {"up/gpt-test": {"input_per_million": "1", "output_per_million": "2"}},
+        },
+    ).start()
+    from ratatoskr_client.types import ChatOptions, Message
+
+    with d.client(timeout=30) as client:
+        client.chat([Message(role="user", content="hi")], ChatOptions(model="up/gpt-test"))
+        client.embed(["one text"])
+    yield d
+    d.stop()
+
+
+def test_a_frame_shows_models_breakers_and_budgets_of_a_real_daemon(watched: DaemonProcess, upstream: Upstream) -> None:
+    with watched.client(timeout=10) as client:
+        snapshot = Snapshot(client.status(), client.get_budget(""))
+    out = text_of(render(snapshot))
+    assert "serving" in out and f"pid {watched.proc.pid if watched.proc else 0}" in out
+    model_row = next(line for line in out.splitlines() if MODEL in line)
+    assert "ready" in model_row and "CPUExecutionProvider" in model_row
+    cells = [c.strip() for c in model_row.split("│")[1:-1]]
+    assert float(cells[3]) > 0 and int(cells[5]) >= 1  # memory held, and the embed it served
+    breaker_row = next(line for line in out.splitlines() if "up/gpt-test" in line)
+    assert "closed" in breaker_row
+    budget_row = next(line for line in out.splitlines() if line.strip().startswith("│ global"))
+    assert [r.path for r in upstream.requests] == ["/v1/chat/completions"]
+    # 12 prompt tokens at $1/M and 7 completion tokens at $2/M: exactly $0.000026 spent of $5.
+    assert "$0.000026" in budget_row and "$5" in budget_row and "0.0%" in budget_row
+
+
+def test_watch_redraws_until_told_to_stop_and_survives_a_daemon_going_away(watched: DaemonProcess) -> None:
+    console = Console(file=io.StringIO(), width=WIDTH, color_system=None, force_terminal=False)
+    calls: list[int] = []
+    with watched.client(timeout=10) as client:
+
+        def fetch() -> Snapshot:
+            calls.append(1)
+            if len(calls) == 2:  # the daemon stops answering for one frame
+                from ratatoskr_client.errors import Unavailable
+
+                raise Unavailable("the daemon is not running")
+            return Snapshot(client.status(), client.get_budget(""))
+
+        slept: list[float] = []
+        assert watch(fetch, console, 0.5, frames=3, sleep=slept.append) == 0
+    assert len(calls) == 3 and slept == [0.5, 0.5]
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert MODEL in output  # the last frame, drawn when the live view ends
+
+
+def test_the_watch_command_runs_until_ctrl_c(watched: DaemonProcess) -> None:
+    env = clean_env(TTY_COMPATIBLE="1", COLUMNS=str(WIDTH), LINES="60")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ratatoskr_server",
+            "status",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--socket",
+            str(watched.socket),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    seen = threading.Event()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            chunks.append(chunk)
+            if b"up/gpt-test" in b"".join(chunks) and b"global" in b"".join(chunks):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(60), b"".join(chunks).decode(errors="replace")
+    finally:
+        proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    reader.join(timeout=10)
+    assert MODEL.encode() in b"".join(chunks)
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+def test_a_model_import_draws_its_steps_as_a_progress_bar(tmp_path: Path) -> None:
+    checkpoint = make_tiny_bert_checkpoint(tmp_path / "ckpt", seed=3)
+    console = Console(file=io.StringIO(), width=WIDTH, color_system=None, force_terminal=True)
+    named: list[str] = []
+    with steps("importing tiny", IMPORT_STEPS, console, enabled=True) as step:
+
+        def record(name: str) -> None:
+            named.append(name)
+            step(name)
+
+        import_bert_checkpoint(checkpoint, tmp_path / "models", "tiny", step=record)
+    assert len(named) == IMPORT_STEPS
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "importing tiny" in output and f"{IMPORT_STEPS}/{IMPORT_STEPS}" in output and "done" in output
+    quiet = Console(file=io.StringIO(), width=WIDTH, force_terminal=False)
+    with steps("importing", IMPORT_STEPS, quiet) as step:  # not a terminal: no bar at all
+        step("reading weights")
+    assert quiet.file.getvalue() == ""  # type: ignore[attr-defined]
+
+
+def test_serving_never_imports_the_terminal_views() -> None:
+    """rich stays a cost of the commands that draw: the daemon's and the CLI's import chains leave
+    ``ratatoskr_server.terminal`` (and so every rich import of ours) out."""
+    probe = (
+        "import sys, ratatoskr_server.cli, ratatoskr_server.daemon;"
+        "print(sorted(m for m in sys.modules if m.startswith('ratatoskr_server.terminal')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
