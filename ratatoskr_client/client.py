@@ -42,6 +42,7 @@ from ratatoskr_client.types import (
     ReloadResult,
     RenderedPrompt,
     ServerStatus,
+    SwapResult,
     Task,
     TokenizeResult,
 )
@@ -281,6 +282,10 @@ def _unloaded(resp: admin_pb2.UnloadModelResponse) -> bool:
     return resp.unloaded
 
 
+def _swap_model_request(name: str) -> admin_pb2.SwapModelRequest:
+    return admin_pb2.SwapModelRequest(model=name)
+
+
 def _list_loaded_models_request() -> admin_pb2.ListLoadedModelsRequest:
     return admin_pb2.ListLoadedModelsRequest()
 
@@ -322,6 +327,7 @@ STATUS = Unary("status", ADMIN, "Status", _status_request, convert.status_from_p
 RELOAD = Unary("reload", ADMIN, "Reload", _reload_request, convert.reload_from_pb)
 LOAD_MODEL = Unary("load_model", ADMIN, "LoadModel", _load_model_request, convert.loaded_model_from_pb)
 UNLOAD_MODEL = Unary("unload_model", ADMIN, "UnloadModel", _unload_model_request, _unloaded)
+SWAP_MODEL = Unary("swap_model", ADMIN, "SwapModel", _swap_model_request, convert.swap_from_pb)
 LIST_LOADED_MODELS = Unary(
     "list_loaded_models", ADMIN, "ListLoadedModels", _list_loaded_models_request, _loaded_models_from_pb
 )
@@ -345,6 +351,7 @@ RPCS: tuple[Unary[Any, Any, Any, Any] | ServerStream[Any, Any, Any], ...] = (
     RELOAD,
     LOAD_MODEL,
     UNLOAD_MODEL,
+    SWAP_MODEL,
     LIST_LOADED_MODELS,
     GET_BUDGET,
 )
@@ -515,6 +522,10 @@ class AsyncServiceClient:
 
     async def unload_model(self, name: str) -> bool:
         return await self._unary(UNLOAD_MODEL, None, name)
+
+    async def swap_model(self, name: str) -> SwapResult:
+        """Serve the model's files as they are on disk now, without failing a call (Admin.SwapModel)."""
+        return await self._unary(SWAP_MODEL, None, name)
 
     async def list_loaded_models(self) -> list[LoadedModel]:
         return await self._unary(LIST_LOADED_MODELS, None)
@@ -687,6 +698,10 @@ class ServiceClient:
 
     def unload_model(self, name: str) -> bool:
         return self._unary(UNLOAD_MODEL, None, name)
+
+    def swap_model(self, name: str) -> SwapResult:
+        """Serve the model's files as they are on disk now, without failing a call (Admin.SwapModel)."""
+        return self._unary(SWAP_MODEL, None, name)
 
     def list_loaded_models(self) -> list[LoadedModel]:
         return self._unary(LIST_LOADED_MODELS, None)

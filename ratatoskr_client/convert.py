@@ -44,6 +44,7 @@ from ratatoskr_client.types import (
     RenderedPrompt,
     ResponseFormat,
     ServerStatus,
+    SwapResult,
     Task,
     Timing,
     Token,
@@ -314,6 +315,18 @@ def reload_to_pb(r: ReloadResult) -> admin_pb2.ReloadResponse:
         message=r.message,
         generation=r.generation,
         config_sha256=r.config_sha256,
+    )
+
+
+def swap_to_pb(r: SwapResult) -> admin_pb2.SwapModelResponse:
+    return admin_pb2.SwapModelResponse(
+        model=r.model, old_revision=r.old_revision, new_revision=r.new_revision, mode=r.mode, message=r.message
+    )
+
+
+def swap_from_pb(r: admin_pb2.SwapModelResponse) -> SwapResult:
+    return SwapResult(
+        model=r.model, old_revision=r.old_revision, new_revision=r.new_revision, mode=r.mode, message=r.message
     )
 
 

@@ -208,6 +208,23 @@ class LoadedModel:
 
 
 @dataclass(frozen=True, slots=True)
+class SwapResult:
+    """What a model swap did (Admin.SwapModel, ``ratatoskr models swap``)."""
+
+    model: str
+    #: The content address served before the swap ("" when the model had never been loaded).
+    old_revision: str
+    #: The content address serving new calls now.
+    new_revision: str
+    #: "beside": the new revision loaded beside the old one, calls switched, the old one drained;
+    #: "queued": the budget holds only one, so calls waited while the old one drained and the new
+    #: one loaded; "loaded": the model was not loaded, so it was loaded; "unchanged": the files on
+    #: disk are the revision already serving.
+    mode: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStatus:
     version: str
     pid: int

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ratatoskr_client.types import LoadedModel
+from ratatoskr_client.types import LoadedModel, SwapResult
 from ratatoskr_server.local.pool import LocalModelPool
 
 
@@ -18,6 +18,9 @@ class Admin:
 
     async def unload_model(self, name: str) -> bool:
         return await self.pool.unload(name)
+
+    async def swap_model(self, name: str) -> SwapResult:
+        return await self.pool.swap(name)
 
     def loaded_models(self) -> list[LoadedModel]:
         return self.pool.loaded()

@@ -200,6 +200,19 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return 0 if result.applied else EXIT_FAILURE
 
 
+def _cmd_models_swap(args: argparse.Namespace) -> int:
+    """Admin.SwapModel: the running daemon serves the model's files as they are on disk now."""
+    with ServiceClient(args.socket, timeout=args.timeout) as client:
+        result = client.swap_model(args.model)
+
+    def human() -> None:
+        old = result.old_revision or "(not loaded)"
+        print(f"{result.model}: {old} -> {result.new_revision} ({result.mode}): {result.message}")
+
+    _print(asdict(result), args.json, human)
+    return 0
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from ratatoskr_server.preflight import Level, check_settings
 
@@ -876,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, socket=True, config=True)
     p.add_argument("model", help="local/NAME, provider/model, an alias or a preset")
     p.set_defaults(func=_cmd_models_info)
+
+    p = models.add_parser("swap", help="serve a local model's changed files without dropping a call")
+    common(p, socket=True, timeout=300.0)
+    p.add_argument("model", help="the local model's name")
+    p.set_defaults(func=_cmd_models_swap)
     add_store_commands(models, common)
 
     registry = sub.add_parser("registry", help="model metadata").add_subparsers(dest="registry_command", required=True)

@@ -27,6 +27,7 @@ from ratatoskr_client.types import (
     NliResult,
     PrivacyTier,
     RenderedPrompt,
+    SwapResult,
     Task,
     TokenizeResult,
 )
@@ -234,6 +235,11 @@ class EmbeddedGateway:
     async def unload_model(self, name: str) -> bool:
         return await self._unary(
             "UnloadModel", None, lambda ctx: self.gateway.admin.unload_model(name), model=name, limited=False
+        )
+
+    async def swap_model(self, name: str) -> SwapResult:
+        return await self._unary(
+            "SwapModel", None, lambda ctx: self.gateway.admin.swap_model(name), model=name, limited=False
         )
 
     def loaded_models(self) -> list[LoadedModel]:

@@ -58,6 +58,7 @@ SAMPLE_CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "status": ((), {}),
     "reload": ((), {}),
     "load_model": (("m",), {}),
+    "swap_model": (("m",), {}),
     "unload_model": (("m",), {}),
     "list_loaded_models": ((), {}),
     "get_budget": (("global",), {}),

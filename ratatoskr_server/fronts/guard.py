@@ -59,6 +59,7 @@ SCOPE_BY_RPC: dict[str, Scope | str] = {
     "Reload": "admin",
     "LoadModel": "admin",
     "UnloadModel": "admin",
+    "SwapModel": "admin",
     "ListLoadedModels": "admin",
     "GetBudget": "admin",
 }

@@ -29,15 +29,16 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from ratatoskr_client.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
-from ratatoskr_client.types import LoadedModel
+from ratatoskr_client.types import LoadedModel, SwapResult
 from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ModelSettings, Settings
 from ratatoskr_server.local.batcher import BatchLimits
 from ratatoskr_server.local.discovery import find_default_model_source, local_models
@@ -178,6 +179,14 @@ class LocalModelPool:
         self._provenance: dict[str, Provenance] = {}
         #: Metrics and spans of admissions, loads and batches (the gateway sets it; None: none).
         self.telemetry: PoolTelemetry | None = None
+        #: A swap's new revision while it loads beside the old one (leased by nobody yet), and old
+        #: revisions draining after a swap: both count against the budget until they are gone.
+        self._incoming: dict[str, _Slot] = {}
+        self._outgoing: set[_Slot] = set()
+        #: One swap at a time per pool: a second waits rather than racing the first's decisions.
+        self._swap_lock = asyncio.Lock()
+        #: Requests waiting for a model to load (or for its old revision to go) per name.
+        self._waiting: Counter[str] = Counter()
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -381,6 +390,7 @@ class LocalModelPool:
                 slot.drained.clear()
                 return slot
             waiter = slot.ready if slot.state is ModelState.LOADING else slot.gone
+            self._waiting[name] += 1
             try:
                 # timeout_at, not wait_for: on 3.11 wait_for can swallow a cancel that lands just as
                 # the waiter completes, leaving the caller running after it was cancelled.
@@ -391,6 +401,10 @@ class LocalModelPool:
                     f"model '{name}' is still {slot.state.value} after {self._settings.local.load_wait_s:g}s "
                     "(local.load_wait_s); retry shortly"
                 ) from None
+            finally:
+                self._waiting[name] -= 1
+                if not self._waiting[name]:
+                    del self._waiting[name]
 
     async def _admit(self, name: str) -> _Slot:
         """Reserve budget and start loading ``name``; only one caller per name gets this far.
@@ -433,7 +447,10 @@ class LocalModelPool:
                     w.cancel()
 
     def used_mb(self) -> float:
-        return sum(s.footprint_mb for s in self._slots.values())
+        """The footprint held against the budget: models serving, and those a swap holds beside them
+        (a new revision loading, an old one draining) until they are unloaded."""
+        held = [*self._slots.values(), *self._incoming.values(), *self._outgoing]
+        return sum(s.footprint_mb for s in held)
 
     def _evictable(self) -> list[_Slot]:
         return [s for s in self._slots.values() if s.state is ModelState.READY and not s.pinned and s.in_flight == 0]
@@ -490,6 +507,10 @@ class LocalModelPool:
             telemetry.loaded(slot.name, time.perf_counter() - started)
         self._report()
 
+    def _holds(self, slot: _Slot) -> bool:
+        """Whether ``slot`` is still wanted: serving its name, or loading beside it for a swap."""
+        return self._slots.get(slot.name) is slot or self._incoming.get(slot.name) is slot
+
     def _report(self) -> None:
         if self.telemetry is not None:
             ready = sum(1 for s in self._slots.values() if s.state is ModelState.READY)
@@ -517,7 +538,7 @@ class LocalModelPool:
                     limits=plan.limits,
                 ),
             )
-            if self._slots.get(slot.name) is not slot:
+            if not self._holds(slot):
                 # The slot left the pool while the session was being built (close() discards loads
                 # in progress, and cancels this task too, so this is a backstop): a model nobody can
                 # lease must not start a batcher.
@@ -533,6 +554,8 @@ class LocalModelPool:
         except BaseException as err:
             if self._slots.get(slot.name) is slot:
                 del self._slots[slot.name]
+            if self._incoming.get(slot.name) is slot:
+                del self._incoming[slot.name]
             _settled(slot.ready, err)
             _settled(slot.gone)
             if not isinstance(err, Exception):
@@ -621,6 +644,126 @@ class LocalModelPool:
         await self._remove(slot)
         return True
 
+    # -- swapping revisions -------------------------------------------------------------------
+    async def swap(self, name: str) -> SwapResult:
+        """Serve ``name``'s files as they are on disk now, without failing a call.
+
+        The store checks the new files before anything changes: broken ones are refused
+        (FailedPrecondition) and the old revision keeps serving. When the budget holds both, the
+        new revision loads beside the old one, new leases switch to it in one step and the old one
+        is unloaded once the leases it granted end ("beside"). When it does not, new leases wait
+        (bounded by their deadlines and ``local.load_wait_s``) while the old one drains and goes and
+        the new one loads ("queued"). Returns once the old revision is unloaded.
+        """
+        name = self.canonical(name)
+        async with self._swap_lock:
+            self._check_open()
+            path = await self.locate(name)
+            old = await self._steady(name)
+            loop = asyncio.get_running_loop()
+            # Hashing every file is blocking work; a mismatch raises FailedPrecondition here.
+            files = await loop.run_in_executor(self._loader, self._store.open_model, name, path)
+            new_revision = files.provenance.address
+            old_revision = self.revision(name)
+            if old is None:
+                await self._lease_once(name)
+                return SwapResult(
+                    name, old_revision, self.revision(name), "loaded", f"'{name}' was not loaded; loaded it"
+                )
+            if new_revision == old_revision and old.path == path:
+                return SwapResult(name, old_revision, new_revision, "unchanged", f"'{name}' already serves these files")
+            footprint = dir_mb(path)
+            budget = self._settings.local.memory_budget_mb
+            if budget and footprint > budget:
+                raise FailedPrecondition(
+                    f"model '{name}' needs {footprint:.1f} MB, more than the whole budget of {budget:g} MB "
+                    "(local.memory_budget_mb); the old revision keeps serving"
+                )
+            if not budget or self.used_mb() + footprint <= budget:
+                await self._swap_beside(old, path, footprint)
+                mode, how = "beside", "loaded beside the old revision, which drained and was unloaded"
+            else:
+                await self._swap_queued(old)
+                mode, how = "queued", "calls waited while the old revision drained and the new one loaded"
+            new_revision = self.revision(name)
+            log.info("model swapped", extra={"model": name, "from": old_revision, "to": new_revision, "mode": mode})
+            return SwapResult(name, old_revision, new_revision, mode, how)
+
+    async def _steady(self, name: str) -> _Slot | None:
+        """``name``'s slot once it is neither loading nor unloading (None when it is not loaded)."""
+        while True:
+            slot = self._slots.get(name)
+            if slot is None or slot.state is ModelState.READY:
+                return slot
+            with contextlib.suppress(Exception):  # a failed load leaves no slot: the loop sees that
+                await asyncio.shield(slot.ready if slot.state is ModelState.LOADING else slot.gone)
+
+    async def _lease_once(self, name: str) -> None:
+        async with self.lease(name):
+            pass
+
+    async def _swap_beside(self, old: _Slot, path: Path, footprint: float) -> None:
+        name = old.name
+        loop = asyncio.get_running_loop()
+        decl = self._decl(name)
+        new = _Slot(
+            name=name,
+            path=path,
+            footprint_mb=footprint,
+            pinned=bool(decl and decl.pinned),
+            ready=loop.create_future(),
+            gone=loop.create_future(),
+            plan=self._plan(name),
+            last_used=self._clock(),
+        )
+        self._incoming[name] = new
+        try:
+            await self._load(new)
+        finally:
+            if self._incoming.get(name) is new:
+                del self._incoming[name]
+        if new.state is not ModelState.READY:
+            await new.ready  # the load's error (the old revision serves on)
+        # From here to the switch nothing awaits: no lease sees a half-switched pool.
+        current = self._slots.get(name)
+        if current is not None and current is not old:
+            # The old one was evicted meanwhile and a request already loaded these files again.
+            await self._release(new)
+            return
+        self._slots[name] = new
+        if current is None:
+            self._report()
+            return
+        old.state = ModelState.UNLOADING
+        self._outgoing.add(old)
+        self._report()
+        await self._shielded(self._drain(old), f"drain:{name}")
+
+    async def _swap_queued(self, old: _Slot) -> None:
+        old.state = ModelState.UNLOADING  # new leases now wait for it to go, then load the new files
+        await self._shielded(self._drain_in_place(old), f"drain:{old.name}")
+        await self._lease_once(old.name)
+
+    async def _shielded(self, work: Coroutine[Any, Any, None], task_name: str) -> None:
+        """Run ``work`` to its end even if the swap is cancelled (close() waits for it)."""
+        task = asyncio.get_running_loop().create_task(work, name=task_name)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        await asyncio.shield(task)
+
+    async def _drain(self, old: _Slot) -> None:
+        """An old revision's leases end on it; then it is unloaded and leaves the budget."""
+        try:
+            await old.drained.wait()
+            await self._release(old)
+        finally:
+            self._outgoing.discard(old)
+            self._report()
+
+    async def _drain_in_place(self, old: _Slot) -> None:
+        await old.drained.wait()
+        await self._remove(old)
+
     def queue_depth(self, name: str) -> int:
         """Requests waiting in ``name``'s batcher now (0 when it is not loaded): what spillover
         reads on every call to a local-first route, so a dictionary lookup and a length."""
@@ -629,8 +772,14 @@ class LocalModelPool:
         return 0 if model is None else model.batcher.queued_requests
 
     def loaded(self) -> list[LoadedModel]:
+        """Every model the pool holds: serving ones, and during a swap the new revision loading
+        beside the old one ("loading") and the old one draining ("unloading")."""
         now = self._clock()
-        return [s.describe(now) for s in self._slots.values()]
+        return [s.describe(now) for s in (*self._slots.values(), *self._incoming.values(), *self._outgoing)]
+
+    def waiting(self, name: str) -> int:
+        """Requests waiting now for ``name`` to load or for its old revision to go."""
+        return self._waiting[self.canonical(name)]
 
     # -- idle reaper -------------------------------------------------------------------------
     def start(self) -> None:
@@ -692,6 +841,11 @@ class LocalModelPool:
             if slot.loader is not None:
                 slot.loader.cancel()
                 loaders.append(slot.loader)
+        for slot in list(self._incoming.values()):
+            del self._incoming[slot.name]
+            slot.state = ModelState.UNLOADING
+            _settled(slot.ready, Unavailable(CLOSED_MESSAGE))
+            _settled(slot.gone)
         if loaders:
             await asyncio.wait(loaders)  # each ends at its await; the executor thread is not waited for
         for slot in list(self._slots.values()):

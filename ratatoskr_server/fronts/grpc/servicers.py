@@ -190,6 +190,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         return await unary(self.front, "UnloadModel", context, run, model=request.model, limited=False)
 
+    async def SwapModel(self, request: admin_pb2.SwapModelRequest, context: Context) -> admin_pb2.SwapModelResponse:
+        async def run(ctx: RequestContext) -> admin_pb2.SwapModelResponse:
+            return convert.swap_to_pb(await self.gateway.admin.swap_model(request.model))
+
+        return await unary(self.front, "SwapModel", context, run, model=request.model, limited=False)
+
     async def ListLoadedModels(
         self, request: admin_pb2.ListLoadedModelsRequest, context: Context
     ) -> admin_pb2.ListLoadedModelsResponse:
