@@ -372,8 +372,10 @@ class Daemon:
             "configuration reloaded",
             extra={"changed": changed, "needs_restart": needs_restart, "generation": self.generation},
         )
+        # Loaded models whose files changed on disk move to them without failing a call (a swap each).
+        swapped = await self.gateway.admin.swap_changed()
         # Settings loaded models follow only once loaded again (pinning and the budget apply now), in words.
-        message = "; ".join(["reloaded", *awaiting])
+        message = "; ".join(["reloaded", *awaiting, *swapped])
         return ReloadResult(
             applied=True,
             changed=changed,

@@ -213,7 +213,8 @@ async def test_broken_files_are_refused_and_the_old_revision_keeps_serving(
 
 
 def test_swap_through_the_daemon_under_load(root: Path, revisions: tuple[Path, Path], vectors: tuple[Any, Any]) -> None:
-    """Admin.SwapModel over gRPC and `ratatoskr models swap`, with a client embedding throughout."""
+    """Admin.SwapModel over gRPC and `ratatoskr models swap`, with a client embedding throughout; then
+    Admin.Reload picking up changed files the same way."""
     old_vec, new_vec = vectors
     rev_a, rev_b = address(revisions[0]), address(revisions[1])
     daemon = DaemonProcess(root, local={"preload": [NAME]}, cache={"enabled": False}).start()
@@ -254,5 +255,15 @@ def test_swap_through_the_daemon_under_load(root: Path, revisions: tuple[Path, P
             loaded = client.list_loaded_models()
             assert [(m.revision, m.state) for m in loaded] == [(rev_b, "ready")]
             assert client.swap_model(NAME).mode == "unchanged"
+            # A reload takes what is on disk too: the files go back to A, Reload swaps to them.
+            replace_files(root / NAME, revisions[0])
+            reloaded = client.reload()
+            assert reloaded.applied and f"model '{NAME}': {rev_b} -> {rev_a} (beside)" in reloaded.message
+            assert np.allclose(vector(client.embed(TEXT, model=NAME)), old_vec, atol=1e-5)
+            assert [m.revision for m in client.list_loaded_models()] == [rev_a]
+            corrupt(root / NAME)  # refused files: the reload still applies, the model keeps serving A
+            reloaded = client.reload()
+            assert reloaded.applied and f"model '{NAME}' keeps its old revision" in reloaded.message
+            assert np.allclose(vector(client.embed(TEXT, model=NAME)), old_vec, atol=1e-5)
     finally:
         daemon.stop()
