@@ -94,7 +94,9 @@ def providers(oa: Upstream, an: Upstream) -> dict[str, Any]:
 def overrides(oa: Upstream, an: Upstream) -> dict[str, Any]:
     return {
         "providers": providers(oa, an),
-        "routes": {name: {"candidates": c} for name, c in ROUTES.items()}
+        # The doubles are declared local servers, so 16 streams at once would reach spillover's default
+        # spill_at (10) and go to the second candidate first: this file tests failover, not spilling.
+        "routes": {name: {"candidates": c, "spill_at": 1000, "reject_at": 1000} for name, c in ROUTES.items()}
         | {
             "tools": {"candidates": ["oa/story-tools", "oa/story-continue"]},
             "nowhere": {"candidates": ["oa/story", "never/story-continue"]},
