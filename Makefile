@@ -27,7 +27,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit redis-server proto model runtime dev lock install bench-embed bench-chat clean
+.PHONY: run test lint typecheck unit redis-server proto model runtime dev lock install bench bench-embed bench-chat clean
 
 run: $(GEN_STAMP) $(RUNTIME_STAMP)
 	@echo "==> default model (imported once into local.model_dir)"
@@ -108,6 +108,15 @@ $(GEN_STAMP): $(PROTOS) $(RUNTIME_STAMP)
 		$(GEN)/ratatoskr/v1/*.py $(GEN)/ratatoskr/v1/*.pyi
 	touch $(GEN)/__init__.py $(GEN)/ratatoskr/__init__.py $(GEN)/ratatoskr/v1/__init__.py
 	touch $@
+
+# Every performance figure of issue 17 in one run, each against its baseline measured beside it.
+bench: bench-chat bench-embed
+	$(PY) bench/http_engine.py
+	$(PY) bench/http_throughput.py
+	$(PY) bench/resilience.py
+	$(PY) bench/failover.py
+	$(PY) bench/spillover.py
+	$(PY) bench/store.py
 
 bench-embed: $(GEN_STAMP) $(RUNTIME_STAMP)
 	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
