@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +192,27 @@ def daemon(model_root: Path) -> Iterator[DaemonProcess]:
     ).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+async def store_gateway() -> AsyncIterator[Callable[..., Any]]:
+    """Embedded gateways over a model folder with ``[store]`` settings (and per-model ones), closed
+    after the test: the model-store tests' common ground."""
+    from ratatoskr_server.config import load_settings
+    from ratatoskr_server.embedded import EmbeddedGateway
+
+    made: list[EmbeddedGateway] = []
+
+    def factory(root: Path, models: dict[str, Any] | None = None, **store: Any) -> EmbeddedGateway:
+        settings = load_settings(
+            local={"model_dir": root, "preload": [], "auto_import_default": False},
+            cache={"enabled": False},
+            models=models or {},
+            store=store,
+        )
+        made.append(EmbeddedGateway(settings))
+        return made[-1]
+
+    yield factory
+    for gw in made:
+        await gw.close()

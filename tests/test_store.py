@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,24 +42,6 @@ def root(pristine: Path, tmp_path: Path) -> Path:
     return tmp_path / "models"
 
 
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., EmbeddedGateway]]:
-    made: list[EmbeddedGateway] = []
-
-    def factory(root: Path, **store: Any) -> EmbeddedGateway:
-        settings = load_settings(
-            local={"model_dir": root, "preload": [], "auto_import_default": False},
-            cache={"enabled": False},
-            store=store,
-        )
-        made.append(EmbeddedGateway(settings))
-        return made[-1]
-
-    yield factory
-    for gw in made:
-        await gw.close()
-
-
 def _flip_one_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -82,12 +63,12 @@ def test_import_writes_a_content_manifest_whose_address_covers_every_file(pristi
 
 @pytest.mark.parametrize("file", ["model.onnx", "tokenizer.json", "manifest.json"])
 async def test_a_one_byte_change_is_refused_at_load_and_other_models_still_serve(
-    root: Path, make_gateway: Callable[..., EmbeddedGateway], file: str
+    root: Path, store_gateway: Callable[..., EmbeddedGateway], file: str
 ) -> None:
     listed = {e.name: e.blake3 for e in hash_folder(root / "victim").files}
     _flip_one_byte(root / "victim" / file)
     changed = hash_file(root / "victim" / file, [BLAKE3]).digests[BLAKE3]
-    gw = make_gateway(root)
+    gw = store_gateway(root)
     for _ in range(2):  # refused again on the next request: nothing half-loaded is left behind
         with pytest.raises(FailedPrecondition) as info:
             await gw.embed(["x"], model="victim")
@@ -98,8 +79,8 @@ async def test_a_one_byte_change_is_refused_at_load_and_other_models_still_serve
     assert len((await gw.embed(["still here"], model="good")).vectors) == 1
 
 
-async def test_the_content_address_is_the_revision(root: Path, make_gateway: Callable[..., EmbeddedGateway]) -> None:
-    gw = make_gateway(root)
+async def test_the_content_address_is_the_revision(root: Path, store_gateway: Callable[..., EmbeddedGateway]) -> None:
+    gw = store_gateway(root)
     await gw.embed(["x"], model="good")
     address = json.loads((root / "good" / CONTENT_FILE).read_text())["address"]
     provenance = gw.pool.provenance("good")
@@ -108,28 +89,28 @@ async def test_the_content_address_is_the_revision(root: Path, make_gateway: Cal
 
 
 async def test_a_folder_without_content_manifest_is_hashed_and_reported_unverified(
-    root: Path, make_gateway: Callable[..., EmbeddedGateway]
+    root: Path, store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     expected = hash_folder(root / "good").address
     (root / "good" / CONTENT_FILE).unlink()
-    gw = make_gateway(root)
+    gw = store_gateway(root)
     await gw.embed(["x"], model="good")
     provenance = gw.pool.provenance("good")
     assert provenance is not None and provenance.verification is Verification.UNVERIFIED
     assert provenance.address == expected  # the address is exact even unverified: cache keys stay right
     assert not (root / "good" / CONTENT_FILE).exists()  # the daemon never writes into model folders
 
-    strict = make_gateway(root, require_manifest=True)
+    strict = store_gateway(root, require_manifest=True)
     with pytest.raises(FailedPrecondition, match=r"has no content\.json and store\.require_manifest is true"):
         await strict.embed(["x"], model="good")
 
 
 async def test_extra_missing_and_symlinked_files_are_refused(
-    root: Path, make_gateway: Callable[..., EmbeddedGateway], tmp_path: Path
+    root: Path, store_gateway: Callable[..., EmbeddedGateway], tmp_path: Path
 ) -> None:
     (root / "good" / "notes.txt").write_text("smuggled")
     (root / "victim" / "tokenizer.json").rename(tmp_path / "tokenizer.json")
-    gw = make_gateway(root)
+    gw = store_gateway(root)
     with pytest.raises(FailedPrecondition, match=r"notes\.txt is not listed in content\.json"):
         await gw.embed(["x"], model="good")
     with pytest.raises(FailedPrecondition, match=r"victim.*tokenizer\.json is missing"):
@@ -139,7 +120,7 @@ async def test_extra_missing_and_symlinked_files_are_refused(
     (root / "victim" / "tokenizer.json").symlink_to(tmp_path / "tokenizer.json")
     with pytest.raises(FailedPrecondition, match=r"tokenizer\.json is a symlink.*store\.allow_symlinks"):
         await gw.embed(["x"], model="victim")
-    relaxed = make_gateway(root, allow_symlinks=True)
+    relaxed = store_gateway(root, allow_symlinks=True)
     assert len((await relaxed.embed(["x"], model="victim")).vectors) == 1
 
 
@@ -158,9 +139,9 @@ def test_a_tampered_address_is_refused(pristine: Path) -> None:
         ContentManifest.parse(json.dumps(data).encode(), Path("content.json"))
 
 
-async def test_the_tokenizer_alone_is_checked_too(root: Path, make_gateway: Callable[..., EmbeddedGateway]) -> None:
+async def test_the_tokenizer_alone_is_checked_too(root: Path, store_gateway: Callable[..., EmbeddedGateway]) -> None:
     _flip_one_byte(root / "victim" / "tokenizer.json")
-    gw = make_gateway(root)
+    gw = store_gateway(root)
     with pytest.raises(FailedPrecondition, match=r"tokenizer\.json does not match content\.json"):
         await gw.count_tokens(["hello"], model="victim")
     assert (await gw.count_tokens(["hello"], model="good")) is not None
@@ -183,9 +164,9 @@ def test_list_models_and_loaded_models_carry_the_content_address_over_grpc(
 
 
 async def test_verification_can_be_turned_off_and_says_so(
-    root: Path, make_gateway: Callable[..., EmbeddedGateway]
+    root: Path, store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
-    gw = make_gateway(root, verify=False)
+    gw = store_gateway(root, verify=False)
     await gw.embed(["x"], model="good")
     provenance = gw.pool.provenance("good")
     assert provenance is not None and provenance.verification is Verification.SKIPPED

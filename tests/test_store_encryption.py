@@ -7,15 +7,13 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from ratatoskr_client import FailedPrecondition
-from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.store.crypt import FRAME_SIZE, MAGIC, Argon2Params, KeySource, encrypt_file, write_key_file
@@ -42,25 +40,6 @@ def model(pristine: Path, tmp_path: Path) -> Path:
     return tmp_path / "models" / "tiny"
 
 
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., EmbeddedGateway]]:
-    made: list[EmbeddedGateway] = []
-
-    def factory(root: Path, models: dict[str, Any] | None = None, **store: Any) -> EmbeddedGateway:
-        settings = load_settings(
-            local={"model_dir": root, "preload": [], "auto_import_default": False},
-            cache={"enabled": False},
-            models=models or {},
-            store=store,
-        )
-        made.append(EmbeddedGateway(settings))
-        return made[-1]
-
-    yield factory
-    for gw in made:
-        await gw.close()
-
-
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -72,7 +51,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 async def test_an_encrypted_minilm_serves_the_plain_ones_embeddings_without_plaintext_on_disk(
     model_root: Path,
     tmp_path: Path,
-    make_gateway: Callable[..., EmbeddedGateway],
+    store_gateway: Callable[..., EmbeddedGateway],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sealed_root = tmp_path / "sealed"
@@ -89,30 +68,30 @@ async def test_an_encrypted_minilm_serves_the_plain_ones_embeddings_without_plai
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     texts = ["The cat sits on the mat.", "A rocket left the launch pad.", "naïve café ünïcode"]
-    plain = await make_gateway(model_root).embed(texts, model=MODEL)
-    sealed_gw = make_gateway(sealed_root, key_file=key)
+    plain = await store_gateway(model_root).embed(texts, model=MODEL)
+    sealed_gw = store_gateway(sealed_root, key_file=key)
     sealed = await sealed_gw.embed(texts, model=MODEL)
     np.testing.assert_array_equal(np.array(sealed.vectors), np.array(plain.vectors))
     provenance = sealed_gw.pool.provenance(MODEL)
     assert provenance is not None and provenance.encrypted
     assert provenance.address == hash_folder(sealed_root / MODEL).address  # the address of the bytes at rest
     tokens = await sealed_gw.count_tokens(texts, model=MODEL)
-    assert tokens.counts == (await make_gateway(model_root).count_tokens(texts, model=MODEL)).counts
+    assert tokens.counts == (await store_gateway(model_root).count_tokens(texts, model=MODEL)).counts
 
     assert _snapshot(sealed_root) == before  # nothing written into the model folder
     assert list(scratch.iterdir()) == []  # nor into the temp directory
 
 
 async def test_a_passphrase_model_serves_and_wrong_keys_fail_closed(
-    model: Path, tmp_path: Path, make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, tmp_path: Path, store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
-    plain = await make_gateway(model.parent).embed(["x"], model="tiny")
+    plain = await store_gateway(model.parent).embed(["x"], model="tiny")
     encrypt_model(model, KeySource(passphrase=PASSPHRASE), params=FAST)
-    good = make_gateway(model.parent, passphrase=PASSPHRASE)
+    good = store_gateway(model.parent, passphrase=PASSPHRASE)
     assert PASSPHRASE in good.settings.secret_values()  # so the log redactor masks it wherever it appears
     assert (await good.embed(["x"], model="tiny")).vectors == plain.vectors
 
-    wrong = make_gateway(model.parent, passphrase="Tr0ub4dor&3")
+    wrong = store_gateway(model.parent, passphrase="Tr0ub4dor&3")
     with pytest.raises(FailedPrecondition) as info:
         await wrong.embed(["x"], model="tiny")
     assert "cannot decrypt tokenizer.json with store.passphrase: wrong key or passphrase" in info.value.message
@@ -120,17 +99,17 @@ async def test_a_passphrase_model_serves_and_wrong_keys_fail_closed(
 
     key = tmp_path / "k"
     write_key_file(key)
-    per_model = make_gateway(model.parent, models={"tiny": {"key_file": key}}, passphrase=PASSPHRASE)
+    per_model = store_gateway(model.parent, models={"tiny": {"key_file": key}}, passphrase=PASSPHRASE)
     with pytest.raises(
         FailedPrecondition, match=f"encrypted with a passphrase \\(Argon2id\\), but the key source is key file {key}"
     ):
         await per_model.embed(["x"], model="tiny")
     with pytest.raises(FailedPrecondition, match="is encrypted but no key is configured"):
-        await make_gateway(model.parent).embed(["x"], model="tiny")
+        await store_gateway(model.parent).embed(["x"], model="tiny")
 
 
 async def test_truncated_and_unknown_version_files_are_refused_with_their_own_messages(
-    model: Path, tmp_path: Path, make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, tmp_path: Path, store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     key = tmp_path / "k"
     write_key_file(key)
@@ -142,7 +121,7 @@ async def test_truncated_and_unknown_version_files_are_refused_with_their_own_me
     data = graph.read_bytes()
     graph.write_bytes(data[: len(data) - 100])
     hash_folder(model).write(model)  # content.json agrees: only the format can tell
-    gw = make_gateway(model.parent, key_file=key)
+    gw = store_gateway(model.parent, key_file=key)
     with pytest.raises(
         FailedPrecondition, match=r"model 'tiny': model\.onnx is truncated: frame \d+ of \d+ is cut short"
     ):

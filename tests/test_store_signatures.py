@@ -8,14 +8,12 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ratatoskr_client import FailedPrecondition
-from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.store.digest import SHA256, hash_file
@@ -55,25 +53,6 @@ def model(pristine: Path, tmp_path: Path) -> Path:
     return tmp_path / "models" / "tiny"
 
 
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., EmbeddedGateway]]:
-    made: list[EmbeddedGateway] = []
-
-    def factory(root: Path, models: dict[str, Any] | None = None, **store: Any) -> EmbeddedGateway:
-        settings = load_settings(
-            local={"model_dir": root, "preload": [], "auto_import_default": False},
-            cache={"enabled": False},
-            models=models or {},
-            store=store,
-        )
-        made.append(EmbeddedGateway(settings))
-        return made[-1]
-
-    yield factory
-    for gw in made:
-        await gw.close()
-
-
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MODEL_SIGNING, *map(str, args)], capture_output=True, text=True, timeout=120)
 
@@ -99,12 +78,12 @@ def test_our_p256_signature_verifies_with_the_model_signing_cli(
 
 
 async def test_a_cli_signature_verifies_with_ours_and_the_model_serves(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     private, public = keys["p256"]
     done = _cli("sign", "key", model, "--signature", model / SIGNATURE_FILE, "--private_key", private)
     assert done.returncode == 0, done.stderr
-    gw = make_gateway(model.parent, require_signature=True, trusted_keys=[public])
+    gw = store_gateway(model.parent, require_signature=True, trusted_keys=[public])
     assert len((await gw.embed(["signed"], model="tiny")).vectors) == 1
     provenance = gw.pool.provenance("tiny")
     assert provenance is not None and provenance.signature.status is SignatureStatus.VALID
@@ -114,7 +93,7 @@ async def test_a_cli_signature_verifies_with_ours_and_the_model_serves(
 
 
 async def test_ed25519_signs_in_the_same_envelope_verified_by_us_only(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     private, public = keys["ed"]
     sign_folder(model, load_private_key(private))
@@ -122,7 +101,7 @@ async def test_ed25519_signs_in_the_same_envelope_verified_by_us_only(
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     assert statement["predicateType"] == "https://model_signing/signature/v1.0"
-    gw = make_gateway(model.parent, require_signature=True, trusted_keys=[public])
+    gw = store_gateway(model.parent, require_signature=True, trusted_keys=[public])
     assert len((await gw.embed(["signed"], model="tiny")).vectors) == 1
     provenance = gw.pool.provenance("tiny")
     assert provenance is not None and provenance.signature.algorithm == "ed25519"
@@ -130,29 +109,29 @@ async def test_ed25519_signs_in_the_same_envelope_verified_by_us_only(
 
 
 async def test_unsigned_models_are_refused_only_where_a_signature_is_required(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
-    lax = make_gateway(model.parent, trusted_keys=[keys["p256"][1]])
+    lax = store_gateway(model.parent, trusted_keys=[keys["p256"][1]])
     assert len((await lax.embed(["x"], model="tiny")).vectors) == 1
     provenance = lax.pool.provenance("tiny")
     assert provenance is not None and provenance.signature.status is SignatureStatus.UNSIGNED
 
     for gw in (
-        make_gateway(model.parent, require_signature=True, trusted_keys=[keys["p256"][1]]),
-        make_gateway(model.parent, models={"tiny": {"require_signature": True}}),
+        store_gateway(model.parent, require_signature=True, trusted_keys=[keys["p256"][1]]),
+        store_gateway(model.parent, models={"tiny": {"require_signature": True}}),
     ):
         with pytest.raises(FailedPrecondition, match=r"model 'tiny' is unsigned \(.*model\.sig is missing\)"):
             await gw.embed(["x"], model="tiny")
 
 
 async def test_a_key_outside_the_trust_list_is_refused_under_require_signature(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     signer = sign_folder(model, load_private_key(keys["other"][0]))
-    strict = make_gateway(model.parent, require_signature=True, trusted_keys=[keys["p256"][1], keys["ed"][1]])
+    strict = store_gateway(model.parent, require_signature=True, trusted_keys=[keys["p256"][1], keys["ed"][1]])
     with pytest.raises(FailedPrecondition, match=f"signed by key {signer}, which is not in store.trusted_keys"):
         await strict.embed(["x"], model="tiny")
-    lax = make_gateway(model.parent, trusted_keys=[keys["p256"][1]])
+    lax = store_gateway(model.parent, trusted_keys=[keys["p256"][1]])
     await lax.embed(["x"], model="tiny")
     provenance = lax.pool.provenance("tiny")
     assert provenance is not None and provenance.signature.status is SignatureStatus.UNTRUSTED
@@ -160,7 +139,7 @@ async def test_a_key_outside_the_trust_list_is_refused_under_require_signature(
 
 
 async def test_a_model_changed_after_signing_is_refused_naming_the_file_and_digests(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     private, public = keys["p256"]
     sign_folder(model, load_private_key(private))
@@ -170,7 +149,7 @@ async def test_a_model_changed_after_signing_is_refused_naming_the_file_and_dige
     now = hash_file(model / "tokenizer.json", [SHA256]).digests[SHA256]
     hash_folder(model).write(model)  # content.json rewritten to match: only the signature can tell
     for require in (True, False):  # a signature by a trusted key that fails is refused either way
-        gw = make_gateway(model.parent, require_signature=require, trusted_keys=[public])
+        gw = store_gateway(model.parent, require_signature=require, trusted_keys=[public])
         with pytest.raises(FailedPrecondition) as info:
             await gw.embed(["x"], model="tiny")
         assert info.value.message.startswith("model 'tiny' changed after signing: ")
@@ -178,7 +157,7 @@ async def test_a_model_changed_after_signing_is_refused_naming_the_file_and_dige
 
 
 async def test_an_altered_signature_is_refused(
-    model: Path, keys: dict[str, tuple[Path, Path]], make_gateway: Callable[..., EmbeddedGateway]
+    model: Path, keys: dict[str, tuple[Path, Path]], store_gateway: Callable[..., EmbeddedGateway]
 ) -> None:
     private, public = keys["p256"]
     sign_folder(model, load_private_key(private))
@@ -187,6 +166,6 @@ async def test_an_altered_signature_is_refused(
     statement["predicate"]["resources"][0]["digest"] = "0" * 64
     bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
     (model / SIGNATURE_FILE).write_text(json.dumps(bundle))
-    gw = make_gateway(model.parent, require_signature=True, trusted_keys=[public])
+    gw = store_gateway(model.parent, require_signature=True, trusted_keys=[public])
     with pytest.raises(FailedPrecondition, match=r"model\.sig does not verify with trusted key"):
         await gw.embed(["x"], model="tiny")
