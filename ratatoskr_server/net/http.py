@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
 
 import httpx
 
@@ -33,6 +32,7 @@ from ratatoskr_server.config import HttpSettings
 from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.net.guarded import GuardedTransport
 from ratatoskr_server.net.traced import TracedTransport
+from ratatoskr_server.net.wrapping import WrappingTransport
 from ratatoskr_server.telemetry.tracing import Tracing
 
 
@@ -65,7 +65,7 @@ class _SlotReleasingStream(httpx.AsyncByteStream):
                 release()
 
 
-class SlotTransport(httpx.AsyncBaseTransport):
+class SlotTransport(WrappingTransport):
     """Admits at most ``max_connections`` requests at a time into an ``httpx.AsyncHTTPTransport``.
 
     A request waits here for a slot, bounded by the request's pool timeout (``httpx.PoolTimeout``,
@@ -74,7 +74,7 @@ class SlotTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport, max_connections: int) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._slots = asyncio.BoundedSemaphore(max_connections)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -104,21 +104,6 @@ class SlotTransport(httpx.AsyncBaseTransport):
             raise httpx.PoolTimeout(
                 f"no free connection within the pool timeout ({pool_timeout:g}s)", request=request
             ) from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> SlotTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc_value, traceback)
 
 
 def build_client(

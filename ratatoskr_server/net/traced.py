@@ -9,11 +9,11 @@ never the query string or headers: those are where API keys travel.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 import httpx
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from ratatoskr_server.net.wrapping import WrappingTransport
 from ratatoskr_server.telemetry.tracing import Tracing
 
 
@@ -47,9 +47,9 @@ class _EndingStream(httpx.AsyncByteStream):
             self._end()
 
 
-class TracedTransport(httpx.AsyncBaseTransport):
+class TracedTransport(WrappingTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport, tracing: Tracing) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._tracing = tracing
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -87,18 +87,3 @@ class TracedTransport(httpx.AsyncBaseTransport):
             stream=_EndingStream(response.stream, span),
             extensions=response.extensions,
         )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> TracedTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc_value, traceback)
