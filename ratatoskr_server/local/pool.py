@@ -424,17 +424,7 @@ class LocalModelPool:
                     return existing
                 busy = await self._make_room(name, footprint, give_up - loop.time())
                 if not busy:
-                    decl = self._decl(name)
-                    slot = _Slot(
-                        name=name,
-                        path=path,
-                        footprint_mb=footprint,
-                        pinned=bool(decl and decl.pinned),
-                        ready=loop.create_future(),
-                        gone=loop.create_future(),
-                        plan=self._plan(name),
-                        last_used=self._clock(),
-                    )
+                    slot = self._new_slot(name, path, footprint)
                     self._slots[name] = slot
                     slot.loader = loop.create_task(self._load(slot), name=f"load:{name}")
                     return slot
@@ -698,15 +688,11 @@ class LocalModelPool:
             with contextlib.suppress(Exception):  # a failed load leaves no slot: the loop sees that
                 await asyncio.shield(slot.ready if slot.state is ModelState.LOADING else slot.gone)
 
-    async def _lease_once(self, name: str) -> None:
-        async with self.lease(name):
-            pass
-
-    async def _swap_beside(self, old: _Slot, path: Path, footprint: float) -> None:
-        name = old.name
+    def _new_slot(self, name: str, path: Path, footprint: float) -> _Slot:
+        """A slot about to load ``path`` (admission or a swap's incoming revision)."""
         loop = asyncio.get_running_loop()
         decl = self._decl(name)
-        new = _Slot(
+        return _Slot(
             name=name,
             path=path,
             footprint_mb=footprint,
@@ -716,6 +702,14 @@ class LocalModelPool:
             plan=self._plan(name),
             last_used=self._clock(),
         )
+
+    async def _lease_once(self, name: str) -> None:
+        async with self.lease(name):
+            pass
+
+    async def _swap_beside(self, old: _Slot, path: Path, footprint: float) -> None:
+        name = old.name
+        new = self._new_slot(name, path, footprint)
         self._incoming[name] = new
         try:
             await self._load(new)
