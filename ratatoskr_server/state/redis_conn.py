@@ -90,6 +90,10 @@ class RedisState:
         self.up = True
         self._retry_at = 0.0
         self._reason = ""
+        #: One per pooled connection: callers queue here, bounded by their own deadlines, so a busy
+        #: pool is backpressure and never reads as Redis being away (the pool's own wait would time
+        #: out after timeout_s and mark every store unavailable for retry_after_s).
+        self._connections = asyncio.Semaphore(settings.max_connections)
         if metrics is not None:
             metrics.state_up.set(1)
 
@@ -100,19 +104,23 @@ class RedisState:
 
     async def call(self, store: str, op: Callable[[], Awaitable[T]]) -> T:
         """``op()`` within ``state.timeout_s``; :class:`StateUnavailable` when Redis is away or fails."""
-        if not self.up and self.clock() < self._retry_at:
-            self._count(store)
-            raise StateUnavailable(self._reason)
-        try:
-            # The socket timeouts bound each read and connect, the pool the wait for a connection;
-            # this bounds the whole operation.
-            result = await asyncio.wait_for(op(), self.settings.timeout_s * 3)
-        except (RedisError, OSError, TimeoutError) as err:
-            self._failed(store, err)
-            raise StateUnavailable(self._reason) from None
+        self._fail_fast(store)
+        async with self._connections:
+            self._fail_fast(store)  # Redis may have gone while this call queued
+            try:
+                # The socket timeouts bound each read and connect; this bounds the whole operation.
+                result = await asyncio.wait_for(op(), self.settings.timeout_s * 3)
+            except (RedisError, OSError, TimeoutError) as err:
+                self._failed(store, err)
+                raise StateUnavailable(self._reason) from None
         if not self.up:
             self._recovered()
         return result
+
+    def _fail_fast(self, store: str) -> None:
+        if not self.up and self.clock() < self._retry_at:
+            self._count(store)
+            raise StateUnavailable(self._reason)
 
     def _count(self, store: str) -> None:
         if self.metrics is not None:
