@@ -418,7 +418,7 @@ def test_two_daemons_share_one_budget_and_refuse_while_redis_is_away(
 
 
 async def test_a_busy_connection_pool_is_a_queue_not_an_outage(redis: RedisServer) -> None:
-    """Six calls share one pooled connection, each holding it 50–150 ms (Redis ends a blocking pop on
+    """Six calls share one pooled connection, each holding it 50 to 150 ms (Redis ends a blocking pop on
     its 10 Hz timer; timeout_s is 300 ms): the last waits well over timeout_s for the connection and
     still succeeds, and Redis is never marked away. The pool's own wait gave up after timeout_s with
     "No connection available" and failed every store closed."""
