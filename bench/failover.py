@@ -22,19 +22,18 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the doubles live in tests/upstreams
 
-from stage_timing import percentiles, timed
+from stage_timing import Instant, percentiles, timed
 
-from ratatoskr_client.types import ChatEvent, ChatOptions, ContentDelta, Done, Failover, Message
+from ratatoskr_client.types import ChatOptions, ContentDelta, Failover, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
-from ratatoskr_server.pipeline.call import Call, ChatInput, Result
+from ratatoskr_server.pipeline.call import Call, ChatInput
 from ratatoskr_server.pipeline.chain import Chain, Stage
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.routing.breaker import Breakers, BreakerStage
@@ -47,20 +46,8 @@ from ratatoskr_server.telemetry.metrics import Metrics
 from tests.upstreams import anthropic_double, openai_double, story
 from tests.upstreams.harness import serve
 
-EVENTS: list[ChatEvent] = [ContentDelta(f"{i} ") for i in range(20)] + [Done(finish_reason="stop")]
 ASK = [Message("user", "Tell me the story of Ratatoskr.")]
 AN_KEY = "sk-ant-api03-failover-bench-key"
-
-
-class Instant:
-    """A terminal that answers at once: what remains is the stages' cost."""
-
-    async def unary(self, call: Call, ctx: RequestContext) -> Result:
-        raise NotImplementedError
-
-    async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
-        for event in EVENTS:
-            yield event
 
 
 async def no_failure(rounds: int) -> None:

@@ -18,10 +18,12 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, ContentDelta, Done, Message
+from stage_timing import Instant
+
+from ratatoskr_client.types import ChatEvent, ChatOptions, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.context import RequestContext
-from ratatoskr_server.pipeline.call import Call, ChatInput, Result
+from ratatoskr_server.pipeline.call import Call, ChatInput
 from ratatoskr_server.pipeline.chain import Chain, Stage
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.routing.breaker import Breakers, BreakerStage
@@ -30,20 +32,6 @@ from ratatoskr_server.routing.retry import RetryStage
 from ratatoskr_server.routing.router import Router
 from ratatoskr_server.state.breakers import MemoryBreakers
 from ratatoskr_server.telemetry.metrics import Metrics
-
-ANSWER = ChatResult(message=Message("assistant", "hi"), finish_reason="stop")
-EVENTS: list[ChatEvent] = [ContentDelta(f"{i} ") for i in range(20)] + [Done(finish_reason="stop")]
-
-
-class Instant:
-    """A terminal that answers at once: what remains is the stages' cost."""
-
-    async def unary(self, call: Call, ctx: RequestContext) -> Result:
-        return ANSWER
-
-    async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
-        for event in EVENTS:
-            yield event
 
 
 async def timed(rounds: int, step: Callable[[], Awaitable[object]]) -> list[float]:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-from stage_timing import timed
+from stage_timing import Instant, timed
 
-from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, ContentDelta, Done, Message
+from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.local.pool import LocalModelPool
-from ratatoskr_server.pipeline.call import Call, ChatInput, EmbedInput, Result
+from ratatoskr_server.pipeline.call import Call, ChatInput, EmbedInput
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.local import LocalProvider
@@ -35,20 +34,6 @@ from ratatoskr_server.routing.router import Router
 from ratatoskr_server.routing.spillover import QueueDepth, SpilloverStage
 from ratatoskr_server.state.breakers import MemoryBreakers
 from ratatoskr_server.telemetry.metrics import Metrics
-
-ANSWER = ChatResult(message=Message("assistant", "hi"), finish_reason="stop")
-EVENTS: list[ChatEvent] = [ContentDelta(f"{i} ") for i in range(20)] + [Done(finish_reason="stop")]
-
-
-class Instant:
-    """A terminal that answers at once: what remains is the stages' cost."""
-
-    async def unary(self, call: Call, ctx: RequestContext) -> Result:
-        return ANSWER
-
-    async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
-        for event in EVENTS:
-            yield event
 
 
 async def main() -> None:

@@ -1,4 +1,5 @@
-"""Timing one awaitable step many times, as the in-process stage benches do (context, privacy, budget, cache).
+"""Timing one awaitable step many times, and the instant terminal the in-process stage benches put their
+stages in front of (context, privacy, budget, cache, resilience, spillover, failover, tracing).
 
 Imported by those scripts as a sibling module (they run as ``.venv/bin/python bench/NAME.py``).
 """
@@ -7,7 +8,26 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from ratatoskr_client.types import ChatEvent, ChatResult, ContentDelta, Done, Message
+from ratatoskr_server.context import RequestContext
+from ratatoskr_server.pipeline.call import Call, Result
+
+#: What the instant terminal answers: a one-line chat, or a stream of 20 content events and Done.
+ANSWER = ChatResult(message=Message("assistant", "hi"), finish_reason="stop")
+EVENTS: list[ChatEvent] = [ContentDelta(f"{i} ") for i in range(20)] + [Done(finish_reason="stop")]
+
+
+class Instant:
+    """A terminal that answers at once: what remains is the stages' cost."""
+
+    async def unary(self, call: Call, ctx: RequestContext) -> Result:
+        return ANSWER
+
+    async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
+        for event in EVENTS:
+            yield event
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -17,27 +17,26 @@ import argparse
 import asyncio
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from stage_timing import timed
+from stage_timing import Instant, timed
 
-from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, Message
+from ratatoskr_client.types import ChatOptions, Message
 from ratatoskr_server.config import Settings, load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import Edge
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
-from ratatoskr_server.pipeline.call import Call, ChatInput, Result
+from ratatoskr_server.pipeline.call import Call, ChatInput
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.telemetry.tracing import Tracing
 
 HI = [Message("user", "hi")]
-ANSWER = ChatResult(message=Message("assistant", "hi"), finish_reason="stop")
 COMPLETION = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
@@ -51,17 +50,6 @@ MODES: dict[str, dict[str, Any]] = {
     "on, sampling 0": {"enabled": True, "sample_ratio": 0.0},
     "on, 100 %": {"enabled": True, "sample_ratio": 1.0},
 }
-
-
-class Instant:
-    """A terminal that answers at once: what remains is the edge's and the stages' cost."""
-
-    async def unary(self, call: Call, ctx: RequestContext) -> Result:
-        return ANSWER
-
-    async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
-        raise NotImplementedError
-        yield
 
 
 @contextmanager
