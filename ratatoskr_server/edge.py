@@ -112,38 +112,39 @@ class Edge:
                 self._model_metrics(rpc, model, code, elapsed, overhead, ctx)
             if tracing is not None:
                 tracing.end_request(ctx, code, overhead * 1000)
-            extra: dict[str, object] = {
-                "request_id": ctx.request_id,
-                "rpc": rpc,
-                "model": clip(model, MAX_LOGGED_CHARS),
-                "status": code,
-                "duration_ms": round(elapsed * 1000, 2),
-                "overhead_ms": round(overhead * 1000, 3),
-            }
-            extra.update(trace_ids(ctx))
-            if answered.provider:
-                extra["provider"] = answered.provider
-            if answered.input_tokens or answered.output_tokens:
-                extra["input_tokens"] = answered.input_tokens
-                extra["output_tokens"] = answered.output_tokens
-            if ctx.caller:
-                extra["caller"] = ctx.caller
-            notes = ctx.notes
-            if notes.dropped_parameters:
-                extra["dropped_parameters"] = ",".join(notes.dropped_parameters)
-            if notes.truncation is not None:
-                extra["truncated"] = notes.truncation.summary()
-            if notes.budget_warning:
-                extra["budget_warning"] = notes.budget_warning
-            if notes.cache_hits:
-                extra["cache_hits"] = notes.cache_hits
-            if notes.retries:
-                extra["retries"] = notes.retries
-            if notes.failed_over:
-                extra["failed_over"] = ",".join(notes.failed_over)
-            if notes.spilled_from:
-                extra["spilled_from"] = notes.spilled_from
-            log.info("request", extra=extra)
+            if log.isEnabledFor(logging.INFO):  # the line is built only for a log that keeps it
+                extra: dict[str, object] = {
+                    "request_id": ctx.request_id,
+                    "rpc": rpc,
+                    "model": clip(model, MAX_LOGGED_CHARS),
+                    "status": code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "overhead_ms": round(overhead * 1000, 3),
+                }
+                extra.update(trace_ids(ctx))
+                if answered.provider:
+                    extra["provider"] = answered.provider
+                if answered.input_tokens or answered.output_tokens:
+                    extra["input_tokens"] = answered.input_tokens
+                    extra["output_tokens"] = answered.output_tokens
+                if ctx.caller:
+                    extra["caller"] = ctx.caller
+                notes = ctx.notes
+                if notes.dropped_parameters:
+                    extra["dropped_parameters"] = ",".join(notes.dropped_parameters)
+                if notes.truncation is not None:
+                    extra["truncated"] = notes.truncation.summary()
+                if notes.budget_warning:
+                    extra["budget_warning"] = notes.budget_warning
+                if notes.cache_hits:
+                    extra["cache_hits"] = notes.cache_hits
+                if notes.retries:
+                    extra["retries"] = notes.retries
+                if notes.failed_over:
+                    extra["failed_over"] = ",".join(notes.failed_over)
+                if notes.spilled_from:
+                    extra["spilled_from"] = notes.spilled_from
+                log.info("request", extra=extra)
 
     def _model_metrics(
         self, rpc: str, model: str, code: str, elapsed: float, overhead: float, ctx: RequestContext
