@@ -21,9 +21,8 @@ PACKAGES := ratatoskr_server ratatoskr_client
 # One configuration for every step that reads it (the model import and the daemon alike).
 CONFIG ?=
 CONFIG_ARG := $(if $(CONFIG),--config "$(CONFIG)")
-# llama-cpp-python has no wheel on PyPI: uv compiles it once per machine and caches the wheel.
-# The multimodal library (llava/mtmd) is not needed by the tests and is half of the compile.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# How llama-cpp-python is compiled (portable, no multimodal library) is pinned in pyproject.toml
+# ([tool.uv.extra-build-variables]), where it is also part of uv's cache key for the built wheel.
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,31 @@ def _gguf() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@dataclass(frozen=True)
+class LlamaServer:
+    """The server process and its log, so a test can say why the server is gone, not only that it is."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    base: str
+
+    def check_alive(self) -> None:
+        """Fail with the exit status and the log's end when the server died (a crash, SIGILL, OOM)."""
+        code = self.proc.poll()
+        if code is None:
+            return
+        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"the llama.cpp server died ({why}); the end of its log:\n{tail}")
+
+
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def llama_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")
+    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    log = log_path.open("wb")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--n_threads", "2", "--n_ctx", "2048"]
     proc = subprocess.Popen(
@@ -56,23 +77,36 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}/v1"
+    server = LlamaServer(proc, log_path, f"http://127.0.0.1:{port}/v1")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert proc.poll() is None, "llama.cpp server exited; see its log"
+            server.check_alive()
             try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                if httpx.get(f"{server.base}/models", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
         else:
             raise AssertionError("llama.cpp server did not start within 120 s")
-        yield base
+        yield server
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def llama_server(llama_process: LlamaServer) -> str:
+    return llama_process.base
+
+
+@pytest.fixture(autouse=True)
+def _server_outlives_each_test(llama_process: LlamaServer) -> Iterator[None]:
+    """A server that died during a test is reported with its own words, not as a refused connection."""
+    llama_process.check_alive()
+    yield
+    llama_process.check_alive()
 
 
 @pytest.fixture(scope="module")

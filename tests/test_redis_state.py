@@ -73,7 +73,15 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
+#: The limit on each Redis command in these tests, unless a test sets its own.  redis-py measures its
+#: socket timeout on the event loop, so it also counts the time a reply waits for its coroutine to be
+#: scheduled: with hundreds of calls in flight on a loaded 2-core CI machine the 0.5 s default fired
+#: for a healthy Redis.  These tests prove sharing, not latency; the timeout tests set their own.
+TIMEOUT_S = 5.0
+
+
 def _state(redis: RedisServer, metrics: Metrics | None = None, **extra: Any) -> RedisState:
+    extra.setdefault("timeout_s", TIMEOUT_S)
     return RedisState(StateSettings(url=redis.url, retry_after_s=0.001, **extra), metrics)
 
 
@@ -81,7 +89,7 @@ def _settings(redis: RedisServer, upstream: Upstream, tmp: Path, **sections: Any
     config: dict[str, Any] = {
         "local": {"model_dir": tmp / "models", "auto_import_default": False, "preload": []},
         "providers": {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
-        "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001},
+        "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001, "timeout_s": TIMEOUT_S},
         "budget": {"prices": {"up/*": {"input_per_million": "0", "output_per_million": "2"}}},
     }
     for name, values in sections.items():
@@ -382,7 +390,7 @@ def test_two_daemons_share_one_budget_and_refuse_while_redis_is_away(
     config: dict[str, Any] = {
         "local": {"model_dir": tmp_path / "models", "auto_import_default": False, "preload": []},
         "providers": {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
-        "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001},
+        "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001, "timeout_s": TIMEOUT_S},
         "budget": {
             "daily_usd": str(CALL_COST * 40),
             "prices": {"up/*": {"input_per_million": "0", "output_per_million": "2"}},
