@@ -183,7 +183,7 @@ async def test_a_retired_router_closes_when_its_last_call_ends(model_root: Path)
         gw = EmbeddedGateway(settings)
         try:
             old = gw.gateway.router
-            stream = gw.chat_stream(HELLO, ChatOptions(model="openai/slow"))
+            stream = gw.chat_stream(HELLO, ChatOptions(model="openai/slow-brief"))
             assert isinstance(await anext(aiter(stream)), ContentDelta)
             await gw.apply_settings(load_settings(local={"model_dir": model_root, "preload": []}, providers=providers))
             assert gw.gateway.router is not old

@@ -354,8 +354,9 @@ def _events(model: str, include_usage: bool, echo: str = "") -> list[Any]:
         )
         events.append(chunk(model, {"tool_calls": [{"index": 1, "function": {"arguments": '{"tz": "CET"}'}}]}))
         events.append(chunk(model, {}, "tool_calls"))
-    elif model == "slow":
-        events += ["SLEEP", *(x for i in range(400) for x in (chunk(model, {"content": f"{i} "}), "SLEEP"))]
+    elif model in ("slow", "slow-brief"):  # 20 s of pieces, or half a second of them
+        pieces = 400 if model == "slow" else 10
+        events += ["SLEEP", *(x for i in range(pieces) for x in (chunk(model, {"content": f"{i} "}), "SLEEP"))]
         events.append(chunk(model, {}, "stop"))
     elif model == "cut":
         events += [chunk(model, {"content": p}) for p in TEXT_PIECES[:2]] + ["CUT"]
