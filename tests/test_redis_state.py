@@ -385,14 +385,14 @@ def test_the_state_backend_is_shared_only_when_asked(tmp_path: Path) -> None:
 def test_two_daemons_share_one_budget_and_refuse_while_redis_is_away(
     redis: RedisServer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """200 calls over gRPC split across two `ratatoskr serve` processes, a day that fits exactly 40;
+    """400 calls over gRPC split across two `ratatoskr serve` processes, a day that fits exactly 100;
     then Redis is killed (UNAVAILABLE, promptly) and restarted (served again)."""
     config: dict[str, Any] = {
         "local": {"model_dir": tmp_path / "models", "auto_import_default": False, "preload": []},
         "providers": {"up": {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1"}},
         "state": {"backend": "redis", "url": redis.url, "retry_after_s": 0.001, "timeout_s": TIMEOUT_S},
         "budget": {
-            "daily_usd": str(CALL_COST * 40),
+            "daily_usd": str(CALL_COST * 100),
             "prices": {"up/*": {"input_per_million": "0", "output_per_million": "2"}},
         },
     }
@@ -403,15 +403,15 @@ def test_two_daemons_share_one_budget_and_refuse_while_redis_is_away(
             AsyncServiceClient(daemons[0].socket, timeout=60) as one,
             AsyncServiceClient(daemons[1].socket, timeout=60) as two,
         ):
-            return await asyncio.gather(*((one, two)[i % 2].chat(HI, ASK) for i in range(200)), return_exceptions=True)
+            return await asyncio.gather(*((one, two)[i % 2].chat(HI, ASK) for i in range(400)), return_exceptions=True)
 
     try:
         results = asyncio.run(calls())
         refused = [r for r in results if isinstance(r, ResourceExhausted)]
-        assert len(refused) == 160 and sum(not isinstance(r, BaseException) for r in results) == 40
+        assert len(refused) == 300 and sum(not isinstance(r, BaseException) for r in results) == 100
         with daemons[1].client(timeout=5) as client:
             (day,) = client.get_budget("global")
-        assert (day.spent_usd, day.reserved_usd) == (CALL_COST * 40, 0)
+        assert (day.spent_usd, day.reserved_usd) == (CALL_COST * 100, 0)
         redis.stop()
         for daemon in daemons:
             with daemon.client(timeout=10) as client, pytest.raises(Unavailable, match="unreachable"):
