@@ -1,8 +1,10 @@
 """Ratatoskr's thin client: domain types, typed errors, the gRPC transport and ``auto()``."""
 
-from ratatoskr_client.auto import auto, auto_async
-from ratatoskr_client.blocking import BlockingGateway
-from ratatoskr_client.client import AsyncServiceClient, ServiceClient
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ratatoskr_client.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -76,3 +78,27 @@ __all__ = [
     "auto_async",
     "default_socket_path",
 ]
+
+if TYPE_CHECKING:
+    from ratatoskr_client.auto import auto, auto_async
+    from ratatoskr_client.blocking import BlockingGateway
+    from ratatoskr_client.client import AsyncServiceClient, ServiceClient
+
+#: Names whose modules load grpc and the stubs (about a quarter of a second): imported on first use,
+#: so ``import ratatoskr_client.types`` and the daemon's offline commands do not pay for them.
+_LAZY = {
+    "auto": "ratatoskr_client.auto",
+    "auto_async": "ratatoskr_client.auto",
+    "BlockingGateway": "ratatoskr_client.blocking",
+    "AsyncServiceClient": "ratatoskr_client.client",
+    "ServiceClient": "ratatoskr_client.client",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

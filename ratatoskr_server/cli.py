@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ratatoskr_client.client import ServiceClient
 from ratatoskr_client.errors import RatatoskrError, Unavailable
 from ratatoskr_client.types import PrivacyTier
 from ratatoskr_server import package_version
@@ -28,6 +27,17 @@ from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+if TYPE_CHECKING:
+    from ratatoskr_client.client import ServiceClient
+
+
+def _client(address: str | None, timeout: float | None = None) -> ServiceClient:
+    """A connection to the daemon, imported on first use: grpc and the stubs cost about a quarter of
+    a second that the offline commands (``tree``, ``config check``, ``models …``) never need."""
+    from ratatoskr_client.client import ServiceClient
+
+    return ServiceClient(address, timeout=timeout)
 
 
 def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
@@ -67,7 +77,7 @@ def _host_port(text: str) -> tuple[str, int]:
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch_status(args)
-    with ServiceClient(args.socket, timeout=args.timeout) as client:
+    with _client(args.socket, timeout=args.timeout) as client:
         status = client.status()
     data = asdict(status)
 
@@ -116,7 +126,7 @@ def _watch_status(args: argparse.Namespace) -> int:
         args.parser.error("--watch draws a live view; it has no --json form (use `status --json` in a loop)")
     if not args.interval > 0:
         args.parser.error("--interval must be a positive number of seconds")
-    with ServiceClient(args.socket, timeout=args.timeout) as client:
+    with _client(args.socket, timeout=args.timeout) as client:
 
         def fetch() -> Snapshot:
             return Snapshot(client.status(), client.get_budget(""))
@@ -134,7 +144,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     items = backends(settings)
     breakers: dict[str, str] | None = None
     if args.live:
-        with ServiceClient(args.socket, timeout=args.timeout) as client:
+        with _client(args.socket, timeout=args.timeout) as client:
             breakers = client.status().breakers
     if args.json:
         print(json.dumps({"backends": [asdict(b) for b in items], "breakers": breakers}, indent=2))
@@ -146,7 +156,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
-    with ServiceClient(args.socket, timeout=args.timeout) as client:
+    with _client(args.socket, timeout=args.timeout) as client:
         budgets = client.get_budget(args.scope or "")
     data = [
         {
@@ -174,7 +184,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    with ServiceClient(args.socket) as client:
+    with _client(args.socket) as client:
         state = client.health(args.service, timeout=args.timeout)
     _print({"status": state}, args.json, lambda: print(state))
     return 0 if state == "SERVING" else EXIT_FAILURE
@@ -183,7 +193,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_reload(args: argparse.Namespace) -> int:
     """Admin.Reload, waiting for the verdict: as systemd's ExecReload, a refused configuration fails
     ``systemctl reload`` with the reason instead of passing unnoticed as a signal would."""
-    with ServiceClient(args.socket, timeout=args.timeout) as client:
+    with _client(args.socket, timeout=args.timeout) as client:
         result = client.reload()
 
     def human() -> None:
@@ -202,7 +212,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 def _cmd_models_swap(args: argparse.Namespace) -> int:
     """Admin.SwapModel: the running daemon serves the model's files as they are on disk now."""
-    with ServiceClient(args.socket, timeout=args.timeout) as client:
+    with _client(args.socket, timeout=args.timeout) as client:
         result = client.swap_model(args.model)
 
     def human() -> None:
@@ -416,7 +426,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     loaded: dict[str, Any] = {}
     try:
-        with ServiceClient(args.socket, timeout=1.0) as client:
+        with _client(args.socket, timeout=1.0) as client:
             loaded = {m.name: m for m in client.list_loaded_models()}
     except RatatoskrError:
         pass  # no daemon: show what is on disk
@@ -703,7 +713,7 @@ def _daemon_breakers(socket: str) -> dict[str, dict[str, str]] | None:
     """The running daemon's circuit breakers that are not closed, by provider then model; None when
     no daemon answers (the state lives in the daemon: this command only probes the upstreams)."""
     try:
-        with ServiceClient(socket, timeout=1.0) as client:
+        with _client(socket, timeout=1.0) as client:
             phases = client.status().breakers
     except RatatoskrError:
         return None
@@ -771,7 +781,7 @@ def _cmd_registry_update(args: argparse.Namespace) -> int:
     report = asyncio.run(update(registry, settings))
     reloaded = False
     try:
-        with ServiceClient(args.socket, timeout=2.0) as client:
+        with _client(args.socket, timeout=2.0) as client:
             reloaded = client.reload().applied  # a running daemon loads the new table now
     except RatatoskrError:
         pass
