@@ -247,6 +247,9 @@ def loaded_model_to_pb(m: LoadedModel) -> admin_pb2.LoadedModel:
         verification=m.verification,
         signature=m.signature,
         encrypted=m.encrypted,
+        queued=m.queued,
+        mean_batch_size=m.mean_batch_size,
+        largest_batch=m.largest_batch,
     )
 
 
@@ -266,6 +269,9 @@ def loaded_model_from_pb(m: admin_pb2.LoadedModel) -> LoadedModel:
         verification=m.verification,
         signature=m.signature,
         encrypted=m.encrypted,
+        queued=m.queued,
+        mean_batch_size=m.mean_batch_size,
+        largest_batch=m.largest_batch,
     )
 
 

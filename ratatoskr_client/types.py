@@ -205,6 +205,10 @@ class LoadedModel:
     verification: str = ""
     signature: str = ""
     encrypted: bool = False
+    #: The micro-batcher: requests waiting now; mean and largest rows per batch run so far.
+    queued: int = 0
+    mean_batch_size: float = 0.0
+    largest_batch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
             shown = (f"{n} {k}/{status.bulkhead_limits.get(n) or 'no limit'}" for n, k in heads)
             print(f"bulkheads: {', '.join(shown)}")
         for m in status.models:
-            print(f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests")
+            batches = f", batches {m.mean_batch_size:.1f} mean / {m.largest_batch} max" if m.largest_batch else ""
+            queued = f", {m.queued} queued" if m.queued else ""
+            print(
+                f"  {m.name:<28} {m.state:<8} {m.device:<22} {m.memory_mb:8.1f} MB  {m.requests} requests"
+                f"{queued}{batches}"
+            )
         tripped = {key: phase for key, phase in status.breakers.items() if phase != "closed"}
         if tripped:
             print("circuit breakers not closed:")

@@ -308,9 +308,14 @@ async def test_concurrent_requests_merge_into_one_batch(tiny_root: Path, make_ga
     await _until(lambda: gate.entered == 1)
     others = [asyncio.create_task(gw.embed([f"sentence {i}"], model="m0")) for i in range(10)]
     await _until(lambda: model.batcher.queued_requests == 10)
+    (waiting,) = [m for m in gw.loaded_models() if m.name == "m0"]
+    # What `ratatoskr status` shows now: ten waiting; only the warm-up's batch of one has finished.
+    assert (waiting.queued, waiting.mean_batch_size, waiting.largest_batch) == (10, 1.0, 1)
     gate.open.set()
     results = await asyncio.gather(first, *others)
     assert gate.runs == [1, 10]  # eleven requests, two session runs
+    (ran,) = [m for m in gw.loaded_models() if m.name == "m0"]
+    assert (ran.queued, ran.mean_batch_size, ran.largest_batch) == (0, 4.0, 10)  # 12 rows in 3 batches
     alone = [await gw.embed([f"sentence {i}"], model="m0") for i in range(3)]
     for merged, single in zip(results[1:4], alone, strict=True):
         np.testing.assert_allclose(merged.vectors, single.vectors, atol=1e-6)

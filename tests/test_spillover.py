@@ -136,6 +136,8 @@ async def test_a_saturated_local_model_spills_to_the_remote_candidate_and_reject
     held.hold()
     load = [asyncio.create_task(held.gw.embed([f"queued {i}"], model=MODEL)) for i in range(3)]
     await until(lambda: held.depth() == 2, "two requests waiting behind the one in the held batch")
+    (watched,) = [m for m in held.gw.loaded_models() if m.name == MODEL]
+    assert watched.queued == 2 and watched.in_flight == 3  # what `ratatoskr status --watch` shows
 
     spilled = await held.gw.embed(["spill me"], model="embeds", timeout=PROBE_S)
     assert spilled.model == "up/text-embed" and spilled.vectors == [[8.0, 0.5, -0.25]]
@@ -162,6 +164,12 @@ async def test_a_saturated_local_model_spills_to_the_remote_candidate_and_reject
     answered = await asyncio.gather(*load, *kept)
     assert [r.model for r in answered] == [MODEL] * 5
     assert all(r.dimension == 384 and r.notes.spilled_from == "" and r.notes.failed_over == [] for r in answered)
+    (after,) = [m for m in held.gw.loaded_models() if m.name == MODEL]
+    slot = held.gateway.pool._slots[MODEL]
+    assert slot.model is not None
+    stats = slot.model.batcher.stats
+    # Batches here hold one input each (max_batch_size = 1): six ran, the quiet call and the five held back.
+    assert (after.queued, after.mean_batch_size, after.largest_batch) == (0, 1.0, 1) and stats.runs == 6
     embeds_now = sum(1 for r in up.requests if r.path.endswith("/embeddings"))
     assert embeds_now - embeds_before == 2  # exactly the two spilled calls reached the remote
     spills = held.gateway.metrics.registry.get_sample_value("ratatoskr_spills_total", {"provider": "local"})

@@ -161,6 +161,7 @@ def test_a_frame_shows_models_breakers_and_budgets_of_a_real_daemon(watched: Dae
     assert "ready" in model_row and "CPUExecutionProvider" in model_row
     cells = [c.strip() for c in model_row.split("│")[1:-1]]
     assert float(cells[3]) > 0 and int(cells[5]) >= 1  # memory held, and the embed it served
+    assert cells[7] == "0" and cells[8] == "1.0/1"  # nothing queued; one batch of the one text
     breaker_row = next(line for line in out.splitlines() if "up/gpt-test" in line)
     assert "closed" in breaker_row
     budget_row = next(line for line in out.splitlines() if line.strip().startswith("│ global"))

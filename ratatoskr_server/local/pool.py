@@ -104,6 +104,7 @@ class _Slot:
     def describe(self, now: float) -> LoadedModel:
         model = self.model
         stored = self.provenance
+        stats = model.batcher.stats if model else None
         return LoadedModel(
             name=self.name,
             task=model.task if model else None,
@@ -119,6 +120,9 @@ class _Slot:
             verification=stored.verification.value if stored else "",
             signature=stored.signature.status.value if stored else "",
             encrypted=stored.encrypted if stored else False,
+            queued=model.batcher.queued_requests if model else 0,
+            mean_batch_size=round(stats.rows_run / stats.runs, 2) if stats and stats.runs else 0.0,
+            largest_batch=stats.largest_batch if stats else 0,
         )
 
 

@@ -42,7 +42,7 @@ def _models(status: ServerStatus) -> Table:
     table = Table(title="models", title_justify="left", expand=True)
     for column in ("model", "state", "device"):
         table.add_column(column)
-    for column in ("memory MB", "in flight", "requests", "idle s"):
+    for column in ("memory MB", "in flight", "requests", "idle s", "queued", "batch mean/max"):
         table.add_column(column, justify="right")
     for m in status.models:
         state_style = "green" if m.state == "ready" else "yellow"
@@ -54,9 +54,11 @@ def _models(status: ServerStatus) -> Table:
             str(m.in_flight),
             str(m.requests),
             f"{m.idle_s:.0f}",
+            Text(str(m.queued), style="bold yellow" if m.queued else ""),
+            f"{m.mean_batch_size:.1f}/{m.largest_batch}" if m.largest_batch else "-",
         )
     if not status.models:
-        table.add_row(Text("none loaded", style="dim"), "", "", "", "", "", "")
+        table.add_row(Text("none loaded", style="dim"), "", "", "", "", "", "", "", "")
     return table
 
 
