@@ -5,6 +5,8 @@ with usage), so what is measured is only what the stage adds: finding the price,
 prompt (estimated: a remote model), one ``BEGIN IMMEDIATE`` transaction to reserve and one to
 settle in SQLite on its own thread (WAL, synchronous=NORMAL, on the temp directory's disk).
 Cases:
+  - the cost meter alone (no budget configured, a price declared): what every remote call pays for
+    ``ratatoskr_cost_usd``, and a local call beside it;
   - a local model (no budget concerns it): the cost every call pays when budgets are configured;
   - memory ledger, global daily limit (the floor without disk or thread hops);
   - SQLite ledger, global daily limit (two buckets touched: none; one: the day);
@@ -31,6 +33,7 @@ from ratatoskr_client.types import ChatEvent, ChatOptions, ChatResult, ContentDe
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.pipeline.call import Call, ChatInput, Result
+from ratatoskr_server.policy.budget.meter import CostMeterStage
 from ratatoskr_server.policy.budget.stage import BudgetStage
 from ratatoskr_server.policy.templates.render import TemplateRenderer
 from ratatoskr_server.providers.capabilities import Capability
@@ -39,6 +42,7 @@ from ratatoskr_server.routing.router import Router
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.memory import MemoryBudgetLedger
 from ratatoskr_server.state.sqlite import SqliteBudgetLedger
+from ratatoskr_server.telemetry.metrics import Metrics
 
 MESSAGES = [
     Message("system", "You are a careful assistant. Answer briefly and cite nothing."),
@@ -48,6 +52,12 @@ ANSWER = ChatResult(message=Message("assistant", "It is 42."), finish_reason="st
 
 
 async def answer(call: Call, ctx: RequestContext) -> Result:
+    return ANSWER
+
+
+async def dispatched(call: Call, ctx: RequestContext) -> Result:
+    """The answer with its tokens noted, as dispatch notes them for the edge and the meter."""
+    ctx.answered.input_tokens, ctx.answered.output_tokens = ANSWER.usage.prompt_tokens, ANSWER.usage.completion_tokens
     return ANSWER
 
 
@@ -125,6 +135,10 @@ async def main() -> None:
         return RequestContext.start(caller="bench")
 
     await timed("baseline: one run_in_executor round trip", args.rounds, lambda: asyncio.to_thread(int))
+    priced = load_settings(**base, budget={"prices": {"up/*": {"input_per_million": "1", "output_per_million": "2"}}})
+    meter = CostMeterStage(priced.budget.prices, registry, Metrics())
+    await timed("cost meter, no budget: a priced call", args.rounds, lambda: meter.unary(paid, ctx(), dispatched))
+    await timed("cost meter, no budget: a local call", args.rounds, lambda: meter.unary(local, ctx(), dispatched))
     await timed("local model (no budget concerns it)", args.rounds, lambda: s_sql.unary(local, ctx(), answer))
     await timed("memory ledger, global day", args.rounds, lambda: s_mem.unary(paid, ctx(), answer))
     await timed("SQLite ledger, global day (reserve + settle)", args.rounds, lambda: s_sql.unary(paid, ctx(), answer))

@@ -60,6 +60,7 @@ from ratatoskr_server.pipeline.call import (
 )
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.pipeline.dispatch import Dispatch
+from ratatoskr_server.policy.budget.meter import CostMeterStage
 from ratatoskr_server.policy.budget.report import budget_report
 from ratatoskr_server.policy.budget.stage import BudgetStage
 from ratatoskr_server.policy.budget.windows import utc_now
@@ -249,6 +250,7 @@ class Gateway:
             ContextStage(settings.context, self.registry, templates),
             # After the stages that make the request final (its key), before budget (a hit spends nothing).
             *self._cache(settings),
+            CostMeterStage(settings.budget.prices, self.registry, self.metrics),
             *self._budget(settings, templates),
             TemplateStage(settings.providers, templates, settings.limits.max_stop_sequences),
             BulkheadStage(self.bulkheads, self.metrics),

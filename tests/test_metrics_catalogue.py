@@ -97,6 +97,38 @@ async def test_a_chat_moves_calls_latency_tokens_cost_budget_and_overhead(gw: Em
     assert _value(gw, "ratatoskr_model_calls_total", rpc="Chat", model="other", provider="up", code=failed.value.code)
 
 
+async def test_cost_is_counted_for_priced_calls_without_any_budget(
+    model_root: Path, upstream: Upstream, tmp_path: Path
+) -> None:
+    """No limit configured, only prices: the meter still answers "what did we spend" (unary and
+    streamed, at the reported tokens), and a refused call, a local call or an unpriced one add nothing."""
+    config = _settings(model_root, upstream, tmp_path)
+    config["budget"] = {"prices": config["budget"]["prices"]}  # prices only: no budget stage at all
+    config["providers"]["near"] = {"kind": "openai_compat", "base_url": f"{upstream.base_url}/v1", "local": True}
+    g = EmbeddedGateway(load_settings(**config))
+    try:
+        assert not g.settings.budget.enabled()
+        cost = float(PRICE.cost(openai_double.USAGE["prompt_tokens"], openai_double.USAGE["completion_tokens"]))
+        await g.chat(HI, ChatOptions(model=KNOWN, max_tokens=10))
+        assert _value(g, "ratatoskr_cost_usd_total", provider="up", model=KNOWN) == pytest.approx(cost)
+        events = [e async for e in g.chat_stream(HI, ChatOptions(model=KNOWN))]
+        assert isinstance(events[-1], Done)
+        assert _value(g, "ratatoskr_cost_usd_total", provider="up", model=KNOWN) == pytest.approx(2 * cost)
+        with pytest.raises(RatatoskrError):
+            await g.chat(HI, ChatOptions(model="up/auth"))  # refused upstream: nothing was spent
+        await g.chat(HI, ChatOptions(model="near/gpt-test"))  # a server on this host costs nothing
+        assert _value(g, "ratatoskr_cost_usd_total", provider="up", model=KNOWN) == pytest.approx(2 * cost)
+        spent = {
+            (sample.labels["provider"], sample.labels["model"]): sample.value
+            for metric in g.metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "ratatoskr_cost_usd_total"
+        }
+        assert spent == {("up", KNOWN): pytest.approx(2 * cost)}  # nothing for the refused or the local call
+    finally:
+        await g.close()
+
+
 async def test_a_stream_moves_time_to_first_token(gw: EmbeddedGateway) -> None:
     events = [e async for e in gw.chat_stream(HI, ChatOptions(model=KNOWN))]
     assert isinstance(events[-1], Done)

@@ -96,7 +96,8 @@ class Metrics:
         )
         self.cost = Counter(
             "ratatoskr_cost_usd",
-            "USD charged to budgets for calls (priced calls under a budget), by provider and model.",
+            "USD spent on remote calls (what a budget charged, else reported tokens at the model's price), "
+            "by provider and model.",
             ["provider", "model"],
             registry=self.registry,
         )

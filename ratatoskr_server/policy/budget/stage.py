@@ -235,13 +235,10 @@ class BudgetStage(Stage):
         """The prompt and ``texts`` as output, priced: what a call without reported usage used."""
         return hold.price.cost(hold.prompt_tokens, await self._output_tokens(hold, texts))
 
-    async def settle(self, hold: Hold, actual: Decimal, ctx: RequestContext, target: str = "") -> None:
+    async def settle(self, hold: Hold, actual: Decimal, ctx: RequestContext) -> None:
         """Charge what the call used; the ledger completes a settle even if this task is cancelled."""
         ctx.answered.budget_reserved_usd = float(hold.reservation.amount)
-        ctx.answered.budget_settled_usd = float(actual)
-        if self.metrics is not None and actual:
-            provider = target.partition("/")[0]
-            self.metrics.cost.labels(provider=provider, model=self.metrics.model_label(target)).inc(float(actual))
+        ctx.answered.budget_settled_usd = float(actual)  # the cost meter (meter.py) counts it
         try:
             await self.ledger.settle(hold.reservation, actual)
         except asyncio.CancelledError:
@@ -269,7 +266,7 @@ class BudgetStage(Stage):
                 actual = Decimal(0)  # refused upstream: nothing was generated
             raise
         finally:
-            await self.settle(hold, actual, ctx, call.target.id if call.target else "")
+            await self.settle(hold, actual, ctx)
 
     async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         hold = await self.admit(call, ctx)
@@ -304,4 +301,4 @@ class BudgetStage(Stage):
                 actual = reported
             else:
                 actual = await self._used(hold, hold.output)
-            await self.settle(hold, actual, ctx, call.target.id if call.target else "")
+            await self.settle(hold, actual, ctx)
