@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiohttp import web
 from stage_timing import Instant, timed
 
@@ -31,6 +32,7 @@ from ratatoskr_server.context import RequestContext
 from ratatoskr_server.edge import Edge
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.gateway import Gateway
+from ratatoskr_server.net.traced import TracedTransport
 from ratatoskr_server.pipeline.call import Call, ChatInput
 from ratatoskr_server.pipeline.chain import Chain
 from ratatoskr_server.providers.capabilities import Capability
@@ -124,12 +126,38 @@ async def whole_call(name: str, s: Settings, rounds: int) -> float:
         await gw.close()
 
 
+class _InstantUpstream(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"{}")
+
+
+async def upstream_transport(name: str, s: Settings, rounds: int) -> float:
+    """One upstream HTTP call's tracing alone: the transport that makes its span and passes the
+    trace on, over a transport that answers at once (no wrapper at all with tracing off)."""
+    tracing = Tracing.from_settings(s.tracing)
+    inner = _InstantUpstream()
+    transport: httpx.AsyncBaseTransport = TracedTransport(inner, tracing) if s.tracing.enabled else inner
+    ctx = RequestContext.start()
+    span = tracing.start_request("Chat", ctx, "up/m") if s.tracing.enabled else None
+
+    async def step() -> None:
+        request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions", content=b"{}")
+        response = await transport.handle_async_request(request)
+        await response.aread()
+
+    try:
+        with tracing.attached(span):
+            return await timed(f"one upstream HTTP call's transport, tracing {name}", rounds, step)
+    finally:
+        tracing.shutdown()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000)
     args = parser.parse_args()
     with loopback() as base, tempfile.TemporaryDirectory() as tmp:
-        for measure in (chain_only, whole_call):
+        for measure in (chain_only, upstream_transport, whole_call):
             baseline: float | None = None
             for name, mode in MODES.items():
                 p50 = await measure(name, settings(base, mode, Path(tmp)), args.rounds)

@@ -53,6 +53,13 @@ class TracedTransport(WrappingTransport):
         self._tracing = tracing
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._tracing.current_recording():
+            # An unsampled trace keeps no spans, but its id still travels upstream: only the header.
+            headers: dict[str, str] = {}
+            self._tracing.inject(headers)
+            for key, value in headers.items():
+                request.headers[key] = value
+            return await self._inner.handle_async_request(request)
         url = request.url
         span = self._tracing.tracer.start_span(
             f"{request.method} {url.host}",
@@ -65,9 +72,9 @@ class TracedTransport(WrappingTransport):
             },
         )
         with self._tracing.attached(span):
-            headers: dict[str, str] = {}
-            self._tracing.inject(headers)
-        for key, value in headers.items():
+            carried: dict[str, str] = {}
+            self._tracing.inject(carried)
+        for key, value in carried.items():
             request.headers[key] = value
         try:
             response = await self._inner.handle_async_request(request)

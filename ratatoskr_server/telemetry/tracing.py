@@ -206,6 +206,11 @@ class Tracing:
             yield span
 
     @staticmethod
+    def current_recording() -> bool:
+        """Whether the current span is kept (an unsampled request's span is current but not kept)."""
+        return trace.get_current_span().is_recording()
+
+    @staticmethod
     def inject(headers: MutableMapping[str, str]) -> None:
         """Write the current trace context (traceparent) into an upstream request's headers."""
         _PROPAGATOR.inject(headers)
