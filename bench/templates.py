@@ -20,7 +20,8 @@ from tokenizers import Tokenizer
 
 from ratatoskr_client.types import Message
 from ratatoskr_server.policy.templates.builtins import BUILTINS
-from ratatoskr_server.policy.templates.engine import ChatTemplate, message_data
+from ratatoskr_server.policy.templates.data import message_data
+from ratatoskr_server.policy.templates.engine import ChatTemplate
 from ratatoskr_server.policy.templates.render import estimate_tokens
 from ratatoskr_server.policy.templates.sources import read_gguf
 

@@ -12,7 +12,8 @@ from ratatoskr_client.types import Message
 from ratatoskr_server.config import load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.policy.templates.builtins import BUILTINS, detect
-from ratatoskr_server.policy.templates.engine import ChatTemplate, message_data
+from ratatoskr_server.policy.templates.data import message_data
+from ratatoskr_server.policy.templates.engine import ChatTemplate
 
 CONVERSATION = [
     Message("system", "You are terse."),

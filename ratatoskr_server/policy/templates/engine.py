@@ -26,17 +26,11 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ratatoskr_client.errors import FailedPrecondition
-from ratatoskr_client.types import Message, ToolDefinition
+from ratatoskr_server.policy.templates.data import Limits
 
 #: Added to the final message to find where it ends in the rendering (continue_final_message).
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 _TEMPLATE_FILE = "<template>"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    timeout_s: float = 2.0
-    max_chars: int = 8_000_000
 
 
 @dataclass(slots=True)
@@ -98,30 +92,6 @@ class _TemplateNamespace(jinja2.utils.Namespace):
     def _check(name: Any) -> None:
         if isinstance(name, str) and name.startswith("_"):
             raise jinja2.exceptions.SecurityError(f"templates cannot store underscore names on a namespace ({name!r})")
-
-
-def message_data(message: Message) -> dict[str, Any]:
-    """A message as templates read it: the OpenAI shape, tool call arguments as parsed JSON."""
-    data: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name:
-        data["name"] = message.name
-    if message.tool_calls:
-        calls = []
-        for call in message.tool_calls:
-            try:
-                arguments: Any = json.loads(call.arguments) if call.arguments else {}
-            except ValueError:
-                arguments = call.arguments
-            calls.append({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
-        data["tool_calls"] = calls
-    if message.tool_call_id:
-        data["tool_call_id"] = message.tool_call_id
-    return data
-
-
-def tool_data(tool: ToolDefinition) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-    return {"type": "function", "function": function}
 
 
 @dataclass

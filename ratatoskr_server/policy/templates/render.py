@@ -13,14 +13,17 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from ratatoskr_client.types import Message, RenderedPrompt, ToolDefinition
 from ratatoskr_server.config import TemplateSettings
-from ratatoskr_server.policy.templates.engine import ChatTemplate, Limits, message_data, tool_data
+from ratatoskr_server.policy.templates.data import Limits, message_data, tool_data
 from ratatoskr_server.policy.templates.sources import Family, LocalFolder, TemplateSource, TemplateSources
+
+if TYPE_CHECKING:
+    from ratatoskr_server.policy.templates.engine import ChatTemplate
 
 #: Characters per token for an estimate: the usual rule of thumb for English BPE vocabularies.
 CHARS_PER_TOKEN = 4
@@ -94,6 +97,8 @@ class TemplateRenderer:
         if template is None:
             name = source.name if variant == "default" else f"{source.name}:{variant}"
             limits = Limits(self.settings.render_timeout_s, self.settings.max_rendered_chars)
+            from ratatoskr_server.policy.templates.engine import ChatTemplate  # Jinja loads on first use
+
             template = ChatTemplate(name, text, dict(source.special_tokens), limits)
             self._compiled[key] = template
         return template
