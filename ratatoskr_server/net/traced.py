@@ -55,10 +55,7 @@ class TracedTransport(WrappingTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._tracing.current_recording():
             # An unsampled trace keeps no spans, but its id still travels upstream: only the header.
-            headers: dict[str, str] = {}
-            self._tracing.inject(headers)
-            for key, value in headers.items():
-                request.headers[key] = value
+            self._tracing.inject(request.headers)
             return await self._inner.handle_async_request(request)
         url = request.url
         span = self._tracing.tracer.start_span(
@@ -72,10 +69,7 @@ class TracedTransport(WrappingTransport):
             },
         )
         with self._tracing.attached(span):
-            carried: dict[str, str] = {}
-            self._tracing.inject(carried)
-        for key, value in carried.items():
-            request.headers[key] = value
+            self._tracing.inject(request.headers)
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException as err:

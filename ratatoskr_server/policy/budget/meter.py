@@ -25,14 +25,12 @@ from ratatoskr_server.config import PriceSettings
 from ratatoskr_server.context import Answered, RequestContext
 from ratatoskr_server.pipeline.call import Call, Result
 from ratatoskr_server.pipeline.chain import Next, NextStream, Stage
-from ratatoskr_server.policy.budget.pricing import Price, find_price
+from ratatoskr_server.policy.budget.pricing import find_price
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.registry import ModelRegistry
 from ratatoskr_server.telemetry.metrics import Metrics
 
 _PRICED = (Capability.CHAT, Capability.GENERATE)
-#: Distinct (model, target) prices remembered; more are forgotten all at once.
-_MAX_REMEMBERED = 1024
 
 
 class CostMeterStage(Stage):
@@ -40,8 +38,6 @@ class CostMeterStage(Stage):
         self.prices = prices
         self.registry = registry
         self.metrics = metrics
-        self._prices: dict[tuple[str, str], Price | None] = {}
-        self._live = registry.live
 
     def _paid(self, call: Call) -> bool:
         target = call.target
@@ -81,7 +77,8 @@ class CostMeterStage(Stage):
         if record.budget_settled_usd is not None:
             amount = record.budget_settled_usd
         elif answered and (record.input_tokens or record.output_tokens):
-            price = self._price(call)
+            names = (call.model, target.id, target.model)
+            price = find_price(names, target.provider.name, target.model, self.prices, self.registry)
             if price is None or price.free:
                 return
             amount = float(price.cost(record.input_tokens, record.output_tokens))
@@ -90,19 +87,3 @@ class CostMeterStage(Stage):
         if amount > 0:
             model = self.metrics.model_label(target.id)
             self.metrics.cost.labels(provider=target.provider.name, model=model).inc(amount)
-
-    def _price(self, call: Call) -> Price | None:
-        """The target's price, remembered until the registry's live data changes or a reload (the
-        stage is rebuilt with the configuration): globs and lookups cost more than the charge."""
-        target = call.target
-        assert target is not None
-        if self.registry.live is not self._live:
-            self._prices.clear()
-            self._live = self.registry.live
-        key = (call.model, target.id)
-        if key not in self._prices:
-            if len(self._prices) >= _MAX_REMEMBERED:
-                self._prices.clear()
-            names = (call.model, target.id, target.model)
-            self._prices[key] = find_price(names, target.provider.name, target.model, self.prices, self.registry)
-        return self._prices[key]
