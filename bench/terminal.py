@@ -1,6 +1,10 @@
-"""What the terminal views cost: ``ratatoskr tree`` built and drawn in process (the < 100 ms the
-issue asks for, cold and warm), the whole command as a user runs it (interpreter start and imports
-included), and the import time of the CLI module that every command, ``serve`` included, pays.
+"""What the terminal views cost: ``ratatoskr tree`` built and drawn in process (cold and warm), the
+whole command as a user runs it (interpreter start and imports included; the issue's goal is 100 ms),
+both drawn anew and printed from its cache (terminal/tree_cache.py), and the import time of the CLI
+module that every command, ``serve`` included, pays.
+
+Children run with bytecode written and reused (PYTHONDONTWRITEBYTECODE dropped), as an installed
+package runs; a first untimed run compiles it.
 
 Run: .venv/bin/python bench/terminal.py [--config FILE] [--runs 50]
 """
@@ -38,8 +42,9 @@ base_url = "https://api.anthropic.example"
 """
 
 
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_")}
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_") and k != "PYTHONDONTWRITEBYTECODE"}
+    return {**out, **extra}
 
 
 def import_ms(module: str) -> float:
@@ -81,17 +86,23 @@ def main() -> int:
 
     cold = draw()
     warm = [draw() for _ in range(args.runs)]
-    command = []
-    for _ in range(5):
+    os.utime(config, (time.time() - 3600,) * 2)  # edited a while ago: past the cache's racy window
+    cache_root = Path(tempfile.mkdtemp(prefix="rt-tree-cache-"))
+
+    def command(cache: Path) -> float:
         begin = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "ratatoskr_server", "tree", "--config", config],
             check=True,
             capture_output=True,
-            env=env(),
+            env=env(XDG_CACHE_HOME=str(cache)),
             cwd=REPO,
         )
-        command.append(time.perf_counter() - begin)
+        return time.perf_counter() - begin
+
+    command(cache_root / "compile")  # writes the bytecode the timed runs reuse
+    anew = [command(cache_root / f"anew-{i}") for i in range(7)]
+    kept = [command(cache_root / "kept") for _ in range(15)][1:]  # the first of these fills the cache
     baseline = []
     for _ in range(5):
         begin = time.perf_counter()
@@ -104,7 +115,11 @@ def main() -> int:
         f"{max(warm) * 1000:8.2f} ms max  ({args.runs} runs)"
     )
     print(f"  rich + config + tree modules import {imports * 1000:8.2f} ms (once per process)")
-    print(f"  `ratatoskr tree` whole command      {statistics.median(command) * 1000:8.2f} ms p50 of 5")
+    print(f"  `ratatoskr tree` drawn anew         {statistics.median(anew) * 1000:8.2f} ms p50 of {len(anew)}")
+    print(
+        f"  `ratatoskr tree` kept (goal 100 ms) {statistics.median(kept) * 1000:8.2f} ms p50 of {len(kept)}  "
+        f"{max(kept) * 1000:8.2f} ms max"
+    )
     print(f"  `python -c pass` for scale          {statistics.median(baseline) * 1000:8.2f} ms p50 of 5")
     print(f"  import ratatoskr_server.cli         {import_ms('ratatoskr_server.cli'):8.2f} ms cumulative")
     return 0

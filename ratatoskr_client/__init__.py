@@ -5,41 +5,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ratatoskr_client.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    RatatoskrError,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-)
-from ratatoskr_client.paths import default_socket_path
-from ratatoskr_client.protocol import ModelGateway, SyncModelGateway
-from ratatoskr_client.types import (
-    ClassifyResult,
-    CountTokensResult,
-    EmbedResult,
-    LabelScore,
-    LoadedModel,
-    NliPrediction,
-    NliResult,
-    ReloadResult,
-    ServerStatus,
-    SwapResult,
-    Task,
-    Timing,
-    Token,
-    TokenizeResult,
-    Usage,
-)
-
 __all__ = [
     "AsyncServiceClient",
     "BlockingGateway",
@@ -83,10 +48,86 @@ if TYPE_CHECKING:
     from ratatoskr_client.auto import auto, auto_async
     from ratatoskr_client.blocking import BlockingGateway
     from ratatoskr_client.client import AsyncServiceClient, ServiceClient
+    from ratatoskr_client.errors import (
+        Cancelled,
+        DeadlineExceeded,
+        FailedPrecondition,
+        Internal,
+        InvalidArgument,
+        NotFound,
+        OutOfRange,
+        PermissionDenied,
+        RatatoskrError,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+        Unimplemented,
+    )
+    from ratatoskr_client.paths import default_socket_path
+    from ratatoskr_client.protocol import ModelGateway, SyncModelGateway
+    from ratatoskr_client.types import (
+        ClassifyResult,
+        CountTokensResult,
+        EmbedResult,
+        LabelScore,
+        LoadedModel,
+        NliPrediction,
+        NliResult,
+        ReloadResult,
+        ServerStatus,
+        SwapResult,
+        Task,
+        Timing,
+        Token,
+        TokenizeResult,
+        Usage,
+    )
 
-#: Names whose modules load grpc and the stubs (about a quarter of a second): imported on first use,
-#: so ``import ratatoskr_client.types`` and the daemon's offline commands do not pay for them.
+#: Every name is imported on first use: the client modules load grpc and the stubs (about a quarter
+#: of a second) and the types build some fifty dataclasses, so ``import ratatoskr_client.errors`` (the
+#: daemon, the CLI's offline commands) pays for neither.
 _LAZY = {
+    **dict.fromkeys(
+        (
+            "Cancelled",
+            "DeadlineExceeded",
+            "FailedPrecondition",
+            "Internal",
+            "InvalidArgument",
+            "NotFound",
+            "OutOfRange",
+            "PermissionDenied",
+            "RatatoskrError",
+            "ResourceExhausted",
+            "Unauthenticated",
+            "Unavailable",
+            "Unimplemented",
+        ),
+        "ratatoskr_client.errors",
+    ),
+    **dict.fromkeys(
+        (
+            "ClassifyResult",
+            "CountTokensResult",
+            "EmbedResult",
+            "LabelScore",
+            "LoadedModel",
+            "NliPrediction",
+            "NliResult",
+            "ReloadResult",
+            "ServerStatus",
+            "SwapResult",
+            "Task",
+            "Timing",
+            "Token",
+            "TokenizeResult",
+            "Usage",
+        ),
+        "ratatoskr_client.types",
+    ),
+    "default_socket_path": "ratatoskr_client.paths",
+    "ModelGateway": "ratatoskr_client.protocol",
+    "SyncModelGateway": "ratatoskr_client.protocol",
     "auto": "ratatoskr_client.auto",
     "auto_async": "ratatoskr_client.auto",
     "BlockingGateway": "ratatoskr_client.blocking",

@@ -9,24 +9,22 @@ and exits non-zero with a one-line reason (never a traceback) on failure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ratatoskr_client.errors import RatatoskrError, Unavailable
-from ratatoskr_client.types import PrivacyTier
-from ratatoskr_server import package_version
-from ratatoskr_server.cli_store import add_store_commands, key_source, sign_model
-from ratatoskr_server.config import DEFAULT_EMBED_MODEL, ConfigError, flatten, load_settings, resolve_config_path
-from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
+from ratatoskr_server.config_basics import DEFAULT_EMBED_MODEL, resolve_config_path
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: PrivacyTier's values (a test holds them equal), spelled out so that building the parser does not
+#: import the client's types.
+TIER_CHOICES = ("sovereign", "private", "standard")
 
 if TYPE_CHECKING:
     from ratatoskr_client.client import ServiceClient
@@ -140,11 +138,25 @@ def _watch_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    """Built from the configuration alone (no network); ``--live`` adds a running daemon's breakers."""
+    """Built from the configuration alone (no network); ``--live`` adds a running daemon's breakers.
+
+    Without --live, what it prints is kept (terminal/tree_cache.py) and printed again, in tens of
+    milliseconds instead of about a second, while nothing it was drawn from has changed."""
+    from ratatoskr_server.terminal import tree_cache
+
+    key = None
+    if not args.live:
+        key = tree_cache.request_key(["json" if args.json else "draw", args.config or ""])
+        kept = tree_cache.lookup(key)
+        if kept is not None:
+            sys.stdout.write(kept)
+            return 0
     if not _has_rich("tree"):
         return EXIT_FAILURE
-    from ratatoskr_server.terminal.tree import backends, build_tree
+    from ratatoskr_server.config import load_settings
+    from ratatoskr_server.terminal.tree import backends, build_tree, sources
 
+    started_ns = time.time_ns()
     settings = load_settings(args.config)
     items = backends(settings)
     breakers: dict[str, str] | None = None
@@ -152,11 +164,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         with _client(args.socket, timeout=args.timeout) as client:
             breakers = client.status().breakers
     if args.json:
-        print(json.dumps({"backends": [asdict(b) for b in items], "breakers": breakers}, indent=2))
-        return 0
-    from rich.console import Console
+        text = json.dumps({"backends": [asdict(b) for b in items], "breakers": breakers}, indent=2) + "\n"
+    else:
+        from rich.console import Console
 
-    Console().print(build_tree(items, breakers))
+        console = Console()
+        with console.capture() as captured:
+            console.print(build_tree(items, breakers))
+        text = captured.get()
+    sys.stdout.write(text)
+    if key is not None:
+        tree_cache.store(key, text, sources(settings, resolve_config_path(args.config)), started_ns)
     return 0
 
 
@@ -229,6 +247,7 @@ def _cmd_models_swap(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ratatoskr_server.config import flatten, load_settings
     from ratatoskr_server.preflight import Level, check_settings
 
     settings = load_settings(args.config)
@@ -260,7 +279,7 @@ def _secrets_variable(name: str) -> str:
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     """A new caller key: the token printed once, its hash into the secrets file, the config table to add."""
-    from ratatoskr_server.config import SCOPES, append_secret
+    from ratatoskr_server.config import SCOPES, append_secret, load_settings
     from ratatoskr_server.keys import new_token
 
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -310,6 +329,8 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from ratatoskr_server.config import load_settings
+
     settings = load_settings(args.config)
     rows: list[dict[str, Any]] = [
         {
@@ -345,6 +366,8 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 @contextmanager
 def _steps(title: str, total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
     """A progress bar on stderr when it is a terminal (rich, imported only then); a no-op otherwise."""
+    import importlib.util
+
     if quiet or not sys.stderr.isatty() or importlib.util.find_spec("rich") is None:
         yield lambda _name: None
         return
@@ -355,6 +378,8 @@ def _steps(title: str, total: int, quiet: bool) -> Iterator[Callable[[str], None
 
 
 def _cmd_models_import(args: argparse.Namespace) -> int:
+    from ratatoskr_server.cli_store import key_source, sign_model
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.local.importer import (
         IMPORT_STEPS,
         QUANTIZE_STEPS,
@@ -362,6 +387,7 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
         import_bert_checkpoint,
         quantize_model,
     )
+    from ratatoskr_server.local.manifest import MANIFEST_FILE
 
     settings = load_settings(args.config)
     dest = Path(args.model_dir).expanduser() if args.model_dir else settings.local.resolved_model_dir()
@@ -424,7 +450,10 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
+    from ratatoskr_client.errors import RatatoskrError
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.local.discovery import local_models
+    from ratatoskr_server.local.manifest import MANIFEST_FILE, ModelManifest
     from ratatoskr_server.local.pool import dir_mb
     from ratatoskr_server.store.inspect import summarize
 
@@ -638,6 +667,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 def _cmd_backends(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ratatoskr_client.errors import RatatoskrError
+    from ratatoskr_client.types import PrivacyTier
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.net.egress import Reach, requested_tier
     from ratatoskr_server.redact import display_url
     from ratatoskr_server.routing.router import Router
@@ -717,6 +749,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _daemon_breakers(socket: str) -> dict[str, dict[str, str]] | None:
     """The running daemon's circuit breakers that are not closed, by provider then model; None when
     no daemon answers (the state lives in the daemon: this command only probes the upstreams)."""
+    from ratatoskr_client.errors import RatatoskrError
+
     try:
         with _client(socket, timeout=1.0) as client:
             phases = client.status().breakers
@@ -777,6 +811,8 @@ def _cmd_registry_update(args: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import asdict as as_dict
 
+    from ratatoskr_client.errors import RatatoskrError
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.registry import ModelRegistry
     from ratatoskr_server.registry.cache import load_live, update
 
@@ -806,9 +842,19 @@ def _cmd_registry_update(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILURE
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked: the distribution's metadata costs every other command
+    about 25 ms to import."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from ratatoskr_server import package_version
+
+        parser.exit(message=f"ratatoskr {package_version()}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratatoskr", description="One gRPC gateway for models, local and remote.")
-    parser.add_argument("--version", action="version", version=f"ratatoskr {package_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(
@@ -909,6 +955,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, socket=True, timeout=300.0)
     p.add_argument("model", help="the local model's name")
     p.set_defaults(func=_cmd_models_swap)
+    from ratatoskr_server.cli_store import add_store_commands
+
     add_store_commands(models, common)
 
     registry = sub.add_parser("registry", help="model metadata").add_subparsers(dest="registry_command", required=True)
@@ -956,7 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, config=True)
     p.add_argument("name", help="the caller's name (in logs, metrics and [callers.NAME])")
     p.add_argument("--scopes", default="chat", help="comma-separated: chat, embed, nli, classify, admin")
-    p.add_argument("--tier", choices=["sovereign", "private", "standard"], help="privacy ceiling of its requests")
+    p.add_argument("--tier", choices=TIER_CHOICES, help="privacy ceiling of its requests")
     p.add_argument("--budget-scope", default="", help="budget its calls are charged to (default: its own)")
     p.add_argument("--rpm", type=int, help="calls per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
@@ -974,7 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, config=True, socket=True, timeout=5.0)
     p.add_argument(
         "--tier",
-        choices=[t.value for t in PrivacyTier],
+        choices=TIER_CHOICES,
         help="only the providers this tier may use (it tightens privacy.tier); the others are not contacted",
     )
     p.set_defaults(func=_cmd_backends)
@@ -982,6 +1030,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ratatoskr_client.errors import RatatoskrError, Unavailable
+    from ratatoskr_server.config_basics import ConfigError
+
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         # argparse reports a subcommand's unknown flag with the top-level usage; show the subcommand's.

@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ratatoskr_server.config import Settings, load_settings
-
 if TYPE_CHECKING:
+    from ratatoskr_server.config import Settings
     from ratatoskr_server.store.crypt import KeySource
 
 EXIT_FAILURE = 1
@@ -76,6 +75,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_hash(args: argparse.Namespace) -> int:
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.store.store import hash_folder
 
     settings = load_settings(args.config)
@@ -102,6 +102,8 @@ def sign_model(folder: Path, key_path: Path, *, allow_symlinks: bool) -> tuple[s
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
+    from ratatoskr_server.config import load_settings
+
     settings = load_settings(args.config)
     name, folder = resolve_model(settings, args.model)
     address, key_id = sign_model(folder, Path(args.key).expanduser(), allow_symlinks=settings.store.allow_symlinks)
@@ -112,6 +114,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Everything the pool checks at load, without loading: exit 1 with the store's reason."""
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.store.store import ModelStore
 
     overrides: dict[str, Any] = {}
@@ -136,6 +139,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _seal(args: argparse.Namespace, *, encrypt: bool) -> int:
+    from ratatoskr_server.config import load_settings
     from ratatoskr_server.store.sealing import decrypt_model, encrypt_model, is_signed
 
     settings = load_settings(args.config)

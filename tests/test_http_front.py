@@ -93,6 +93,33 @@ def test_chat_stream_assembles_to_the_doubles_text(sdk: openai.OpenAI) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 19
 
 
+def test_a_streamed_answer_ends_with_the_notes_its_headers_could_not_carry(httpd: DaemonProcess) -> None:
+    """The overhead is known only once the stream is over: it follows the last chunk as an SSE
+    comment (which the SDK above skipped), just before ``[DONE]``; a failed stream carries it too."""
+    body = json.dumps({"model": "up/gpt-test", "messages": HI, "stream": True}).encode()
+    request = urllib.request.Request(
+        f"{http_address(httpd)}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert "x-ratatoskr-overhead-ms" not in response.headers
+        blocks = response.read().decode().split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""]
+    comments = blocks[-3].splitlines()
+    assert all(line.startswith(": x-ratatoskr-") for line in comments), blocks[-3]
+    overhead = [float(line.rsplit(": ", 1)[1]) for line in comments if line.startswith(": x-ratatoskr-overhead-ms: ")]
+    assert len(overhead) == 1 and overhead[0] >= 0
+    assert all(b.startswith("data: {") for b in blocks[:-3])
+
+    failing = json.dumps({"model": "up/midstream-error", "messages": HI, "stream": True}).encode()
+    request = urllib.request.Request(
+        f"{http_address(httpd)}/v1/chat/completions", data=failing, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        blocks = response.read().decode().split("\n\n")
+    assert blocks[-2].startswith('data: {"error"') and "data: [DONE]" not in blocks
+    assert ": x-ratatoskr-overhead-ms: " in blocks[-3]
+
+
 def test_streamed_tool_calls_assemble_in_the_sdk(sdk: openai.OpenAI) -> None:
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     with sdk.chat.completions.stream(model="up/tools", messages=HI, tools=tools) as stream:  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ into a rich Console of fixed width and read back as text."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -100,7 +101,7 @@ def test_the_tree_command_prints_and_answers_json(tmp_path: Path) -> None:
         '[providers.up]\nkind = "ollama"\nbase_url = "http://[::1]:11434"\nlocal = true\n',
         encoding="utf-8",
     )
-    env = clean_env(COLUMNS=str(WIDTH))
+    env = clean_env(COLUMNS=str(WIDTH), XDG_CACHE_HOME=str(tmp_path / "cache"))
     run = subprocess.run(
         [sys.executable, "-m", "ratatoskr_server", "tree", "--config", str(config)],
         capture_output=True,
@@ -120,6 +121,97 @@ def test_the_tree_command_prints_and_answers_json(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert '"tier": "sovereign"' in as_json.stdout and '"breakers": null' in as_json.stdout
+
+
+def _tree(config: Path, env: dict[str, str], *flags: str) -> tuple[str, list[str]]:
+    """``ratatoskr tree`` in a child process: what it printed, and which of pydantic and rich it
+    imported (a kept answer needs neither; that is where its second goes)."""
+    probe = (
+        "import json, sys; from ratatoskr_server.cli import main; code = main(sys.argv[1:]); "
+        "print(json.dumps(sorted(m for m in ('pydantic', 'rich') if m in sys.modules)), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, "tree", "--config", str(config), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    imported = json.loads(run.stderr.strip().splitlines()[-1])
+    return run.stdout, imported
+
+
+def _age(*paths: Path) -> None:
+    """Back-date files past the cache's racy window, as files edited a while ago are."""
+    past = time.time() - 3600
+    for path in paths:
+        os.utime(path, (past, past))
+
+
+def test_the_tree_is_kept_and_redrawn_only_when_what_it_shows_can_have_changed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[local]\nmodel_dir = "{models}"\n'
+        '[providers.up]\nkind = "openai_compat"\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "${UP_KEY}"\n'
+        'models = ["a"]\n',
+        encoding="utf-8",
+    )
+    _age(config, models)
+    cache = tmp_path / "cache"
+    env = clean_env(COLUMNS=str(WIDTH), XDG_CACHE_HOME=str(cache), UP_KEY="sk-tree-secret-4711")
+
+    first, imported = _tree(config, env)
+    assert "up  openai_compat" in first and imported == ["pydantic", "rich"]
+    again, imported = _tree(config, env)
+    assert again == first and imported == [], "an unchanged configuration is printed from the cache"
+    as_json, imported = _tree(config, env, "--json")
+    assert '"family": "openai_compat"' in as_json and imported == ["pydantic", "rich"], "each form is kept apart"
+
+    # Nothing secret is kept: the environment enters only through a digest.
+    entries = list((cache / "ratatoskr" / "tree").iterdir())
+    assert entries and all(e.stat().st_mode & 0o777 == 0o600 for e in entries)
+    assert (cache / "ratatoskr" / "tree").stat().st_mode & 0o777 == 0o700
+    assert not any("sk-tree-secret-4711" in e.read_text() for e in entries)
+
+    # A changed file, a new model folder, a changed variable: each is drawn anew.
+    config.write_text(config.read_text().replace('models = ["a"]', 'models = ["a", "b-new"]'), encoding="utf-8")
+    _age(config)
+    changed, imported = _tree(config, env)
+    assert "b-new" in changed and imported == ["pydantic", "rich"]
+    checkpoint = make_tiny_bert_checkpoint(tmp_path / "ckpt", seed=3)
+    import_bert_checkpoint(checkpoint, models, "fresh")
+    _age(models, *models.rglob("*"))
+    with_model, imported = _tree(config, env)
+    assert "local/fresh" in with_model and imported == ["pydantic", "rich"]
+    assert _tree(config, env)[1] == []
+    env["RATATOSKR_PRIVACY__TIER"] = "standard"
+    assert _tree(config, env)[1] == ["pydantic", "rich"]
+
+
+def test_a_tree_just_edited_is_not_kept_and_an_unwritable_cache_is_skipped(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[local]\nmodel_dir = "{tmp_path}"\n', encoding="utf-8")
+    env = clean_env(COLUMNS=str(WIDTH), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    # Modified a moment ago: a second edit within the timestamps' granularity could hide behind it.
+    assert _tree(config, env)[1] == ["pydantic", "rich"]
+    assert _tree(config, env)[1] == ["pydantic", "rich"]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    _age(config)
+    out, imported = _tree(config, clean_env(COLUMNS=str(WIDTH), XDG_CACHE_HOME=str(blocked)))
+    assert "ratatoskr backends" in out and imported == ["pydantic", "rich"]
+
+
+def test_the_parser_spells_out_the_privacy_tiers() -> None:
+    from ratatoskr_client.types import PrivacyTier
+    from ratatoskr_server.cli import TIER_CHOICES
+
+    assert tuple(t.value for t in PrivacyTier) == TIER_CHOICES
 
 
 # -- status --watch -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.text import Text
 from rich.tree import Tree
@@ -98,6 +99,20 @@ def backends(settings: Settings) -> list[Backend]:
             )
         )
     return out
+
+
+def sources(settings: Settings, config: Path | None) -> list[Path]:
+    """Every file and folder the tree is drawn from, for its cache (terminal/tree_cache.py): the
+    configuration and secrets files, the model folder and each entry in it (a folder that gains a
+    manifest is a new model), and each local model's folder and manifest."""
+    found = [p for p in (config, settings.secrets_file) if p is not None]
+    root = settings.local.resolved_model_dir()
+    found.append(root)
+    if root.is_dir():
+        found.extend(sorted(root.iterdir()))
+    for folder in local_models(settings).values():
+        found.extend((folder, folder / MANIFEST_FILE))
+    return [p.expanduser() for p in found]
 
 
 def _breaker(name: str, breakers: Mapping[str, str]) -> str:

@@ -268,7 +268,8 @@ async def _stream(
     model: str,
 ) -> web.StreamResponse:
     """One streamed answer: the status and headers go with the first event; a failure after that is
-    an in-band error event and the body ends without ``[DONE]``."""
+    an in-band error event and the body ends without ``[DONE]``. Notes that became known or changed
+    since the headers (the gateway's overhead, always) go just before the end as SSE comments."""
     front = request.app[FRONT_KEY]
     guard = front.guard
 
@@ -280,13 +281,15 @@ async def _stream(
             yield event
 
     response: web.StreamResponse | None = None
+    sent: dict[str, str] = {}
     finished = False
     tail = b""
     try:
         async with aclosing(front.edge.stream(rpc, ctx, guarded(), model=model, transport=TRANSPORT)) as relayed:  # type: ignore[type-var]
             async for event in relayed:
                 if response is None:
-                    response = web.StreamResponse(headers={**sse.STREAM_HEADERS, **note_headers(ctx)})
+                    sent = note_headers(ctx)
+                    response = web.StreamResponse(headers={**sse.STREAM_HEADERS, **sent})
                     await response.prepare(request)
                     if isinstance(chunks, wire.ChatChunks):
                         await response.write(sse.event(chunks.first()))
@@ -307,8 +310,9 @@ async def _stream(
             return error_response(ctx, err)
         tail = sse.event(errors.error_json(err))
     assert response is not None  # a stream without one event became an error response above
+    late = {name: value for name, value in note_headers(ctx).items() if sent.get(name) != value}
     with contextlib.suppress(ConnectionResetError):  # a client that left once it had the last event
-        await response.write(tail)
+        await response.write(sse.late_notes(late) + tail)
         await response.write_eof()
     return response
 
