@@ -26,7 +26,7 @@ CONFIG_ARG := $(if $(CONFIG),--config "$(CONFIG)")
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit redis-server proto model runtime dev lock install bench bench-embed bench-chat clean
+.PHONY: run test lint typecheck unit redis-server proto model runtime dev lock install bench bench-embed bench-chat bench-start clean
 
 run: $(GEN_STAMP) $(RUNTIME_STAMP)
 	@echo "==> default model (imported once into local.model_dir)"
@@ -113,7 +113,7 @@ $(GEN_STAMP): $(PROTOS) $(RUNTIME_STAMP)
 	touch $@
 
 # Every performance figure of issue 17 in one run, each against its baseline measured beside it.
-bench: bench-chat bench-embed
+bench: bench-chat bench-embed bench-start
 	$(PY) bench/http_engine.py
 	$(PY) bench/http_throughput.py
 	$(PY) bench/resilience.py
@@ -124,6 +124,11 @@ bench: bench-chat bench-embed
 bench-embed: $(GEN_STAMP) $(RUNTIME_STAMP)
 	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
 	$(PY) bench/embed.py $(ARGS)
+
+# Start to SERVING (no model, the default model) and idle memory, against a bare grpc.aio server.
+bench-start: $(GEN_STAMP) $(RUNTIME_STAMP)
+	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
+	$(PY) bench/startup.py $(ARGS)
 
 # Chat latency the daemon adds over calling a loopback upstream directly; needs no local model.
 bench-chat: $(GEN_STAMP) $(DEV_STAMP)

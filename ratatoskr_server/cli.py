@@ -849,7 +849,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         from ratatoskr_server import package_version
 
-        parser.exit(message=f"ratatoskr {package_version()}\n")
+        print(f"ratatoskr {package_version()}")  # on stdout, as argparse's own version action prints it
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1029,7 +1030,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_httpx_cli() -> None:
+    """Mark httpx's command-line client absent before anything imports httpx.
+
+    ``import httpx`` imports its CLI module (click, rich, pygments: about 50 ms of a daemon's start)
+    whenever click is installed, and model-signing installs click. This process is ours and never
+    runs that CLI; httpx itself falls back to a stub ``main`` when the module cannot be imported.
+    Embedding applications are left alone: only the ``ratatoskr`` command does this."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _without_httpx_cli()
     from ratatoskr_client.errors import RatatoskrError, Unavailable
     from ratatoskr_server.config_basics import ConfigError
 

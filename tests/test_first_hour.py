@@ -187,3 +187,22 @@ def test_embed_timeout_is_honoured(daemon: DaemonProcess) -> None:
     assert run.stderr.startswith("ratatoskr: DEADLINE_EXCEEDED"), run.stderr
     with daemon.client() as client, pytest.raises(DeadlineExceeded):
         client.embed(texts, model=MODEL, timeout=0.001)
+
+
+def test_the_daemon_starts_without_what_serving_does_not_need() -> None:
+    """``ratatoskr serve`` imports what serving needs and nothing else (issue 17, start in a second):
+    not httpx's own CLI with click and rich (model-signing installs click), not the tracing SDK while
+    tracing is off, not cryptography or model-signing before a model is encrypted or signed. Each is
+    tens of milliseconds; httpx still works, with its stub ``main``."""
+    probe = (
+        "import json, sys; import ratatoskr_server.cli as cli; cli._without_httpx_cli();"
+        "import ratatoskr_server.daemon, ratatoskr_server.gateway, httpx;"
+        "heavy = ('httpx._main', 'click', 'rich', 'pygments', 'opentelemetry.sdk', 'cryptography', 'argon2',"
+        " 'model_signing', 'jinja2');"
+        "print(json.dumps([m for m in heavy if sys.modules.get(m) is not None]), callable(httpx.main))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["[]", "True"]

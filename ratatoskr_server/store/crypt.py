@@ -35,11 +35,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from argon2.low_level import Type, hash_secret_raw
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 MAGIC = b"RTSKENC\0"
 VERSION = 1
@@ -129,9 +128,19 @@ def _derive(source: KeySource, kdf: int, params: Argon2Params, salt: bytes, file
         raise CryptError(
             f"{file} was encrypted with a passphrase (Argon2id), but the key source is {source.describe()}"
         )
+    from argon2.low_level import Type, hash_secret_raw
+
     return hash_secret_raw(
         source.passphrase.encode(), salt, params.time_cost, params.memory_kib, params.parallelism, KEY_BYTES, Type.ID
     )
+
+
+def _cipher(key: bytes) -> ChaCha20Poly1305:
+    """The AEAD, imported with the first encrypted file: cryptography costs a daemon's start (which
+    may hold no encrypted model) about 15 ms to import."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    return ChaCha20Poly1305(key)
 
 
 def _nonce(base: bytes, index: int) -> bytes:
@@ -188,8 +197,10 @@ def _frames(f: BinaryIO, header: _Header, file: str) -> Iterator[tuple[int, bool
 
 def decrypt_stream(f: BinaryIO, source: KeySource, file: str) -> bytes:
     """The plaintext of an encrypted file, read frame by frame (blocking)."""
+    from cryptography.exceptions import InvalidTag
+
     header = _read_header(f, file, source)
-    cipher = ChaCha20Poly1305(_derive(source, header.kdf, header.params, header.salt, file))
+    cipher = _cipher(_derive(source, header.kdf, header.params, header.salt, file))
     out = io.BytesIO()
     for index, last, sealed in _frames(f, header, file):
         try:
@@ -240,7 +251,7 @@ def encrypt_file(
         MAGIC, version, AEAD_CHACHA20_POLY1305, kdf, recorded.time_cost, recorded.memory_kib,
         recorded.parallelism, salt, nonce_base, frame_size, size,
     )  # fmt: skip
-    cipher = ChaCha20Poly1305(_derive(source, kdf, argon, salt, src.name))
+    cipher = _cipher(_derive(source, kdf, argon, salt, src.name))
     frames = max(1, -(-size // frame_size))
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:

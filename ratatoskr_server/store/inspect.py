@@ -13,7 +13,6 @@ from pathlib import Path
 from ratatoskr_server.store.content import ContentManifest
 from ratatoskr_server.store.crypt import is_encrypted
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE
-from ratatoskr_server.store.keys import KeyFileError, load_public_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,9 @@ def _signature(folder: Path, trusted_keys: list[Path]) -> str:
     path = folder / SIGNATURE_FILE
     if not path.exists():
         return "unsigned"
-    from ratatoskr_server.store.signature import SignatureError, read_signature, signed_digests  # heavy: signed only
+    # Heavy (cryptography, model-signing), so imported for a signed folder only.
+    from ratatoskr_server.store.keys import KeyFileError, load_public_key
+    from ratatoskr_server.store.signature import SignatureError, read_signature, signed_digests
 
     try:
         envelope = read_signature(path)

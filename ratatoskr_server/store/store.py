@@ -20,7 +20,6 @@ from ratatoskr_server.store.content import ContentManifest, FileEntry, content_a
 from ratatoskr_server.store.crypt import MAGIC, CryptError, KeySource, decrypt_bytes, decrypt_file, is_encrypted
 from ratatoskr_server.store.digest import BLAKE3, FileDigest, hash_bytes, hash_file
 from ratatoskr_server.store.files import CONTENT_FILE, SIGNATURE_FILE, covered_files
-from ratatoskr_server.store.keys import KeyFileError, TrustedKey, load_public_key
 from ratatoskr_server.store.provenance import Provenance, SignatureState, SignatureStatus, Verification
 
 
@@ -68,6 +67,7 @@ class ModelFiles:
 
 
 if TYPE_CHECKING:
+    from ratatoskr_server.store.keys import TrustedKey
     from ratatoskr_server.store.signature import Envelope
 
 
@@ -247,6 +247,9 @@ class ModelStore:
 
     @staticmethod
     def _trusted(policy: StorePolicy) -> list[TrustedKey]:
+        # Imported for a trust list only: the key types cost a start without one about 15 ms.
+        from ratatoskr_server.store.keys import KeyFileError, load_public_key
+
         try:
             return [load_public_key(path) for path in policy.trusted_keys]
         except KeyFileError as err:
