@@ -211,20 +211,47 @@ def spawn_helper(*args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, line
 
 
-def start_daemon(socket_path: Path, upstream_url: str) -> subprocess.Popen[bytes]:
-    """The daemon with one provider, "up", and no local models, metrics off, logging at WARNING."""
+#: What each --stages profile configures beyond the provider.
+STAGES = {
+    "lean": "metrics off, logging at WARNING (no per-request log line), provider local (no budget)",
+    "production": "metrics on, a log line per request (INFO, JSON), provider paid (local = false) with a price, "
+    "a daily budget on its SQLite ledger",
+}
+
+
+def start_daemon(socket_path: Path, upstream_url: str, stages: str = "production") -> subprocess.Popen[bytes]:
+    """The daemon with one provider, "up", and no local models, configured as ``STAGES[stages]`` says.
+
+    "production" is what the issue's goal measures: every stage a production user would have on
+    (parameters, privacy, budget, context fit, retry/fallback, metrics, the request log; tracing off).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_")}
     env.update(
         RATATOSKR_SERVER__SOCKET_PATH=str(socket_path),
-        RATATOSKR_METRICS__ENABLED="false",
-        RATATOSKR_LOGGING__LEVEL="WARNING",
         RATATOSKR_LOCAL__PRELOAD="[]",
         RATATOSKR_LOCAL__AUTO_IMPORT_DEFAULT="false",
         RATATOSKR_PROVIDERS__UP__KIND="openai_compat",
         RATATOSKR_PROVIDERS__UP__BASE_URL=f"{upstream_url}/v1",
-        RATATOSKR_PROVIDERS__UP__LOCAL="true",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "ratatoskr_server", "serve"], env=env)
+    if stages == "lean":
+        env.update(
+            RATATOSKR_METRICS__ENABLED="false",
+            RATATOSKR_LOGGING__LEVEL="WARNING",
+            RATATOSKR_PROVIDERS__UP__LOCAL="true",
+        )
+    else:
+        env.update(
+            RATATOSKR_METRICS__PORT="0",
+            RATATOSKR_LOGGING__LEVEL="INFO",
+            RATATOSKR_LOGGING__FORMAT="json",
+            RATATOSKR_PROVIDERS__UP__LOCAL="false",
+            RATATOSKR_BUDGET__DAILY_USD="100000",
+            RATATOSKR_BUDGET__LEDGER_PATH=str(socket_path.parent / "budget.sqlite3"),
+            RATATOSKR_BUDGET__PRICES=json.dumps({"up/*": {"input_per_million": "0.15", "output_per_million": "0.6"}}),
+        )
+    # The request log goes to a file, as a service manager's journal takes it, not to this terminal.
+    log = (socket_path.parent / "daemon.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "ratatoskr_server", "serve"], env=env, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -486,6 +513,7 @@ def percentile(samples: list[float], q: float) -> float:
 class Measured:
     style: str
     upstream_url: str
+    stages: str
     #: Latencies in seconds per figure, one list per round.
     samples: dict[str, list[list[float]]] = field(default_factory=lambda: {key: [] for key, _, _ in FIGURES})
     server_cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FIGURE_KEYS, 0.0))
@@ -493,7 +521,7 @@ class Measured:
     new_upstream_connections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(UPSTREAM_FIGURES, 0))
 
 
-def measure(rounds: int, requests: int, warmup: int, client: str) -> Measured:
+def measure(rounds: int, requests: int, warmup: int, client: str, stages: str = "production") -> Measured:
     workdir = Path(tempfile.mkdtemp(prefix="rt-bench-", dir="/tmp"))
     daemon_socket, echo_socket = workdir / "daemon.sock", workdir / "echo.sock"
     started: list[subprocess.Popen[Any]] = []
@@ -504,11 +532,11 @@ def measure(rounds: int, requests: int, warmup: int, client: str) -> Measured:
         echo, _ = spawn_helper("--serve-echo", str(echo_socket))
         started.append(echo)
         upstream_url = f"http://127.0.0.1:{port}"
-        daemon = start_daemon(daemon_socket, upstream_url)
+        daemon = start_daemon(daemon_socket, upstream_url, stages)
         started.append(daemon)
         pids = {"upstream": upstream.pid, "echo": echo.pid, "daemon": daemon.pid}
         clients = (SyncClients if client == "sync" else AsyncClients)(upstream_url, daemon_socket, echo_socket)
-        out = Measured(clients.style, upstream_url)
+        out = Measured(clients.style, upstream_url, stages)
         try:
             probes = clients.probes()
             for key in FIGURE_KEYS:
@@ -552,7 +580,7 @@ def summarize(m: Measured, rounds: int, requests: int) -> dict[str, Any]:
         "client": m.style,
         "rounds": rounds,
         "requests_per_round": requests,
-        "daemon": {"metrics": "disabled", "logging": "WARNING"},
+        "daemon": STAGES[m.stages],
         "p50_ms": {k: round(v, 3) for k, v in p50.items()},
         "p99_ms": {k: round(v, 3) for k, v in p99.items()},
         "server_cpu_ms_per_call": {k: round(v / calls * 1000, 3) for k, v in m.server_cpu_s.items()},
@@ -572,7 +600,7 @@ def print_report(figures: dict[str, Any], upstream_url: str) -> None:
         f"per figure ({rounds * requests} each)"
     )
     print(f"client style, every figure: {figures['client']}")
-    print("daemon: metrics disabled, logging at WARNING (no per-request log line), no local models;")
+    print(f"daemon: {figures['daemon']}; no local models;")
     print(
         f"        provider 'up' (openai_compat) = the aiohttp upstream at {upstream_url} "
         f"(its own process, instant reply in {len(REPLY_PIECES)} content chunks)"
@@ -612,6 +640,13 @@ def main() -> int:
         default="sync",
         help="client style for every figure; sync (default) has the least client overhead here",
     )
+    parser.add_argument(
+        "--stages",
+        choices=tuple(STAGES),
+        default="production",
+        help="production (default; the goal's figure): metrics, request log, budget on a paid provider; "
+        "lean: none of those",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-echo", default="", help=argparse.SUPPRESS)
@@ -623,7 +658,7 @@ def main() -> int:
         uvloop.run(serve_echo(args.serve_echo))
         return 0
 
-    measured = measure(args.rounds, args.requests, args.warmup, args.client)
+    measured = measure(args.rounds, args.requests, args.warmup, args.client, args.stages)
     figures = summarize(measured, args.rounds, args.requests)
     if args.json:
         print(json.dumps(figures, indent=2))

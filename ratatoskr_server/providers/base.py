@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import cached_property
 from typing import ClassVar, TypeVar
 
 import httpx
@@ -95,9 +96,11 @@ class HttpProvider(ABC):
     def local(self) -> bool:
         return self.settings.local
 
-    @property
+    @cached_property
     def secrets(self) -> list[str]:
-        """Values that must never appear in anything this provider reports."""
+        """Values that must never appear in anything this provider reports. Worked out once: the
+        settings are fixed for the adapter's life (a reload builds new adapters), and parsing the
+        base URL's user-info on every call was a measurable part of a call's own cost."""
         return self.settings.secret_values()
 
     def default_headers(self) -> dict[str, str]:

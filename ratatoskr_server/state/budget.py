@@ -10,6 +10,7 @@ them exactly (SQLite: integer nano-dollars).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,12 +82,15 @@ class BudgetLedger(Protocol):
         """
         ...
 
-    async def settle(self, reservation: Reservation, actual: Decimal) -> None:
+    def settle(self, reservation: Reservation, actual: Decimal) -> asyncio.Future[None]:
         """Release the reservation and charge ``actual`` to its buckets (even past a limit: the
         money is spent; the reservation made that rare).
 
-        Once called it must complete even if the awaiting task is cancelled (the budget stage
-        settles in ``finally`` blocks of requests that are being cancelled)."""
+        Taken in order at the call: every later call on this ledger (a reserve, a budget report)
+        sees it. The returned future is done once it is stored, and it completes whether or not
+        anyone awaits it: the budget stage does not, so an answer never waits for the ledger's commit,
+        while the reservation keeps covering the call until then (nothing can be overspent in the
+        meantime). A failure is the future's exception; ``close`` waits for the settles under way."""
         ...
 
     async def expire(self, now: float) -> int:

@@ -6,6 +6,7 @@ atomic as the SQLite ledger's transactions.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from decimal import Decimal
@@ -41,11 +42,14 @@ class MemoryBudgetLedger:
         self._held[rid] = (nanos, expires_at, tuple(b.key for b in buckets))
         return Reservation(rid, amount, tuple(buckets), tuple(levels))
 
-    async def settle(self, reservation: Reservation, actual: Decimal) -> None:
+    def settle(self, reservation: Reservation, actual: Decimal) -> asyncio.Future[None]:
         self._held.pop(reservation.id, None)
         nanos = to_nanos(actual)
         for bucket in reservation.buckets:
             self._spent[bucket.key] = self._spent.get(bucket.key, 0) + nanos
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored.set_result(None)
+        return stored
 
     async def expire(self, now: float) -> int:
         gone = [rid for rid, (_, expires, _) in self._held.items() if expires <= now]

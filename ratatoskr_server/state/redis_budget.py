@@ -147,6 +147,8 @@ class RedisBudgetLedger:
         self._expire = client.register_script(_EXPIRE)
         #: Settles that could not reach Redis: (reservation, actual nanos), retried in order.
         self._pending: deque[tuple[Reservation, int]] = deque()
+        #: Settles on their way to Redis (each a task of its own: answers do not wait for them).
+        self._settling: set[asyncio.Future[None]] = set()
 
     # -- reserve -------------------------------------------------------------------------------------
     async def reserve(
@@ -193,11 +195,16 @@ class RedisBudgetLedger:
         args += [_field(b) for b in reservation.buckets]
         await self.state.call("budget", lambda: self._settle(args=args))
 
-    async def settle(self, reservation: Reservation, actual: Decimal) -> None:
-        nanos = to_nanos(actual)
+    def settle(self, reservation: Reservation, actual: Decimal) -> asyncio.Future[None]:
+        # A task of its own: it completes however the request that settles ends; close() waits for it.
+        task = asyncio.ensure_future(self._settle_or_keep(reservation, to_nanos(actual)))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    async def _settle_or_keep(self, reservation: Reservation, nanos: int) -> None:
         try:
-            # Completes even when the request's task is cancelled (the budget stage settles in finally).
-            await asyncio.shield(self._settle_one(reservation, nanos))
+            await self._settle_one(reservation, nanos)
         except StateUnavailable as err:
             self._keep(reservation, nanos, str(err))
 
@@ -251,6 +258,8 @@ class RedisBudgetLedger:
         return len(self._pending)
 
     async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         if self._pending:
             try:
                 await self._flush_pending()

@@ -204,8 +204,8 @@ class SqliteBudgetLedger:
 
         return body
 
-    async def settle(self, reservation: Reservation, actual: Decimal) -> None:
-        await self._run(self._settle_job(reservation, actual))
+    def settle(self, reservation: Reservation, actual: Decimal) -> asyncio.Future[None]:
+        return self._submit(self._settle_job(reservation, actual))
 
     @staticmethod
     def _expire(db: sqlite3.Connection, now: float) -> int:
