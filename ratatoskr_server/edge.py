@@ -153,7 +153,8 @@ class Edge:
         first = answered.first_event_ms / 1000 if answered.first_event_ms is not None else None
         self.metrics.call(rpc, model, answered.provider, code, elapsed, overhead, first)
         if answered.input_tokens:
-            self.metrics.input_tokens.labels(model=self.metrics.model_label(model)).inc(answered.input_tokens)
+            metrics = self.metrics
+            metrics.child(metrics.input_tokens, metrics.model_label(model)).inc(answered.input_tokens)
         if answered.output_tokens:
             self.metrics.tokens(model, answered.output_tokens, answered.inference_ms / 1000)
 

@@ -396,6 +396,7 @@ class Gateway:
         old = self._routing
         self.bulkheads.configure(prepared.settings)
         self._routing = prepared
+        self.metrics.forget_unknown()  # names the new configuration knows get labels of their own
         self.params.settings = prepared.settings
         awaiting = self.pool.update_settings(prepared.settings)
         old.router.retire()
@@ -436,7 +437,7 @@ class Gateway:
         call = Call(Capability.EMBED, model or self.settings.local.default_embed_model, EmbedInput(inputs, truncate))
         result = expect(await self._run(call, ctx), EmbedResult)
         label = self.metrics.model_label(result.model)
-        self.metrics.embedded_inputs.labels(model=label).inc(len(inputs))
+        self.metrics.child(self.metrics.embedded_inputs, label).inc(len(inputs))
         return _noted(result, ctx)
 
     async def nli(

@@ -18,7 +18,7 @@ from ratatoskr_server.local.importer import import_bert_checkpoint
 from ratatoskr_server.local.manifest import ModelManifest
 from ratatoskr_server.policy.params import MAX_REMEMBERED_REJECTIONS, ParameterGuard
 from ratatoskr_server.store.store import hash_folder
-from ratatoskr_server.telemetry.metrics import MAX_MODEL_LABELS, Metrics
+from ratatoskr_server.telemetry.metrics import MAX_MODEL_LABELS, MAX_UNKNOWN, UNKNOWN_TTL_S, Metrics
 from tests.tiny_bert import make_tiny_bert_checkpoint
 
 
@@ -27,6 +27,41 @@ def test_model_label_values_are_bounded() -> None:
     labels = [metrics.model_label(f"openai/model-{i}") for i in range(MAX_MODEL_LABELS + 50)]
     assert len(set(labels)) == MAX_MODEL_LABELS + 1 and labels[-1] == "other"
     assert metrics.model_label("openai/model-0") == "openai/model-0"  # known names keep their label
+
+
+def test_refused_model_names_are_asked_about_again_after_a_while_or_a_reload() -> None:
+    """The filter (the registry's match) is asked once per name, not once per call; a refused name
+    is asked again after UNKNOWN_TTL_S or once the configuration changed, and the memory is bounded."""
+    now = [0.0]
+    asked: list[str] = []
+    known = {"up/known"}
+    metrics = Metrics(clock=lambda: now[0])
+
+    def knows(name: str) -> bool:
+        asked.append(name)
+        return name in known
+
+    metrics.model_filter = knows
+    assert [metrics.model_label("up/bench") for _ in range(5)] == ["other"] * 5 and asked == ["up/bench"]
+    known.add("up/bench")
+    now[0] = UNKNOWN_TTL_S - 1
+    assert metrics.model_label("up/bench") == "other" and len(asked) == 1
+    now[0] = UNKNOWN_TTL_S + 1
+    assert metrics.model_label("up/bench") == "up/bench" and len(asked) == 2
+    assert metrics.model_label("up/late") == "other"
+    known.add("up/late")
+    metrics.forget_unknown()  # what a reload does
+    assert metrics.model_label("up/late") == "up/late"
+    for i in range(MAX_UNKNOWN + 10):
+        metrics.model_label(f"caller-chosen/{i}")
+    assert len(metrics._unknown) <= MAX_UNKNOWN
+
+
+def test_labelled_children_are_kept_and_are_prometheus_own() -> None:
+    metrics = Metrics()
+    first = metrics.child(metrics.calls, "Chat", "other", "up", "OK")
+    assert metrics.child(metrics.calls, "Chat", "other", "up", "OK") is first
+    assert first is metrics.calls.labels(rpc="Chat", model="other", provider="up", code="OK")
 
 
 def test_remembered_rejections_are_bounded() -> None:

@@ -12,14 +12,24 @@ values are bounded: model labels only for models the configuration or the catalo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 #: Distinct model names kept as label values; later ones count under "other".  Model names come
 #: from callers (remote ``provider/anything``), and every label value is a time series forever.
 MAX_MODEL_LABELS = 200
+#: How long a name ``model_filter`` refused stays "other" without asking it again (it runs the
+#: registry's match, a measurable part of a call's cost); the configuration, the catalogue or the
+#: pool may come to know the name later, and a reload forgets at once (``forget_unknown``).
+UNKNOWN_TTL_S = 60.0
+#: Refused names remembered; past this the memory starts over (callers choose remote names).
+MAX_UNKNOWN = 4096
+M = TypeVar("M", bound=MetricWrapperBase)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The gateway's own time per call: sub-millisecond is the norm, so the buckets start small.
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -30,8 +40,9 @@ _BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
+        self._clock = clock
         #: Which model names get a label of their own (configured or catalogued ones; set by the
         #: gateway that knows them); None: the first MAX_MODEL_LABELS names seen.
         self.model_filter: Callable[[str], bool] | None = None
@@ -225,35 +236,52 @@ class Metrics:
             ["bulkhead"],
             registry=self.registry,
         )
-        self._requests: dict[tuple[str, str, str], Counter] = {}
-        self._latency: dict[tuple[str, str], Histogram] = {}
         self._server: WSGIServer | None = None
         self._models: set[str] = set()
+        #: Refused names and until when (``clock``) they count as "other" without asking again.
+        self._unknown: dict[str, float] = {}
+        #: Labelled children of the per-call metrics, by metric and label values (see ``child``).
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
 
     def count(self, rpc: str, code: str, seconds: float, transport: str = "grpc") -> None:
-        """One answered RPC; the labelled children are kept, as ``labels()`` costs a lock and a lookup.
+        """One answered RPC.
 
         ``transport`` tells the fronts apart: the HTTP front counts under the gRPC method its route
         stands for, so without it an HTTP chat and a gRPC chat would be one series."""
-        key = (rpc, code, transport)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(rpc=rpc, code=code, transport=transport)
-        latency = self._latency.get((rpc, transport))
-        if latency is None:
-            latency = self._latency[(rpc, transport)] = self.latency.labels(rpc=rpc, transport=transport)
-        child.inc()
-        latency.observe(seconds)
+        self.child(self.requests, rpc, code, transport).inc()
+        self.child(self.latency, rpc, transport).observe(seconds)
 
     def model_label(self, model: str) -> str:
         """``model`` as a label value: "other" for names ``model_filter`` does not know, and once
         MAX_MODEL_LABELS names are in use."""
         if model in self._models:
             return model
-        if len(self._models) >= MAX_MODEL_LABELS or (self.model_filter is not None and not self.model_filter(model)):
+        until = self._unknown.get(model)
+        if until is not None and until > self._clock():
+            return "other"
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        if self.model_filter is not None and not self.model_filter(model):
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown[model] = self._clock() + UNKNOWN_TTL_S
             return "other"
         self._models.add(model)
         return model
+
+    def forget_unknown(self) -> None:
+        """Ask ``model_filter`` again about every name it refused (the configuration changed)."""
+        self._unknown.clear()
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)`` (values in the order of its label names), kept: ``labels()``
+        takes a lock and builds its key on every call, a few microseconds each, several per call.
+        Only for label values that are bounded already (model labels, rpc names, providers)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]  # labels() returns a child of the same type
 
     def call(
         self,
@@ -267,18 +295,18 @@ class Metrics:
     ) -> None:
         """One model call answered (or failed): counts, latency, time to first event and overhead."""
         label = self.model_label(model)
-        self.calls.labels(rpc=rpc, model=label, provider=provider, code=code).inc()
-        self.call_latency.labels(rpc=rpc, model=label).observe(seconds)
-        self.overhead.labels(rpc=rpc).observe(max(overhead_s, 0.0))
+        self.child(self.calls, rpc, label, provider, code).inc()
+        self.child(self.call_latency, rpc, label).observe(seconds)
+        self.child(self.overhead, rpc).observe(max(overhead_s, 0.0))
         if first_event_s is not None:
-            self.time_to_first_token.labels(model=label).observe(first_event_s)
+            self.child(self.time_to_first_token, label).observe(first_event_s)
 
     def tokens(self, model: str, output_tokens: int, inference_s: float) -> None:
         """Tokens a call's answer wrote, and how fast."""
         label = self.model_label(model)
-        self.output_tokens.labels(model=label).inc(output_tokens)
+        self.child(self.output_tokens, label).inc(output_tokens)
         if inference_s > 0:
-            self.output_tokens_per_second.labels(model=label).observe(output_tokens / inference_s)
+            self.child(self.output_tokens_per_second, label).observe(output_tokens / inference_s)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (useful when ``port`` is 0)."""

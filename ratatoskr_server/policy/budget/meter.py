@@ -86,4 +86,4 @@ class CostMeterStage(Stage):
             return
         if amount > 0:
             model = self.metrics.model_label(target.id)
-            self.metrics.cost.labels(provider=target.provider.name, model=model).inc(amount)
+            self.metrics.child(self.metrics.cost, target.provider.name, model).inc(amount)
