@@ -112,10 +112,13 @@ $(GEN_STAMP): $(PROTOS) $(RUNTIME_STAMP)
 	touch $(GEN)/__init__.py $(GEN)/ratatoskr/__init__.py $(GEN)/ratatoskr/v1/__init__.py
 	touch $@
 
-# Every performance figure of issue 17 in one run, each against its baseline measured beside it.
-bench: bench-chat bench-embed bench-start
+# Every performance figure of issue 17 in one run: bench/goals.py runs the chat, proxy, embedding and
+# start benches (each against its baseline measured beside it) and prints each figure by its goal;
+# then the per-stage costs.
+bench: $(GEN_STAMP) $(DEV_STAMP) $(RUNTIME_STAMP)
+	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
+	$(PY) bench/goals.py $(ARGS)
 	$(PY) bench/http_engine.py
-	$(PY) bench/http_throughput.py
 	$(PY) bench/resilience.py
 	$(PY) bench/failover.py
 	$(PY) bench/spillover.py

@@ -138,17 +138,29 @@ async def window(call: Call, clients: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def measure(targets: dict[str, Call], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    targets: dict[str, Call], servers: dict[str, int], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Calls/s and latency per target, and the CPU its server process (``servers``: pid) spent per
+    call; the upstream's own CPU is left out of every figure but the direct one."""
     for call in targets.values():  # warm: connections, lazy imports, first-call paths
         await window(call, args.clients, 1.0)
     elapsed: dict[str, float] = dict.fromkeys(targets, 0.0)
+    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
     latencies: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start, cpu_before = time.perf_counter(), cpu_seconds(servers[name])
             latencies[name] += await window(targets[name], args.clients, args.seconds)
             elapsed[name] += time.perf_counter() - start
+            cpu[name] += cpu_seconds(servers[name]) - cpu_before
     out = {}
     for name in targets:
         ordered = sorted(latencies[name])
@@ -156,6 +168,7 @@ async def measure(targets: dict[str, Call], args: argparse.Namespace) -> dict[st
             "calls_per_s": round(len(ordered) / elapsed[name], 1),
             "p50_ms": round(statistics.median(ordered) * 1000, 2),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2),
+            "server_cpu_ms_per_call": round(cpu[name] / max(len(ordered), 1) * 1000, 3),
         }
     return out
 
@@ -196,9 +209,11 @@ def main() -> int:
                 for url, model, proc in urls.values():
                     await wait_ready(session, url, model, proc)
                 targets = {name: http_call(session, url, model) for name, (url, model, _) in urls.items()}
+                servers = {name: proc.pid for name, (_, _, proc) in urls.items()}
                 async with AsyncServiceClient(workdir / "r.sock", timeout=60) as client:
                     targets["ratatoskr grpc"] = grpc_call(client)
-                    return await measure(targets, args)
+                    servers["ratatoskr grpc"] = servers["ratatoskr front"]
+                    return await measure(targets, servers, args)
 
         figures = asyncio.run(run())
         direct = figures["direct"]["calls_per_s"]
@@ -206,9 +221,10 @@ def main() -> int:
             f"{name} / direct": round(f["calls_per_s"] / direct, 3) for name, f in figures.items() if name != "direct"
         }
         if "litellm proxy" in figures:
-            ratios["ratatoskr front / litellm proxy"] = round(
-                figures["ratatoskr front"]["calls_per_s"] / figures["litellm proxy"]["calls_per_s"], 2
-            )
+            for ours in ("ratatoskr front", "ratatoskr grpc"):
+                ratios[f"{ours} / litellm proxy"] = round(
+                    figures[ours]["calls_per_s"] / figures["litellm proxy"]["calls_per_s"], 2
+                )
         if args.json:
             print(json.dumps({"figures": figures, "ratios": ratios}, indent=2))
         else:
@@ -218,8 +234,11 @@ def main() -> int:
                 f"closed loop, one chat per call (cpus: {os.cpu_count()})"
             )
             for name, f in figures.items():
-                rate, p50, p99 = f["calls_per_s"], f["p50_ms"], f["p99_ms"]
-                print(f"  {name:18s} {rate:9.1f} calls/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+                rate, p50, p99, cpu = f["calls_per_s"], f["p50_ms"], f["p99_ms"], f["server_cpu_ms_per_call"]
+                print(
+                    f"  {name:18s} {rate:9.1f} calls/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   "
+                    f"server CPU {cpu:6.3f} ms/call"
+                )
             for name, ratio in ratios.items():
                 print(f"  {name:34s} {ratio:6.3f}")
             if litellm is None:

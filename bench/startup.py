@@ -110,6 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each figure is their median")
     parser.add_argument("--model", default="", help="model folder (default: the configured default embed model)")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     from ratatoskr_server.config import load_settings
@@ -161,20 +162,36 @@ def main() -> int:
         values = [r[key] for r in rows[name] if key in r]
         return statistics.median(values) if values else float("nan")
 
+    with_model, no_model = "ratatoskr, default model", "ratatoskr, no model"
+    total, packages = import_profile("ratatoskr_server.daemon")
+    if args.json:
+        figures = {
+            "rounds": args.rounds,
+            "cores": os.cpu_count(),
+            "python_ms": round(statistics.median(pythons) * 1000, 1),
+            "serving_ms": {name: round(med(name, "ready") * 1000, 1) for name in rows},
+            "idle_rss_mb": {name: round(med(name, "rss_mb"), 1) for name in rows},
+            "listening_ms": round(med(with_model, "listening") * 1000, 1),
+            "model_load_ms": round(med(with_model, "load_ms") * 1000, 1),
+            "import_ms": round(total, 1),
+            "import_self_ms_by_package": {
+                k: round(v, 1) for k, v in sorted(packages.items(), key=lambda i: -i[1])[:12]
+            },
+        }
+        print(json.dumps(figures, indent=2))
+        return 0
     print(f"start to SERVING, median of {args.rounds} rounds (cpus: {os.cpu_count()}; a shared machine is noisy)")
     print(f"  python -c pass                        {statistics.median(pythons) * 1000:8.0f} ms")
     for name in rows:
         print(f"  {name:<37} {med(name, 'ready') * 1000:8.0f} ms   idle RSS {med(name, 'rss_mb'):6.0f} MB")
-    with_model = "ratatoskr, default model"
     print(
         f"  goal: default model <= 1000 ms -> {med(with_model, 'ready') * 1000:.0f} ms "
         f"({med(with_model, 'ready') / 1.0:.2f} of the goal); idle RSS <= 150 / 350 MB -> "
-        f"{med('ratatoskr, no model', 'rss_mb'):.0f} / {med(with_model, 'rss_mb'):.0f} MB"
+        f"{med(no_model, 'rss_mb'):.0f} / {med(with_model, 'rss_mb'):.0f} MB"
     )
     print("where the start with the default model goes (medians):")
     print(f"  listening (imports, settings, bind)   {med(with_model, 'listening') * 1000:8.0f} ms")
     print(f"  model load (pool's load_ms)           {med(with_model, 'load_ms') * 1000:8.0f} ms")
-    total, packages = import_profile("ratatoskr_server.daemon")
     print(f"  import ratatoskr_server.daemon        {total:8.0f} ms cumulative; by package (self time):")
     for package, ms in sorted(packages.items(), key=lambda item: -item[1])[:12]:
         print(f"    {package:<35} {ms:8.1f} ms")

@@ -46,7 +46,7 @@ def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ratatoskr_server.daemon import serve
+    from ratatoskr_server.startup import serve
 
     overrides: dict[str, Any] = {}
     if args.socket:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import errno
 import grp
-import hashlib
 import logging
 import os
 import shlex
@@ -44,8 +43,6 @@ from ratatoskr_server.config import (
     ServerSettings,
     Settings,
     flatten,
-    load_settings,
-    resolve_config_path,
 )
 from ratatoskr_server.edge import Edge
 from ratatoskr_server.fronts.grpc.auth import Guard
@@ -54,12 +51,14 @@ from ratatoskr_server.fronts.grpc.status import Front
 from ratatoskr_server.gateway import Gateway
 from ratatoskr_server.preflight import Level, check_settings
 from ratatoskr_server.sdnotify import Notifier
+from ratatoskr_server.startup import read_configuration
 from ratatoskr_server.telemetry.logs import configure_logging
 from ratatoskr_server.telemetry.metrics import Metrics
 from ratatoskr_server.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
     from ratatoskr_server.fronts.openai_http.server import HttpFront
+    from ratatoskr_server.local.parts import LocalParts
 
 log = logging.getLogger(__name__)
 
@@ -94,28 +93,6 @@ _SERVICES = (
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
-
-
-def _file_digest(path: Path | None) -> str:
-    if path is None:
-        return ""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return ""  # load_settings says so, in its words
-
-
-def read_configuration(path: Path | None, overrides: dict[str, Any]) -> tuple[Settings, str]:
-    """The settings and the sha256 of the very file bytes they came from.
-
-    The file is hashed before and after loading; a file rewritten in between (an editor, a
-    ConfigMap update) is refused rather than reported under a digest it was not read from.
-    """
-    before = _file_digest(path)
-    settings = load_settings(path, **overrides)
-    if _file_digest(path) != before:
-        raise ConfigError(f"configuration file {path} changed while it was being read; try again")
-    return settings, before
 
 
 def group_id(name: str) -> int:
@@ -249,7 +226,12 @@ class Daemon:
         *,
         config_sha256: str = "",
         notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+        local: LocalParts | None = None,
     ) -> None:
+        """``metrics``, ``tracing`` and ``local`` come built when the start began loading models
+        before this module was imported (startup.py); otherwise they are made here."""
         self.settings = settings
         self.config_path = config_path
         #: The configuration serving new calls: 1 at start, one more per applied reload.
@@ -261,10 +243,10 @@ class Daemon:
         self._ready_sent = False
         #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
         self.overrides = dict(overrides or {})
-        self.metrics = Metrics()
-        self.tracing = Tracing.from_settings(settings.tracing)
+        self.metrics = metrics or Metrics()
+        self.tracing = tracing or Tracing.from_settings(settings.tracing)
         self.edge = Edge(self.metrics, settings.server.max_in_flight, self.tracing)
-        self.gateway = Gateway.from_settings(settings, self.metrics, tracing=self.tracing)
+        self.gateway = Gateway.from_settings(settings, self.metrics, tracing=self.tracing, local=local)
         # Rate windows live with the other shared state when state.backend = "redis" (one limit for
         # every replica); in this process otherwise.
         shared = self.gateway.shared
@@ -582,7 +564,7 @@ class Daemon:
         log.info("stopped")
 
 
-def _exit_after_drain(code: int) -> NoReturn:
+def exit_after_drain(code: int) -> NoReturn:
     """End the process now that it is drained, closed and its socket removed.
 
     Interpreter finalization would come next: it joins worker threads and frees native sessions
@@ -595,37 +577,3 @@ def _exit_after_drain(code: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def serve(config_path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
-    """Entry point of ``ratatoskr serve``: the exit status of the daemon (2: fix the configuration)."""
-    overrides = overrides or {}
-    path = resolve_config_path(config_path)
-    try:
-        settings, digest = read_configuration(path, overrides)
-    except OSError as err:
-        configure_logging("INFO", "auto")
-        log.error(f"cannot read {path}: {err.strerror}")
-        return 2
-    except ConfigError as err:
-        configure_logging("INFO", "auto")
-        log.error(str(err))
-        return 2
-    configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
-    findings = check_settings(settings, config_path)
-    for finding in findings:
-        (log.error if finding.level is Level.ERROR else log.warning)(str(finding))
-    if any(f.level is Level.ERROR for f in findings):
-        log.error("the configuration has errors; nothing was started (`ratatoskr config check` lists them)")
-        return 2
-    try:
-        import uvloop
-
-        code = uvloop.run(Daemon(settings, path, overrides, config_sha256=digest).run())
-    except DaemonError as err:
-        log.error(str(err))
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
-        print("interrupted", file=sys.stderr)
-        return 130
-    _exit_after_drain(code)

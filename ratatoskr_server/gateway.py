@@ -45,6 +45,7 @@ from ratatoskr_server.catalog import Catalog
 from ratatoskr_server.config import Settings
 from ratatoskr_server.context import RequestContext
 from ratatoskr_server.local.discovery import local_models
+from ratatoskr_server.local.parts import LocalParts
 from ratatoskr_server.local.pool import LocalModelPool
 from ratatoskr_server.net.egress import EgressPolicy, Resolver
 from ratatoskr_server.pipeline.call import (
@@ -89,7 +90,6 @@ from ratatoskr_server.state.breakers import BreakerStore, MemoryBreakers, Phase
 from ratatoskr_server.state.budget import BudgetLedger
 from ratatoskr_server.state.cache import MemoryResponseCache, ResponseCache
 from ratatoskr_server.state.factory import SharedState, budget_ledger, shared_state
-from ratatoskr_server.store.store import ModelStore
 from ratatoskr_server.telemetry.metrics import Metrics
 from ratatoskr_server.telemetry.pool import PoolTelemetry
 from ratatoskr_server.telemetry.tracing import Tracing
@@ -203,23 +203,22 @@ class Gateway:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         tracing: Tracing | None = None,
+        local: LocalParts | None = None,
     ) -> Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry,
-        and the Redis stores when ``state.backend = "redis"``."""
+        and the Redis stores when ``state.backend = "redis"``; ``local``: executors and pool built already
+        (the daemon's, loading its preload models early; see local/parts.py)."""
         metrics = metrics or Metrics()
-        executor = ThreadPoolExecutor(
-            max_workers=settings.local.inference_workers, thread_name_prefix="ratatoskr-infer"
-        )
-        loader = ThreadPoolExecutor(max_workers=settings.local.load_workers, thread_name_prefix="ratatoskr-load")
+        local = local or LocalParts.from_settings(settings)
         registry = ModelRegistry.embedded()
         load_live(registry, settings.registry.cache_file.expanduser())
         return cls(
             settings,
-            pool=LocalModelPool(settings, executor, loader, store=ModelStore(settings)),
+            pool=local.pool,
             registry=registry,
             metrics=metrics,
-            executor=executor,
-            owned_executors=(executor, loader),
+            executor=local.executor,
+            owned_executors=(local.executor, local.loader),
             clock=clock,
             resolver=resolver,
             cache=cache,

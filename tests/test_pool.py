@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from ratatoskr_client import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
+from ratatoskr_client import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from ratatoskr_server.config import Settings, load_settings
 from ratatoskr_server.embedded import EmbeddedGateway
 from ratatoskr_server.local.importer import import_bert_checkpoint
@@ -605,3 +605,45 @@ async def test_a_slow_first_use_import_does_not_hold_back_other_models(
     finally:
         release.set()
     assert len((await importing).vectors) == 1
+
+
+class HeldLoader(ThreadPoolExecutor):
+    """A loader executor that runs each job only once ``go`` is set: loads under way, not finished."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="held-loader")
+        self.go = threading.Event()
+        self.jobs = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.jobs += 1
+
+        def held() -> Any:
+            self.go.wait(timeout=30)
+            return fn(*args, **kwargs)
+
+        return super().submit(held)
+
+
+async def test_loads_begun_early_run_once_and_tell_their_outcome_to_the_first_lease(tiny_root: Path) -> None:
+    """What the daemon does before importing its fronts: begin_loading returns as soon as each load
+    is on a loader thread (not when it is done), the first lease takes that load instead of starting
+    another, and an early load's failure is that lease's error."""
+    loader = HeldLoader()
+    executor = ThreadPoolExecutor(max_workers=2)
+    pool = LocalModelPool(_settings(tiny_root), executor, loader)
+    try:
+        await asyncio.wait_for(pool.begin_loading(["m0", "nobody"]), 10)
+        assert loader.jobs == 1, "m0's session build is handed to a loader thread; 'nobody' failed before"
+        assert [(m.name, m.state) for m in pool.loaded()] == [("m0", "loading")]
+        loader.go.set()
+        async with pool.lease("m0") as model:
+            assert model.manifest.task == "embed"
+        assert pool.load_counts["m0"] == 1 and loader.jobs == 1
+        with pytest.raises(NotFound, match="unknown model 'nobody'"):
+            async with pool.lease("nobody"):
+                pass
+    finally:
+        await pool.close()
+        executor.shutdown()
+        loader.shutdown()

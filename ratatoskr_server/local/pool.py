@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -139,6 +139,13 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
 
 
+def _told_later(task: asyncio.Task[None]) -> None:
+    """An early load's outcome is told to the first lease of its name (``begin_loading``); marked
+    seen here so that one nobody leased (a daemon that failed to bind) is not reported as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _settled(future: asyncio.Future[None], error: BaseException | None = None) -> None:
     if future.done():
         return
@@ -191,6 +198,11 @@ class LocalModelPool:
         self._swap_lock = asyncio.Lock()
         #: Requests waiting for a model to load (or for its old revision to go) per name.
         self._waiting: Counter[str] = Counter()
+        #: Loads started ahead of any lease (``begin_loading``), by name: the first lease of a name
+        #: takes its outcome, so a failed early load is reported once, where a lease reports it.
+        self._early: dict[str, asyncio.Task[None]] = {}
+        #: Set when an early load hands its first job to a loader thread (see ``begin_loading``).
+        self._began: dict[str, asyncio.Event] = {}
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -336,6 +348,7 @@ class LocalModelPool:
                     # onnx (the importer's) loads only when a model must be imported: a third of a cold start.
                     from ratatoskr_server.local.importer import import_bert_checkpoint
 
+                    self._working(name)
                     await loop.run_in_executor(self._loader, import_bert_checkpoint, source, target.parent, name)
                 except FileExistsError:
                     pass  # another process imported it first
@@ -361,9 +374,41 @@ class LocalModelPool:
         return cached
 
     # -- leasing -----------------------------------------------------------------------------
+    async def begin_loading(self, names: Sequence[str]) -> None:
+        """Start loading ``names``, and return once each load is working on a loader thread (an
+        import or the session build) or has ended: not when the models are ready.
+
+        The daemon calls this before it imports its fronts, providers and stages, so ONNX Runtime
+        builds the sessions (it releases the GIL) beside those imports instead of after them. The
+        first lease of each name waits for its load and hears its failure, if it failed."""
+        loop = asyncio.get_running_loop()
+        started: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+        for name in names:
+            key = self.canonical(name)
+            if key in self._early:
+                continue
+            began = self._began[key] = asyncio.Event()
+            task = loop.create_task(self._load_ahead(key), name=f"preload:{key}")
+            task.add_done_callback(_told_later)
+            self._early[key] = task
+            started.append((task, began))
+        for task, began in started:
+            signal = loop.create_task(began.wait())
+            await asyncio.wait({task, signal}, return_when=asyncio.FIRST_COMPLETED)
+            signal.cancel()
+
+    def _working(self, name: str) -> None:
+        """An early load's first job is on its way to a loader thread (``begin_loading`` waits for it)."""
+        began = self._began.pop(name, None)
+        if began is not None:
+            began.set()
+
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[LocalModel]:
         """Borrow a loaded model for one request; it cannot be unloaded until the block ends."""
+        early = self._early.pop(self.canonical(name), None) if self._early else None
+        if early is not None:
+            await early  # an early load's failure is this lease's
         if self.telemetry is None:
             slot = await self._acquire(self.canonical(name))
         else:
@@ -373,10 +418,18 @@ class LocalModelPool:
         try:
             yield slot.model
         finally:
-            slot.in_flight -= 1
-            slot.last_used = self._clock()
-            if slot.in_flight == 0:
-                slot.drained.set()
+            self._let_go(slot)
+
+    def _let_go(self, slot: _Slot) -> None:
+        slot.in_flight -= 1
+        slot.last_used = self._clock()
+        if slot.in_flight == 0:
+            slot.drained.set()
+
+    async def _load_ahead(self, name: str) -> None:
+        """``begin_loading``'s work: the model loaded and let go at once (not a request: no admission
+        metrics), as a lease would, but without looking for an early load (it is one)."""
+        self._let_go(await self._acquire(name))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -518,6 +571,7 @@ class LocalModelPool:
         try:
             # Checked first, in the same executor job: ONNX Runtime and the tokenizer parse only what
             # the store verified (and decrypted in memory).
+            self._working(slot.name)
             model = await loop.run_in_executor(
                 self._loader,
                 lambda: open_local_model(
@@ -824,6 +878,10 @@ class LocalModelPool:
         batcher and staying resident in a pool nobody serves from.
         """
         self._closed = True
+        for early in self._early.values():
+            early.cancel()
+        self._early.clear()
+        self._began.clear()
         if self._reaper is not None:
             reaper, self._reaper = self._reaper, None
             reaper.cancel()
