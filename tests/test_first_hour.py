@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ratatoskr_client import DeadlineExceeded, ServiceClient
-from tests.conftest import MODEL, REPO, DaemonProcess, clean_env, run_ratatoskr, short_dir, toml_text
+from tests.conftest import MODEL, REPO, DaemonProcess, clean_env, python_probe, run_ratatoskr, short_dir, toml_text
 
 
 def _serve(config: dict[str, Any], *flags: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -201,8 +201,4 @@ def test_the_daemon_starts_without_what_serving_does_not_need() -> None:
         " 'model_signing', 'jinja2');"
         "print(json.dumps([m for m in heavy if sys.modules.get(m) is not None]), callable(httpx.main))"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["[]", "True"]
+    assert python_probe(probe).split() == ["[]", "True"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from ratatoskr_server.policy.templates.data import Limits, message_data, tool_da
 from ratatoskr_server.policy.templates.engine import ChatTemplate
 from ratatoskr_server.policy.templates.sources import read_gguf
 from ratatoskr_server.registry import ModelRecord
-from tests.conftest import REPO, DaemonProcess, clean_env, run_ratatoskr, short_dir, toml_text
+from tests.conftest import DaemonProcess, python_probe, run_ratatoskr, short_dir, toml_text
 
 transformers_templates = pytest.importorskip("transformers.utils.chat_template_utils")
 
@@ -368,8 +366,4 @@ def test_jinja_loads_with_the_first_template_not_with_the_daemon() -> None:
         "p = asyncio.run(r.render(['qwen2.5-7b-instruct'], hi, add_generation_prompt=True));"
         "print('<|im_start|>user' in p.text, 'jinja2' in sys.modules)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["False", "True", "False", "True", "True"]
+    assert python_probe(probe).split() == ["False", "True", "False", "True", "True"]

@@ -24,7 +24,7 @@ from ratatoskr_server.local.importer import IMPORT_STEPS, import_bert_checkpoint
 from ratatoskr_server.terminal.progress import steps
 from ratatoskr_server.terminal.status import Snapshot, render, watch
 from ratatoskr_server.terminal.tree import backends, build_tree
-from tests.conftest import MODEL, REPO, TINY_NLI, DaemonProcess, clean_env
+from tests.conftest import MODEL, REPO, TINY_NLI, DaemonProcess, clean_env, python_probe
 from tests.tiny_bert import make_tiny_bert_checkpoint
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
@@ -102,25 +102,9 @@ def test_the_tree_command_prints_and_answers_json(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     env = clean_env(COLUMNS=str(WIDTH), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    run = subprocess.run(
-        [sys.executable, "-m", "ratatoskr_server", "tree", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "up  ollama  sovereign  ::1" in run.stdout
-    as_json = subprocess.run(
-        [sys.executable, "-m", "ratatoskr_server", "tree", "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-    )
-    assert '"tier": "sovereign"' in as_json.stdout and '"breakers": null' in as_json.stdout
+    assert "up  ollama  sovereign  ::1" in _tree(config, env)[0]
+    as_json = _tree(config, env, "--json")[0]
+    assert '"tier": "sovereign"' in as_json and '"breakers": null' in as_json
 
 
 def _tree(config: Path, env: dict[str, str], *flags: str) -> tuple[str, list[str]]:
@@ -131,17 +115,9 @@ def _tree(config: Path, env: dict[str, str], *flags: str) -> tuple[str, list[str
         "print(json.dumps(sorted(m for m in ('pydantic', 'rich') if m in sys.modules)), file=sys.stderr); "
         "sys.exit(code)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", probe, "tree", "--config", str(config), *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stderr
-    imported = json.loads(run.stderr.strip().splitlines()[-1])
-    return run.stdout, imported
+    printed = python_probe(probe, "tree", "--config", str(config), *flags, env=env)
+    *lines, imported = printed.rstrip("\n").split("\n")
+    return "\n".join(lines) + "\n", json.loads(imported)
 
 
 def _age(*paths: Path) -> None:
@@ -353,8 +329,4 @@ def test_serving_never_imports_the_terminal_views() -> None:
         "import sys, ratatoskr_server.cli, ratatoskr_server.daemon;"
         "print(sorted(m for m in sys.modules if m.startswith('ratatoskr_server.terminal')))"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    assert python_probe(probe).strip() == "[]"
