@@ -66,8 +66,8 @@ async def _run_daemon(settings: Settings, path: Path | None, overrides: dict[str
         daemon = Daemon(settings, path, overrides, config_sha256=digest, metrics=metrics, tracing=tracing, local=local)
         return await daemon.run()
     except DaemonError as err:
+        # The reason is the last line: the process ends now, and whatever the pool holds goes with it.
         log.error(str(err))
-        await local.pool.close()
         return None
 
 

@@ -63,28 +63,16 @@ def test_a_bad_flag_shows_the_subcommands_usage() -> None:
     assert run.stderr.rstrip().endswith("ratatoskr embed: error: unrecognized arguments: --bogus")
 
 
-#: What a daemon may log before a start that fails at binding: it loads its preload models while it
-#: imports the rest (startup.py), so a load can finish before the bind fails.
-_EARLY = ("model loaded", "importing model")
-
-
-def _the_failure(stderr: str) -> str:
-    """The one line that says why the start failed: the last; before it, at most the preload's own
-    progress lines (never a gRPC C-core line or a traceback)."""
-    *before, last = stderr.strip().splitlines()
-    assert all(any(early in line for early in _EARLY) for line in before), stderr
-    return last
-
-
 def test_tcp_port_in_use_is_one_line_and_leaves_no_socket(model_root: Path, busy_port: int) -> None:
     sock = short_dir() / "r.sock"
     server = {"socket_path": sock, "tcp_require_auth": False}
     config = {"server": server, "metrics": {"port": 0}, "local": {"model_dir": model_root}}
     run = _serve(config, "--tcp", f"127.0.0.1:{busy_port}", "--log-format", "text")
     assert run.returncode == 1
-    line = _the_failure(run.stderr)  # no gRPC C-core lines
-    assert f"cannot listen on 127.0.0.1:{busy_port}: the port is in use by another process" in line
-    assert "change server.tcp_port" in line
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr  # no gRPC C-core lines
+    assert f"cannot listen on 127.0.0.1:{busy_port}: the port is in use by another process" in lines[0]
+    assert "change server.tcp_port" in lines[0]
     assert not sock.exists()
 
 
@@ -93,7 +81,8 @@ def test_metrics_port_in_use_is_one_line_and_leaves_no_socket(model_root: Path, 
     config = {"server": {"socket_path": sock}, "metrics": {"port": busy_port}, "local": {"model_dir": model_root}}
     run = _serve(config, "--log-format", "json")
     assert run.returncode == 1
-    record = json.loads(_the_failure(run.stderr))
+    (line,) = run.stderr.strip().splitlines()
+    record = json.loads(line)
     assert record["level"] == "error"
     assert f"cannot serve metrics on 127.0.0.1:{busy_port}: the port is in use" in record["msg"]
     assert "change metrics.port" in record["msg"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -625,10 +626,14 @@ class HeldLoader(ThreadPoolExecutor):
         return super().submit(held)
 
 
-async def test_loads_begun_early_run_once_and_tell_their_outcome_to_the_first_lease(tiny_root: Path) -> None:
+async def test_loads_begun_early_run_once_and_tell_their_outcome_to_the_first_lease(
+    tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """What the daemon does before importing its fronts: begin_loading returns as soon as each load
     is on a loader thread (not when it is done), the first lease takes that load instead of starting
-    another, and an early load's failure is that lease's error."""
+    another, and an early load's failure is that lease's error. Its "model loaded" line comes with
+    that lease too: a daemon that fails to start before it leases says only why it failed."""
+    caplog.set_level(logging.INFO, logger="ratatoskr_server.local.pool")
     loader = HeldLoader()
     executor = ThreadPoolExecutor(max_workers=2)
     pool = LocalModelPool(_settings(tiny_root), executor, loader)
@@ -637,9 +642,12 @@ async def test_loads_begun_early_run_once_and_tell_their_outcome_to_the_first_le
         assert loader.jobs == 1, "m0's session build is handed to a loader thread; 'nobody' failed before"
         assert [(m.name, m.state) for m in pool.loaded()] == [("m0", "loading")]
         loader.go.set()
+        await _until(lambda: bool(pool.loaded()) and pool.loaded()[0].state == "ready")
+        assert not [r for r in caplog.records if r.getMessage() == "model loaded"]
         async with pool.lease("m0") as model:
             assert model.manifest.task == "embed"
         assert pool.load_counts["m0"] == 1 and loader.jobs == 1
+        assert [r.model for r in caplog.records if r.getMessage() == "model loaded"] == ["m0"]  # type: ignore[attr-defined]
         with pytest.raises(NotFound, match="unknown model 'nobody'"):
             async with pool.lease("nobody"):
                 pass

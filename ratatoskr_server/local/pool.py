@@ -203,6 +203,8 @@ class LocalModelPool:
         self._early: dict[str, asyncio.Task[None]] = {}
         #: Set when an early load hands its first job to a loader thread (see ``begin_loading``).
         self._began: dict[str, asyncio.Event] = {}
+        #: An early load's "model loaded" line, logged by the lease that takes its outcome.
+        self._untold: dict[str, dict[str, Any]] = {}
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -409,6 +411,8 @@ class LocalModelPool:
         early = self._early.pop(self.canonical(name), None) if self._early else None
         if early is not None:
             await early  # an early load's failure is this lease's
+            if (loaded := self._untold.pop(self.canonical(name), None)) is not None:
+                log.info("model loaded", extra=loaded)
         if self.telemetry is None:
             slot = await self._acquire(self.canonical(name))
         else:
@@ -620,20 +624,22 @@ class LocalModelPool:
         slot.provenance = model.provenance
         self._provenance[slot.name] = model.provenance
         _settled(slot.ready)
-        log.info(
-            "model loaded",
-            extra={
-                "model": slot.name,
-                "device": model.handle.provider,
-                "load_ms": round((time.perf_counter() - started) * 1000, 1),
-                "footprint_mb": round(slot.footprint_mb, 1),
-                "memory_mb": round(slot.memory_mb, 1),
-                "revision": model.provenance.address,
-                "verification": model.provenance.verification.value,
-                "signature": model.provenance.signature.describe(),
-                "encrypted": model.provenance.encrypted,
-            },
-        )
+        loaded = {
+            "model": slot.name,
+            "device": model.handle.provider,
+            "load_ms": round((time.perf_counter() - started) * 1000, 1),
+            "footprint_mb": round(slot.footprint_mb, 1),
+            "memory_mb": round(slot.memory_mb, 1),
+            "revision": model.provenance.address,
+            "verification": model.provenance.verification.value,
+            "signature": model.provenance.signature.describe(),
+            "encrypted": model.provenance.encrypted,
+        }
+        if slot.name in self._early:
+            # Told by the first lease (begin_loading): a daemon that fails to start says only why.
+            self._untold[slot.name] = loaded
+        else:
+            log.info("model loaded", extra=loaded)
 
     def batch_limits(self, decl: ModelSettings | None) -> BatchLimits:
         b = self._settings.local.batching
@@ -882,6 +888,7 @@ class LocalModelPool:
             early.cancel()
         self._early.clear()
         self._began.clear()
+        self._untold.clear()
         if self._reaper is not None:
             reaper, self._reaper = self._reaper, None
             reaper.cancel()
