@@ -1,8 +1,9 @@
 """The daemon process: sockets, the gRPC server, health, reflection, signals.
 
 Lifecycle: bind (refusing a socket a live daemon answers on, replacing a
-stale one), start with health NOT_SERVING, load the preload models, turn
-SERVING, then wait.  SIGTERM/SIGINT drain: health goes NOT_SERVING, new calls
+stale one), start with health NOT_SERVING, wait for the preload models (whose
+loads ``startup.py`` began before this module was imported), turn SERVING,
+then wait.  SIGTERM/SIGINT drain: health goes NOT_SERVING, new calls
 are refused, in-flight calls get ``server.shutdown_grace_s`` to finish, exit 0.
 SIGHUP (and Admin.Reload) re-reads the configuration and swaps it whole: a call
 runs to its end on the configuration it started with, the next call sees the new
