@@ -139,6 +139,17 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
 
 
+@dataclass(eq=False)
+class _EarlyLoad:
+    """A load ``begin_loading`` started ahead of any lease, until the first lease takes it."""
+
+    task: asyncio.Task[None]
+    #: Set when its first job is handed to a loader thread: what ``begin_loading`` waits for.
+    working: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Its "model loaded" line, logged by the lease that takes its outcome.
+    loaded: dict[str, Any] | None = None
+
+
 def _told_later(task: asyncio.Task[None]) -> None:
     """An early load's outcome is told to the first lease of its name (``begin_loading``); marked
     seen here so that one nobody leased (a daemon that failed to bind) is not reported as lost."""
@@ -200,11 +211,7 @@ class LocalModelPool:
         self._waiting: Counter[str] = Counter()
         #: Loads started ahead of any lease (``begin_loading``), by name: the first lease of a name
         #: takes its outcome, so a failed early load is reported once, where a lease reports it.
-        self._early: dict[str, asyncio.Task[None]] = {}
-        #: Set when an early load hands its first job to a loader thread (see ``begin_loading``).
-        self._began: dict[str, asyncio.Event] = {}
-        #: An early load's "model loaded" line, logged by the lease that takes its outcome.
-        self._untold: dict[str, dict[str, Any]] = {}
+        self._early: dict[str, _EarlyLoad] = {}
 
     # -- configuration and names -----------------------------------------------------------
     def update_settings(self, settings: Settings) -> list[str]:
@@ -384,35 +391,31 @@ class LocalModelPool:
         builds the sessions (it releases the GIL) beside those imports instead of after them. The
         first lease of each name waits for its load and hears its failure, if it failed."""
         loop = asyncio.get_running_loop()
-        started: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+        started: list[_EarlyLoad] = []
         for name in names:
             key = self.canonical(name)
-            if key in self._early:
-                continue
-            began = self._began[key] = asyncio.Event()
-            task = loop.create_task(self._load_ahead(key), name=f"preload:{key}")
-            task.add_done_callback(_told_later)
-            self._early[key] = task
-            started.append((task, began))
-        for task, began in started:
-            signal = loop.create_task(began.wait())
-            await asyncio.wait({task, signal}, return_when=asyncio.FIRST_COMPLETED)
+            if key not in self._early:
+                early = self._early[key] = _EarlyLoad(loop.create_task(self._load_ahead(key), name=f"preload:{key}"))
+                early.task.add_done_callback(_told_later)
+                started.append(early)
+        for early in started:
+            signal = loop.create_task(early.working.wait())
+            await asyncio.wait({early.task, signal}, return_when=asyncio.FIRST_COMPLETED)
             signal.cancel()
 
     def _working(self, name: str) -> None:
         """An early load's first job is on its way to a loader thread (``begin_loading`` waits for it)."""
-        began = self._began.pop(name, None)
-        if began is not None:
-            began.set()
+        if (early := self._early.get(name)) is not None:
+            early.working.set()
 
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[LocalModel]:
         """Borrow a loaded model for one request; it cannot be unloaded until the block ends."""
         early = self._early.pop(self.canonical(name), None) if self._early else None
         if early is not None:
-            await early  # an early load's failure is this lease's
-            if (loaded := self._untold.pop(self.canonical(name), None)) is not None:
-                log.info("model loaded", extra=loaded)
+            await early.task  # an early load's failure is this lease's
+            if early.loaded is not None:
+                log.info("model loaded", extra=early.loaded)
         if self.telemetry is None:
             slot = await self._acquire(self.canonical(name))
         else:
@@ -635,9 +638,9 @@ class LocalModelPool:
             "signature": model.provenance.signature.describe(),
             "encrypted": model.provenance.encrypted,
         }
-        if slot.name in self._early:
+        if (early := self._early.get(slot.name)) is not None:
             # Told by the first lease (begin_loading): a daemon that fails to start says only why.
-            self._untold[slot.name] = loaded
+            early.loaded = loaded
         else:
             log.info("model loaded", extra=loaded)
 
@@ -885,10 +888,8 @@ class LocalModelPool:
         """
         self._closed = True
         for early in self._early.values():
-            early.cancel()
+            early.task.cancel()
         self._early.clear()
-        self._began.clear()
-        self._untold.clear()
         if self._reaper is not None:
             reaper, self._reaper = self._reaper, None
             reaper.cancel()
