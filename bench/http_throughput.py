@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from chat_overhead import cpu_seconds
 from http_front import MESSAGES, free_port, start_daemon, stop
 
 from ratatoskr_client import AsyncServiceClient
@@ -136,12 +137,6 @@ async def window(call: Call, clients: int, seconds: float) -> list[float]:
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     return latencies
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(

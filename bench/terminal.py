@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from startup import env  # the same child environment as the start bench: bytecode written and reused
+
 REPO = Path(__file__).resolve().parent.parent
 PROVIDERS = """
 [providers.ollama]
@@ -40,11 +42,6 @@ dedicated = true
 kind = "anthropic"
 base_url = "https://api.anthropic.example"
 """
-
-
-def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_") and k != "PYTHONDONTWRITEBYTECODE"}
-    return {**out, **extra}
 
 
 def import_ms(module: str) -> float:

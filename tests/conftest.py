@@ -64,12 +64,12 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def python_probe(code: str, *args: str, env: dict[str, str] | None = None) -> str:
-    """What ``python -c code args...`` prints in a fresh process from the repository (a clean
-    environment unless ``env``): what a process imports, seen from inside; it must exit 0."""
+    """What ``python -c code args...`` prints on stdout in a fresh process from the repository (a
+    clean environment unless ``env``): what a process imports, seen from inside; it must exit 0."""
     command = [sys.executable, "-c", code, *args]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env or clean_env(), cwd=REPO)
     assert run.returncode == 0, run.stderr
-    return run.stdout + run.stderr
+    return run.stdout
 
 
 def run_ratatoskr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

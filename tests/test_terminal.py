@@ -112,8 +112,7 @@ def _tree(config: Path, env: dict[str, str], *flags: str) -> tuple[str, list[str
     imported (a kept answer needs neither; that is where its second goes)."""
     probe = (
         "import json, sys; from ratatoskr_server.cli import main; code = main(sys.argv[1:]); "
-        "print(json.dumps(sorted(m for m in ('pydantic', 'rich') if m in sys.modules)), file=sys.stderr); "
-        "sys.exit(code)"
+        "print(json.dumps(sorted(m for m in ('pydantic', 'rich') if m in sys.modules))); sys.exit(code)"
     )
     printed = python_probe(probe, "tree", "--config", str(config), *flags, env=env)
     *lines, imported = printed.rstrip("\n").split("\n")
