@@ -141,7 +141,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     """Built from the configuration alone (no network); ``--live`` adds a running daemon's breakers.
 
     Without --live, what it prints is kept (terminal/tree_cache.py) and printed again, in tens of
-    milliseconds instead of about a second, while nothing it was drawn from has changed."""
+    milliseconds instead of about half a second, while nothing it was drawn from has changed."""
     from ratatoskr_server.terminal import tree_cache
 
     key = None
