@@ -249,6 +249,13 @@ class MicroBatcher:
                 log.exception("delivering a batch failed", extra={"model": self.name})
                 self._fail_batch(batch, Internal(f"inference failed on model '{self.name}': {err}"))
         finally:
+            # Leave the running set before freeing the slot: the worker wakes on the slot and
+            # counts the running batches to share the queue, and a finished batch still in the
+            # set (its done callback not yet run) would make it pack one request's inputs into
+            # fewer, wider batches than the idle slots allow.
+            current = asyncio.current_task()
+            if current is not None:
+                self._running.discard(current)
             self._slots.release()
 
     async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
