@@ -20,8 +20,10 @@ It prints p50/p99 per figure with the CPU time per call of the serving process
 and of the client, the latency the daemon adds (daemon p50 - direct p50) for
 unary calls and for TTFT, the ratio added / echo p50 (goal <= 1.5), and how many
 new TCP connections to the upstream each call opened (0 when connections are
-kept).  The daemon runs with metrics disabled and logging at WARNING, so its
-per-request log line is not written.
+kept).  ``--stages production`` (the default, what the goal names) runs the
+daemon as a production user would: metrics on, a JSON log line per request, a
+paid provider with a price and a daily budget on the SQLite ledger;
+``--stages lean`` turns those off, to show what they cost.
 
 Run: make bench-chat   (or: .venv/bin/python bench/chat_overhead.py --rounds 12 --requests 200 --client async)
 """
