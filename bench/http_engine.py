@@ -2,9 +2,10 @@
 
 The same loopback OpenAI-compatible upstream as bench/chat_overhead.py (its own process, an
 instant answer) is called from this process, one call at a time, by
-  httpcore  the providers' client (``net/http.build_client``) with ``[http] engine = "httpcore"``;
-  aiohttp   the same client with the default ``engine = "aiohttp"`` (httpx on aiohttp's pool,
-            with the egress guard in aiohttp's connector);
+  httpcore  the providers' client (``net/http.build_client``: httpx's requests handed straight to
+            the transport stack, ``net/client.py``) with ``[http] engine = "httpcore"``;
+  aiohttp   the same client with the default ``engine = "aiohttp"`` (aiohttp's pool under
+            httpx's models, with the egress guard in aiohttp's connector);
   bare      aiohttp's own ClientSession, no httpx at all: the floor of a Python HTTP client here.
 Unary calls read the JSON answer; stream calls read the SSE answer to its end.  The figure is this
 process's CPU time per call (user + system), which the upstream's work does not enter, so it

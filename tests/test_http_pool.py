@@ -8,7 +8,7 @@ process, and once ``max_connections`` are lost every call fails with ``PoolTimeo
 healthy upstream. The gateway cancels upstream calls all the time (a client hangs up, a deadline
 passes), so the pool the providers share must not let httpcore see a waiter at all.
 
-Every step is ordered by events, not clocks: a request hook tells the test when a caller has been
+Every step is ordered by events, not clocks: a counting transport tells the test when a caller has been
 handed to the transport (it then runs until it blocks waiting for a slot), and holding a streamed
 response open is what keeps a connection busy. The pool timeout only bounds a failure.
 """
@@ -24,7 +24,9 @@ import pytest
 from aiohttp import web
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.http import build_client
+from ratatoskr_server.net.wrapping import WrappingTransport
 from tests.upstreams.harness import Upstream, serve, start_stream
 
 #: Long enough that a slot that is really free is never mistaken for a lost one on a busy machine.
@@ -93,7 +95,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 def _client(
     upstream: Upstream, engine: Engine, *, max_connections: int, max_keepalive: int | None = None
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     settings = HttpSettings(
         engine=engine,
         max_connections=max_connections,
@@ -104,11 +106,9 @@ def _client(
     return build_client(settings, base_url=upstream.base_url, headers={})
 
 
-async def _hold(client: httpx.AsyncClient, path: str, count: int) -> list[httpx.Response]:
+async def _hold(client: UpstreamClient, path: str, count: int) -> list[httpx.Response]:
     """``count`` responses kept open at once: each holds one pooled connection until it is closed."""
-    return list(
-        await asyncio.gather(*(client.send(client.build_request("GET", path), stream=True) for _ in range(count)))
-    )
+    return list(await asyncio.gather(*(client.send(client.build_request("GET", path)) for _ in range(count))))
 
 
 async def _close_all(responses: list[httpx.Response]) -> None:
@@ -116,16 +116,18 @@ async def _close_all(responses: list[httpx.Response]) -> None:
         await response.aclose()
 
 
-class _Entered:
-    """A request hook counting callers handed to the transport, so a test can wait for N of them."""
+class _Entered(WrappingTransport):
+    """Counts callers handed to the transport stack, so a test can wait for N of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        super().__init__(inner)
         self.count = 0
         self._changed = asyncio.Event()
 
-    async def __call__(self, request: httpx.Request) -> None:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.count += 1
         self._changed.set()
+        return await self._inner.handle_async_request(request)
 
     async def reach(self, count: int) -> None:
         while self.count < count:
@@ -134,7 +136,7 @@ class _Entered:
 
 
 async def _cancel_waiters_as_slots_free(
-    client: httpx.AsyncClient, hold_path: str, max_connections: int, waiters: int
+    client: UpstreamClient, hold_path: str, max_connections: int, waiters: int
 ) -> None:
     """Fill the pool, queue ``waiters`` more callers, then free the slots and cancel the queue.
 
@@ -142,13 +144,13 @@ async def _cancel_waiters_as_slots_free(
     before any of them runs again: the moment httpcore forgets the connection it just made.
     """
     held = await _hold(client, hold_path, max_connections)
-    entered = _Entered()
-    client.event_hooks["request"].append(entered)
+    entered = _Entered(client.transport)
+    client.transport = entered
     tasks = [asyncio.create_task(client.get("/keep")) for _ in range(waiters)]
-    # A caller runs on from the hook until it first suspends, waiting for a slot: when the test
-    # resumes after the last hook, every caller is queued.
+    # A caller runs on from the count until it first suspends, waiting for a slot: when the test
+    # resumes after the last count, every caller is queued.
     await entered.reach(waiters)
-    client.event_hooks["request"].remove(entered)
+    client.transport = entered._inner
     await _close_all(held)
     for task in tasks:
         task.cancel()
@@ -156,13 +158,13 @@ async def _cancel_waiters_as_slots_free(
     assert all(isinstance(r, asyncio.CancelledError | httpx.Response) for r in results), results
 
 
-async def _read_forever(client: httpx.AsyncClient, reading: asyncio.Event) -> None:
+async def _read_forever(client: UpstreamClient, reading: asyncio.Event) -> None:
     async with client.stream("GET", "/trickle") as response:
         async for _ in response.aiter_raw():
             reading.set()
 
 
-async def _assert_every_slot_serves(client: httpx.AsyncClient, max_connections: int) -> None:
+async def _assert_every_slot_serves(client: UpstreamClient, max_connections: int) -> None:
     """``max_connections`` responses open at the same time: no slot was lost."""
     try:
         held = await _hold(client, "/keep", max_connections)
@@ -204,7 +206,7 @@ async def test_failed_and_abandoned_requests_give_their_slot_back(upstream: Upst
                 await client.get("/drop")  # the upstream hangs up without answering
         async with client.stream("GET", "/keep") as response:
             assert response.status_code == 200  # closed unread: the slot comes back with the body
-        cut = await client.send(client.build_request("GET", "/cut"), stream=True)
+        cut = await client.send(client.build_request("GET", "/cut"))
         with pytest.raises(httpx.RemoteProtocolError):
             await cut.aread()  # the body fails mid-way; nobody calls aclose
         reading = asyncio.Event()

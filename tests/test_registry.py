@@ -26,6 +26,7 @@ from ratatoskr_server.registry import (
     ParameterSpec,
     Pricing,
 )
+from ratatoskr_server.registry import registry as registry_module
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +297,18 @@ def test_lookup_resolves_embedded_names(registry: ModelRegistry, model: str, ide
 @pytest.mark.parametrize("model", ["mistral-large", "gpt-4.1", "gpt-4o-audio-preview", "unknown-model", "", "  "])
 def test_lookup_does_not_guess_other_models(registry: ModelRegistry, model: str) -> None:
     assert registry.lookup("openai", model) is None
+
+
+def test_embedded_matches_are_remembered_within_a_bound(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "_MAX_MATCHED", 3)
+    fresh = ModelRegistry(registry.embedded_records)
+    names = ["gpt-4o", "selfhosted/unknown-model", "llama3:latest", "another-unknown", "gpt-4o"]
+    answers = [fresh.match_embedded(name) for name in names]
+    assert [a.id if a else None for a in answers] == ["gpt-4o", None, "llama-3-8b", None, "gpt-4o"]
+    assert answers[0] is answers[4]
+    assert len(fresh._matched) <= 3  # caller-chosen names cannot grow it without end
 
 
 def live_record(ident: str, context: int, **fields: Any) -> ModelRecord:

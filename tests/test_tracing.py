@@ -242,11 +242,11 @@ def test_tracing_off_builds_nothing() -> None:
     assert tracing.provider is None and not tracing.enabled
     assert Edge(Metrics(), 1, tracing).tracing is None
     client = build_client(settings.http, base_url="", headers={}, tracing=tracing)
-    assert isinstance(client._transport, SlotTransport)
+    assert isinstance(client.transport, SlotTransport)
     on = Tracing.from_settings(TracingSettings(enabled=True, endpoint="http://127.0.0.1:9/v1/traces"))
     try:
         traced = build_client(settings.http, base_url="", headers={}, tracing=on)
-        assert isinstance(traced._transport, TracedTransport)
+        assert isinstance(traced.transport, TracedTransport)
     finally:
         on.shutdown()
 

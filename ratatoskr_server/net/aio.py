@@ -5,7 +5,8 @@ own engine, httpcore, is the most expensive thing on a proxied call's path.  Mea
 loopback upstream in one run (``bench/http_engine.py``), one small chat completion costs about
 1.4 ms of CPU through httpx on httpcore, 0.7 ms through httpx on aiohttp (httpx-aiohttp's
 transport), and 0.3 ms on bare aiohttp.  The transport keeps the httpx API every adapter and
-test is written against, so the saving comes without touching them.
+test is written against, so the saving comes without touching them.  (Most of what was left
+above bare aiohttp was ``httpx.AsyncClient`` itself, which ``net/client.py`` no longer uses.)
 
 The egress guard sits in aiohttp's connector, at the two places an address is chosen:
 - ``GuardedResolver`` resolves a name through the policy (once: aiohttp connects to what it

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import httpx
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.egress import EgressPolicy
 from ratatoskr_server.net.guarded import GuardedTransport
 from ratatoskr_server.net.traced import TracedTransport
@@ -106,16 +107,12 @@ class SlotTransport(WrappingTransport):
             ) from None
 
 
-def build_client(
-    settings: HttpSettings,
-    *,
-    base_url: str,
-    headers: Mapping[str, str],
-    egress: EgressPolicy | None = None,
-    tracing: Tracing | None = None,
-) -> httpx.AsyncClient:
-    """A client whose every socket passes the egress guard (``egress``; without one, the Standard
-    tier, still tightened by a request's own tier); each call traced when ``tracing`` is on."""
+def build_transport(
+    settings: HttpSettings, *, egress: EgressPolicy | None = None, tracing: Tracing | None = None
+) -> httpx.AsyncBaseTransport:
+    """The transport stack every provider's requests go down: tracing (when on), request slots, and
+    the guarded pool, whose every socket passes the egress guard (``egress``; without one, the
+    Standard tier, still tightened by a request's own tier)."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_keepalive_connections,
@@ -125,16 +122,30 @@ def build_client(
     outer: httpx.AsyncBaseTransport = SlotTransport(transport, settings.max_connections)
     if tracing is not None and tracing.enabled:
         outer = TracedTransport(outer, tracing)
-    return httpx.AsyncClient(
+    return outer
+
+
+def build_client(
+    settings: HttpSettings,
+    *,
+    base_url: str,
+    headers: Mapping[str, str],
+    egress: EgressPolicy | None = None,
+    tracing: Tracing | None = None,
+) -> UpstreamClient:
+    """A provider's client over ``build_transport``'s stack, with ``[http]``'s timeouts.
+
+    No proxy, netrc or certificate-bundle settings come from the environment: egress is what the
+    configuration says.
+    """
+    return UpstreamClient(
+        build_transport(settings, egress=egress, tracing=tracing),
         base_url=base_url,
-        headers=dict(headers),
-        transport=outer,
+        headers=headers,
         timeout=httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,
             write=settings.write_timeout_s,
             pool=settings.pool_timeout_s,
         ),
-        follow_redirects=False,
-        trust_env=False,  # no proxy or netrc surprises: egress is what the configuration says
     )

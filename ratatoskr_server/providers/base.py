@@ -25,6 +25,7 @@ import numpy as np
 from ratatoskr_client.errors import RatatoskrError, Unavailable, Unimplemented
 from ratatoskr_client.types import EmbedResult, Timing
 from ratatoskr_server.config import HttpSettings, ProviderSettings
+from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.egress import EgressPolicy, Reach, host_of, port_of
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.providers.capabilities import Capability
@@ -78,7 +79,7 @@ class HttpProvider(ABC):
         self.http_settings = http
         self.egress = egress or EgressPolicy()
         # Adapters build absolute URLs (Azure puts the deployment, {model}, inside the base URL).
-        self.client: httpx.AsyncClient = build_client(
+        self.client: UpstreamClient = build_client(
             http, base_url="", headers=self.default_headers(), egress=self.egress, tracing=tracing
         )
         self.scrubber = Scrubber(self.secrets)

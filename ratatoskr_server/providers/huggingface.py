@@ -65,9 +65,7 @@ class HuggingFaceProvider(OpenAICompatProvider):
         super().__init__(name, settings, http, egress, tracing)
         # Every response passes here, streamed or not, so the "model is loading" answer is mapped
         # once for chat, streaming chat and the pipelines alike.
-        hooks = self.client.event_hooks
-        hooks["response"] = [*hooks.get("response", []), self._raise_if_loading]
-        self.client.event_hooks = hooks
+        self.client.response_hooks.append(self._raise_if_loading)
 
     # -- URLs ---------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from httpx_sse import SSEError
 
 from ratatoskr_client.errors import RatatoskrError, Unavailable
 from ratatoskr_client.types import ChatEvent
+from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.providers.base import drained
 
 
@@ -53,7 +54,7 @@ class WireDecoder(Protocol):
 
 
 async def relay(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     url: str,
     body: dict[str, Any],
     params: dict[str, str],

@@ -31,6 +31,7 @@ from typing import Any, Final
 import httpx
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.egress import EgressPolicy, EgressRefused
 from ratatoskr_server.net.http import build_client
 from ratatoskr_server.registry.models import (
@@ -160,6 +161,10 @@ def _name_index(records: Iterable[ModelRecord]) -> dict[str, ModelRecord]:
     return index
 
 
+#: Distinct names ``match_embedded`` remembers before it starts over.
+_MAX_MATCHED = 4096
+
+
 class ModelRegistry:
     """Answers "what is this model?" for the policy layer: context window, prices, parameters, tokenizer.
 
@@ -182,6 +187,9 @@ class ModelRegistry:
         self._names = _name_index(self._embedded)
         # Longest first, so the first prefix that fits is the most specific one.
         self._prefixes = sorted(self._names, key=len, reverse=True)
+        #: ``match_embedded``'s answers: the embedded records never change, and a name that is in
+        #: none of them (a self-hosted model, say) otherwise costs a scan of every prefix per call.
+        self._matched: dict[str, ModelRecord | None] = {}
         self._live = LiveTable()
 
     @classmethod
@@ -222,6 +230,16 @@ class ModelRegistry:
 
     def match_embedded(self, model: str) -> ModelRecord | None:
         """Steps c-e of :meth:`lookup`: the embedded record a model name denotes, if any."""
+        try:
+            return self._matched[model]
+        except KeyError:
+            pass
+        if len(self._matched) >= _MAX_MATCHED:  # names come from callers: the memory stays bounded
+            self._matched.clear()
+        found = self._matched[model] = self._match_embedded(model)
+        return found
+
+    def _match_embedded(self, model: str) -> ModelRecord | None:
         key = model.strip().lower()
         if key in self._names:
             return self._names[key]
@@ -319,7 +337,7 @@ class ModelRegistry:
 
     # ---- OpenRouter ----------------------------------------------------------------------------
 
-    async def _fetch_openrouter(self, client: httpx.AsyncClient, url: str) -> _Fetched:
+    async def _fetch_openrouter(self, client: UpstreamClient, url: str) -> _Fetched:
         document = await _request_json(client, "GET", url)
         data = document.get("data") if isinstance(document, dict) else None
         if not isinstance(data, list):
@@ -382,7 +400,7 @@ class ModelRegistry:
 
     # ---- Ollama --------------------------------------------------------------------------------
 
-    async def _fetch_ollama(self, client: httpx.AsyncClient, base_url: str) -> _Fetched:
+    async def _fetch_ollama(self, client: UpstreamClient, base_url: str) -> _Fetched:
         base = base_url.rstrip("/")
         tags = await _request_json(client, "GET", f"{base}/api/tags")
         models = tags.get("models") if isinstance(tags, dict) else None
@@ -444,7 +462,7 @@ class _BadAnswer(Exception):
     """An upstream answered, but not with what its protocol promises."""
 
 
-async def _request_json(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> Any:
+async def _request_json(client: UpstreamClient, method: str, url: str, **kwargs: Any) -> Any:
     response = await client.request(method, url, **kwargs)
     response.raise_for_status()
     try:

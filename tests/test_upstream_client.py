@@ -1,0 +1,140 @@
+"""The providers' HTTP client (``net/client.py``) against a real loopback upstream, on both engines.
+
+It sends httpx's requests straight into the transport stack, so what ``httpx.AsyncClient`` did for
+the adapters is held here: URLs, query parameters, default and per-call headers, timeouts, errors
+that name their request, redirects returned as they are; and what a shared gateway client must not
+do, keep an upstream's cookies for the next caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Literal
+
+import httpx
+import pytest
+from aiohttp import web
+
+from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.client import UpstreamClient
+from ratatoskr_server.net.http import build_client
+from tests.upstreams.harness import Upstream, serve
+
+
+async def _echo(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    return web.json_response({"path": request.path, "query": dict(request.query), "body": await request.text()})
+
+
+async def _set_cookie(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    return web.json_response({}, headers={"Set-Cookie": "session=caller-a; Path=/"})
+
+
+async def _moved(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    return web.Response(status=302, headers={"Location": "/v1/echo"})
+
+
+async def _slow(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    await asyncio.sleep(5)
+    return web.Response(text="late")
+
+
+async def _hang_up(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    routes = {
+        ("GET", "/v1/echo"): _echo,
+        ("POST", "/v1/echo"): _echo,
+        ("GET", "/v1/cookie"): _set_cookie,
+        ("GET", "/v1/moved"): _moved,
+        ("GET", "/v1/slow"): _slow,
+        ("GET", "/v1/drop"): _hang_up,
+    }
+    with serve(routes) as up:
+        yield up
+
+
+@pytest.fixture(params=["aiohttp", "httpcore"])
+def settings(request: pytest.FixtureRequest) -> HttpSettings:
+    engine: Literal["aiohttp", "httpcore"] = request.param
+    return HttpSettings(engine=engine, max_connections=1, read_timeout_s=0.3, pool_timeout_s=5.0, http2=False)
+
+
+def _client(upstream: Upstream, settings: HttpSettings, base: str = "/v1") -> UpstreamClient:
+    return build_client(settings, base_url=f"{upstream.base_url}{base}", headers={"X-Adapter": "kept"})
+
+
+async def test_urls_params_and_headers_reach_the_upstream(upstream: Upstream, settings: HttpSettings) -> None:
+    async with _client(upstream, settings) as client:
+        relative = await client.post("/echo?a=1", json={"q": "é"}, params={"b": "2"})
+        absolute = await client.get(f"{upstream.base_url}/v1/echo", params={"c": "3"})
+        again = await client.post("echo?a=1", json={"q": "é"}, params={"b": "2"})  # a kept URL, same answer
+    assert relative.json() == {"path": "/v1/echo", "query": {"a": "1", "b": "2"}, "body": '{"q":"é"}'}
+    assert absolute.json()["query"] == {"c": "3"}
+    assert again.json() == relative.json()
+    sent = upstream.requests[-3].headers
+    assert sent["X-Adapter"] == "kept" and sent["Content-Type"] == "application/json"
+    assert sent["User-Agent"].startswith("python-httpx/") and "gzip" in sent["Accept-Encoding"]
+    assert relative.request.url.path == "/v1/echo"  # the response names its request, as httpx's do
+
+
+async def test_an_upstreams_cookie_never_rides_on_a_later_call(upstream: Upstream, settings: HttpSettings) -> None:
+    async with _client(upstream, settings) as client:
+        await client.get("/cookie")
+        await client.get("/echo")
+    assert upstream.requests[-2].path == "/v1/cookie"
+    assert "Cookie" not in upstream.requests[-1].headers
+
+
+async def test_redirects_come_back_unfollowed(upstream: Upstream, settings: HttpSettings) -> None:
+    async with _client(upstream, settings) as client:
+        response = await client.get("/moved")
+    assert response.status_code == 302 and response.headers["Location"] == "/v1/echo"
+
+
+async def test_timeouts_and_failures_raise_httpx_errors_naming_the_request(
+    upstream: Upstream, settings: HttpSettings
+) -> None:
+    async with _client(upstream, settings) as client:
+        with pytest.raises(httpx.ReadTimeout) as slow:
+            await client.get("/slow")
+        with pytest.raises(httpx.RemoteProtocolError) as dropped:
+            await client.get("/drop")
+        assert (await client.get("/echo")).status_code == 200  # the one slot came back after each
+    assert slow.value.request.url.path == "/v1/slow"
+    assert dropped.value.request.url.path == "/v1/drop"
+
+
+async def test_a_response_hook_that_raises_closes_the_response(upstream: Upstream, settings: HttpSettings) -> None:
+    seen: list[int] = []
+
+    async def refuse(response: httpx.Response) -> None:
+        seen.append(response.status_code)
+        if response.request.url.path.endswith("/moved"):
+            raise RuntimeError("refused by the adapter")
+
+    async with _client(upstream, settings) as client:
+        client.response_hooks.append(refuse)
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="refused by the adapter"):
+                async with client.stream("GET", "/moved"):
+                    pass
+        async with client.stream("GET", "/echo") as response:  # one slot: it was handed back each time
+            assert response.status_code == 200
+    assert seen == [302, 302, 200]
+
+
+async def test_url_credentials_go_as_basic_auth_never_on_the_wire(upstream: Upstream, settings: HttpSettings) -> None:
+    with_credentials = upstream.base_url.replace("http://", "http://user:p%40ss@")
+    async with build_client(settings, base_url="", headers={}) as client:
+        await client.get(f"{with_credentials}/v1/echo")
+        await client.get(f"{with_credentials}/v1/echo")  # the kept URL keeps its credentials
+    for sent in upstream.requests[-2:]:
+        assert sent.headers["Authorization"] == f"Basic {base64.b64encode(b'user:p@ss').decode()}"
+        assert sent.path == "/v1/echo"
