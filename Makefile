@@ -26,7 +26,7 @@ CONFIG_ARG := $(if $(CONFIG),--config "$(CONFIG)")
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit redis-server proto bytecode model runtime dev lock install bench bench-embed bench-chat bench-start clean
+.PHONY: run test lint typecheck unit redis-server proto bytecode model runtime dev lock install bench bench-embed bench-chat bench-start bench-peers clean
 
 run: $(GEN_STAMP) $(RUNTIME_STAMP) bytecode
 	@echo "==> default model (imported once into local.model_dir)"
@@ -142,6 +142,17 @@ bench-embed: $(GEN_STAMP) $(RUNTIME_STAMP)
 bench-start: $(GEN_STAMP) $(RUNTIME_STAMP)
 	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
 	$(PY) bench/startup.py $(ARGS)
+
+# The peers the benches measure against, each in an environment of its own under bench/.peers (not
+# project dependencies; the benches leave a missing one out and say so): LiteLLM's proxy for the
+# chat throughput, Infinity's ONNX engine for the embeddings (it brings torch: about 5 GB).
+LITELLM_PEER := litellm[proxy]==1.108.7
+INFINITY_PEER := infinity-emb[optimum,server]==0.0.78
+bench-peers: $(UV)
+	test -x bench/.peers/litellm/bin/litellm || { $(UV) venv -q -p python3 bench/.peers/litellm && \
+		VIRTUAL_ENV=bench/.peers/litellm $(UV) pip install -q "$(LITELLM_PEER)"; }
+	test -x bench/.peers/infinity/bin/infinity_emb || { $(UV) venv -q -p python3 bench/.peers/infinity && \
+		VIRTUAL_ENV=bench/.peers/infinity $(UV) pip install -q "$(INFINITY_PEER)"; }
 
 # Chat latency the daemon adds over calling a loopback upstream directly; needs no local model.
 bench-chat: $(GEN_STAMP) $(DEV_STAMP)

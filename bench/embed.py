@@ -1,16 +1,19 @@
 """Embedding throughput: the daemon against raw ONNX Runtime on the same model and machine.
 
-Three figures, measured side by side in one run:
+Figures measured side by side in one run:
   (a) raw in-process onnxruntime (tokenize + session.run) at its best batch size,
   (b) the daemon's Embed over its Unix socket, one client sending 32-input batches,
-  (c) the daemon with 64 concurrent clients each sending one short text per call.
+  (c) the daemon with 64 concurrent clients each sending one short text per call,
+  (d) when the peer is installed (``make bench-peers``; ``bench/infinity_peer.py``): Infinity's
+      ONNX engine on the same MiniLM checkpoint, 64 concurrent clients each posting one short
+      text per call to its REST API, as (c) does to ours.
 Shared and virtual machines drift from second to second, so the figures are
-taken in interleaved rounds (a, b, c, a, b, c, ...) and each is the median of
-its rounds.  It prints sentences/s, the ratios b/a and c/a (goals: >= 0.95 and
->= 0.8), and for (c) the CPU time per request spent by the daemon and by the
+taken in interleaved rounds (a, b, c, d, a, b, c, d, ...) and each is the median of
+its rounds.  It prints sentences/s, the ratios b/a, c/a and c/d (goals: >= 0.95,
+>= 0.8 and >= 1.5), and for (c) the CPU time per request spent by the daemon and by the
 client, which on a small machine compete with the model for the same cores.
 
-Run: make bench-embed   (or: .venv/bin/python bench/embed.py --rounds 5 --seconds 4)
+Run: make bench-embed   (or: .venv/bin/python bench/embed.py --rounds 5 --seconds 4 [--no-peer])
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import infinity_peer
 import numpy as np
 import onnxruntime as ort
 import uvloop
+from http_front import free_port
 from tokenizers import Tokenizer
 
 from ratatoskr_client import AsyncServiceClient, RatatoskrError, ServiceClient
@@ -154,6 +159,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is their median")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per figure and round")
     parser.add_argument("--model", default="", help="model folder (default: the configured default embed model)")
+    parser.add_argument("--no-peer", action="store_true", help="leave Infinity out even when it is installed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -166,12 +172,23 @@ def main() -> int:
     raw = RawOnnxRuntime(model_dir)
     socket = Path(tempfile.mkdtemp(prefix="rt-bench-", dir="/tmp")) / "bench.sock"
     proc = start_daemon(model_dir, socket)
+    peer: subprocess.Popen[bytes] | None = None
+    peer_port = 0
     per_batch: dict[int, list[float]] = {b: [] for b in raw.BATCHES}
     b_rates: list[float] = []
     c_rates: list[float] = []
+    d_rates: list[float] = []
     daemon_cpu_ms: list[float] = []
     client_cpu_ms: list[float] = []
     try:
+        if infinity_peer.installed() and not args.no_peer:
+            peer_port = free_port()
+            peer = infinity_peer.start(peer_port, socket.parent / "infinity.log")
+            probe = short_sentences(8)
+            with ServiceClient(socket, timeout=60) as client:
+                cosine = infinity_peer.same_model(client.embed(probe).vectors, infinity_peer.vectors(peer_port, probe))
+            if cosine < 0.999:
+                raise SystemExit(f"Infinity's vectors are not the daemon's (cosine {cosine:.4f}): not the same model")
         for _ in range(args.rounds):
             for batch in raw.BATCHES:
                 per_batch[batch].append(raw.rate(batch, args.seconds / len(raw.BATCHES) * 2))
@@ -181,9 +198,14 @@ def main() -> int:
             daemon_cpu_ms.append((cpu_seconds(proc.pid) - daemon_before) / calls * 1000)
             client_cpu_ms.append((time.process_time() - client_before) / calls * 1000)
             c_rates.append(rate)
+            if peer is not None:
+                texts = short_sentences(4096)
+                d_rates.append(uvloop.run(infinity_peer.concurrent(peer_port, texts, args.seconds))[0])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        for running in (proc, peer):
+            if running is not None:
+                running.send_signal(signal.SIGTERM)
+                running.wait(timeout=30)
 
     raw_median = {batch: statistics.median(rates) for batch, rates in per_batch.items()}
     best_batch = max(raw_median, key=lambda batch: raw_median[batch])
@@ -203,6 +225,9 @@ def main() -> int:
         "c_client_cpu_ms_per_call": round(statistics.median(client_cpu_ms), 2),
         "raw_cpu_ms_per_sentence": round((os.cpu_count() or 1) / a * 1000, 2),
     }
+    if d_rates:
+        d = statistics.median(d_rates)
+        figures.update(d_infinity_64_concurrent=round(d, 1), d_over_a=round(d / a, 3), c_over_d=round(c / d, 3))
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
@@ -218,6 +243,14 @@ def main() -> int:
         f"    (c) CPU per call: daemon {figures['c_daemon_cpu_ms_per_call']} ms, "
         f"client {figures['c_client_cpu_ms_per_call']} ms; raw model {figures['raw_cpu_ms_per_sentence']} ms/sentence"
     )
+    if d_rates:
+        d = figures["d_infinity_64_concurrent"]
+        print(
+            f"(d) Infinity ONNX, 64 concurrent 1-text  {d:8.1f} sentences/s   d/a = {figures['d_over_a']:.3f}; "
+            f"c/d = {figures['c_over_d']:.3f}  (goal >= 1.5)"
+        )
+    else:
+        print(f"(d) Infinity: not run ({infinity_peer.ENV} is missing: make bench-peers; or --no-peer)")
     return 0
 
 

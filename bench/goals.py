@@ -7,7 +7,8 @@ its own baseline measured in the same run) and prints every figure beside its go
                                    when the LiteLLM peer is installed) and the daemon's CPU per call
                                    (goal <= 1 ms)
   embed    bench/embed.py          32-text calls / raw ONNX Runtime at its best batch (goal >= 0.95);
-                                   64 concurrent 1-text clients / raw (goal >= 0.8)
+                                   64 concurrent 1-text clients / raw (goal >= 0.8) and / Infinity's
+                                   ONNX engine (goal >= 1.5, when the Infinity peer is installed)
   start    bench/startup.py        start to SERVING with the default model (goal <= 1 s); idle RSS
                                    without a model (<= 150 MB) and with MiniLM (<= 350 MB)
 
@@ -64,6 +65,8 @@ def main() -> int:
         row(f"daemon CPU per call under load, {target.split()[1]} (ms)", cpu, "<= 1", cpu <= 1)
     row("embed 32-text calls / raw ONNX Runtime", embed["b_over_a"], ">= 0.95", embed["b_over_a"] >= 0.95)
     row("embed 64 concurrent 1-text / raw", embed["c_over_a"], ">= 0.8", embed["c_over_a"] >= 0.8)
+    versus = embed.get("c_over_d")
+    row("embed 64 concurrent 1-text, ours / Infinity", versus, ">= 1.5", None if versus is None else versus >= 1.5)
     serving = start["serving_ms"]["ratatoskr, default model"]
     row("start to SERVING, default model (ms)", serving, "<= 1000", serving <= 1000)
     rss = start["idle_rss_mb"]
@@ -75,8 +78,8 @@ def main() -> int:
         shown = "not run" if value is None else f"{value:g}"
         verdict = "-" if met is None else ("met" if met else "missed")
         print(f"  {name:<52} {shown:>10}   goal {goal:<8} {verdict}")
-    if "litellm proxy" not in figures:
-        print("  (LiteLLM's proxy is a peer in bench/.peers/litellm; see bench/http_throughput.py to install it)")
+    if "litellm proxy" not in figures or versus is None:
+        print("  (LiteLLM's proxy and Infinity are peers under bench/.peers: make bench-peers installs them)")
     return 0
 
 

@@ -10,8 +10,8 @@ answered, over one keep-alive aiohttp connection pool; every target gets ``--rou
 ``--seconds``, interleaved in a rotating order so drift on a shared machine falls on all alike.
 
 LiteLLM's proxy is a peer, never a project dependency: it is looked for in its own virtual
-environment under bench/.peers/litellm (made by hand: ``uv venv bench/.peers/litellm`` and an install
-of litellm with the proxy's server packages), and left out, saying so, when that is missing.
+environment under bench/.peers/litellm (``make bench-peers`` installs it, pinned, with the proxy's
+server packages), and left out, saying so, when that is missing.
 
 Run: .venv/bin/python bench/http_throughput.py [--clients 32 --seconds 3 --rounds 3]
 """

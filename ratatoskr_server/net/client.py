@@ -57,7 +57,7 @@ class UpstreamClient:
         self.headers = httpx.Headers(_DEFAULT_HEADERS)
         self.headers.update(headers or {})
         self.timeout = timeout
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
         #: Each URL parsed once, with the Basic credentials its user-info stands for, if any.
         self._urls: dict[str, tuple[httpx.URL, str | None]] = {}
         self.is_closed = False
@@ -102,7 +102,9 @@ class UpstreamClient:
                 merged["Authorization"] = basic  # as httpx's BasicAuth: the URL's credentials win
         else:
             merged = self.headers
-        return httpx.Request(method, target, headers=merged, json=json, content=content, extensions=self._extensions)
+        # A fresh extensions dict per request: a transport may add to it, and that must not reach the next one.
+        extensions = {"timeout": self._timeouts}
+        return httpx.Request(method, target, headers=merged, json=json, content=content, extensions=extensions)
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response with its body still to read (the caller closes it), or httpx's exception."""
