@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -382,6 +383,19 @@ async def test_two_batch_slots_share_a_lone_big_request(tiny_root: Path, make_ga
     gate.open.set()
     assert len((await big).vectors) == 20
     assert sorted(gate.runs) == [10, 10]
+
+
+async def test_a_free_slot_does_not_wait_for_company_while_a_batch_runs(tiny_root: Path, make_gateway: Any) -> None:
+    # The company wait is for an idle model; were it taken here, the second half would sit out all
+    # of max_wait_ms (10 s, past _until's 5 s) beside a core with nothing to do.
+    gw = make_gateway(tiny_root, batching={"concurrency": 2, "max_batch_size": 32})
+    model, gate = await _gated(gw, "m2")
+    model.batcher.limits = replace(model.batcher.limits, max_wait_ms=10_000)  # after the warm-up, which waits
+    big = asyncio.create_task(gw.embed([f"text {i}" for i in range(32)], model="m2"))
+    await _until(lambda: gate.entered == 2)  # the first half runs; the second starts at once beside it
+    gate.open.set()
+    assert len((await big).vectors) == 32
+    assert sorted(gate.runs) == [16, 16]
 
 
 async def test_a_single_text_rides_in_the_next_batch_beside_a_big_request(tiny_root: Path, make_gateway: Any) -> None:

@@ -196,7 +196,8 @@ class MicroBatcher:
             while not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._gather_company(loop)
+            if not self._running:  # only an idle model waits for company (see the module docstring)
+                await self._gather_company(loop)
             # Share the queue among the slots free now (this one included): a lone big request
             # spreads over every idle slot, while under load each batch takes all it may.
             free = self.limits.concurrency - len(self._running)
