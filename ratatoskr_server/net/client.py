@@ -24,7 +24,7 @@ import base64
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict, Unpack
 
 import httpx
 
@@ -35,6 +35,17 @@ _DEFAULT_HEADERS = {
     "Connection": "keep-alive",
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
+
+
+class RequestOptions(TypedDict, total=False):
+    """What a call may add to a request: query parameters, headers, and a JSON or raw body."""
+
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+    json: Any
+    content: bytes
+
+
 #: Parsed URLs kept per client; adapters call a handful, but a model name can sit in a path.
 _MAX_URLS = 256
 
@@ -82,17 +93,9 @@ class UpstreamClient:
             kept = self._urls[url] = (parsed, basic)
         return kept
 
-    def build_request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        content: bytes | None = None,
-    ) -> httpx.Request:
+    def build_request(self, method: str, url: str, **options: Unpack[RequestOptions]) -> httpx.Request:
         target, basic = self.url(url)
+        params, headers = options.get("params"), options.get("headers")
         if params:
             target = target.copy_merge_params(params)
         if headers or basic:
@@ -104,6 +107,7 @@ class UpstreamClient:
             merged = self.headers
         # A fresh extensions dict per request: a transport may add to it, and that must not reach the next one.
         extensions = {"timeout": self._timeouts}
+        json, content = options.get("json"), options.get("content")
         return httpx.Request(method, target, headers=merged, json=json, content=content, extensions=extensions)
 
     async def send(self, request: httpx.Request) -> httpx.Response:
@@ -122,46 +126,25 @@ class UpstreamClient:
             raise
         return response
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        content: bytes | None = None,
-    ) -> httpx.Response:
+    async def request(self, method: str, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
         """The whole response, its body read and its connection handed back."""
-        response = await self.send(
-            self.build_request(method, url, params=params, headers=headers, json=json, content=content)
-        )
+        response = await self.send(self.build_request(method, url, **options))
         try:
             await response.aread()
         finally:
             await response.aclose()
         return response
 
-    async def get(self, url: str, *, params: Mapping[str, str] | None = None) -> httpx.Response:
-        return await self.request("GET", url, params=params)
+    async def get(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        return await self.request("GET", url, **options)
 
-    async def post(
-        self, url: str, *, json: Any = None, params: Mapping[str, str] | None = None, content: bytes | None = None
-    ) -> httpx.Response:
-        return await self.request("POST", url, params=params, json=json, content=content)
+    async def post(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        return await self.request("POST", url, **options)
 
     @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-    ) -> AsyncIterator[httpx.Response]:
+    async def stream(self, method: str, url: str, **options: Unpack[RequestOptions]) -> AsyncIterator[httpx.Response]:
         """The response as it arrives; closed (its connection handed back) when the block ends."""
-        response = await self.send(self.build_request(method, url, params=params, headers=headers, json=json))
+        response = await self.send(self.build_request(method, url, **options))
         try:
             yield response
         finally:
