@@ -40,6 +40,15 @@ async def _slow(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     return web.Response(text="late")
 
 
+async def _long(request: web.Request, upstream: Upstream) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for i in range(64):
+        await response.write(f"line {i}\n".encode() * 512)
+    await response.write_eof()
+    return response
+
+
 async def _hang_up(request: web.Request, upstream: Upstream) -> web.StreamResponse:
     assert request.transport is not None
     request.transport.close()
@@ -55,6 +64,7 @@ def upstream() -> Iterator[Upstream]:
         ("GET", "/v1/moved"): _moved,
         ("GET", "/v1/slow"): _slow,
         ("GET", "/v1/drop"): _hang_up,
+        ("GET", "/v1/long"): _long,
     }
     with serve(routes) as up:
         yield up
@@ -138,3 +148,57 @@ async def test_url_credentials_go_as_basic_auth_never_on_the_wire(upstream: Upst
     for sent in upstream.requests[-2:]:
         assert sent.headers["Authorization"] == f"Basic {base64.b64encode(b'user:p@ss').decode()}"
         assert sent.path == "/v1/echo"
+
+
+async def test_a_body_left_half_read_frees_its_connection_and_slot(upstream: Upstream, settings: HttpSettings) -> None:
+    """A caller that stops reading (a client gone mid-stream) must not leave a connection that the
+    next call reads the rest of the old body from, nor keep the one slot."""
+    async with _client(upstream, settings) as client:
+        for _ in range(3):
+            async with client.stream("GET", "/long") as response:
+                async for chunk in response.aiter_bytes():
+                    assert chunk.startswith(b"line 0")
+                    break
+        answer = await client.get("/echo")
+    assert answer.json()["path"] == "/v1/echo"
+
+
+async def test_a_refused_connection_is_a_connect_error(settings: HttpSettings) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with build_client(settings, base_url=f"http://127.0.0.1:{port}/v1", headers={}) as client:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await client.get("/echo")
+    assert refused.value.request.url.port == port
+
+
+def test_aiohttp_errors_map_to_what_httpcore_raises_for_the_same_event() -> None:
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from ratatoskr_server.net.aio import _mapped
+
+    key = ConnectionKey("upstream", 443, True, True, None, None, None)
+    table: list[tuple[Exception, type[httpx.TransportError]]] = [
+        (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
+        (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
+        (aiohttp.ServerTimeoutError("timed out"), httpx.TimeoutException),
+        (aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused")), httpx.ConnectError),
+        (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+        (aiohttp.ClientPayloadError("short body"), httpx.RemoteProtocolError),
+        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), httpx.WriteError),
+        (aiohttp.ClientOSError(104, "reset by peer"), httpx.ReadError),
+        (aiohttp.ClientConnectionError("Connection closed"), httpx.NetworkError),
+        (aiohttp.InvalidURL("http://[::1"), httpx.UnsupportedProtocol),
+        (
+            aiohttp.ClientResponseError(None, (), status=400, message="Invalid response status"),  # type: ignore[arg-type]
+            httpx.RemoteProtocolError,
+        ),
+    ]
+    for cause, expected in table:
+        mapped = _mapped(cause)
+        assert type(mapped) is expected, (cause, mapped)
+        assert str(mapped), cause  # a message a person can read, never empty

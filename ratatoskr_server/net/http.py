@@ -86,12 +86,9 @@ class SlotTransport(WrappingTransport):
             self._slots.release()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_SlotReleasingStream(response.stream, self._slots.release),
-            extensions=response.extensions,
-        )
+        # The body is wrapped in place: nothing has read it yet, and a new Response would copy its headers.
+        response.stream = _SlotReleasingStream(response.stream, self._slots.release)
+        return response
 
     async def _acquire(self, request: httpx.Request) -> None:
         if not self._slots.locked():
