@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -202,3 +202,37 @@ def test_aiohttp_errors_map_to_what_httpcore_raises_for_the_same_event() -> None
         mapped = _mapped(cause)
         assert type(mapped) is expected, (cause, mapped)
         assert str(mapped), cause  # a message a person can read, never empty
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "options"),
+    [
+        ("POST", "/chat/completions", {"json": {"model": "m", "messages": [{"role": "user", "content": "héllo"}]}}),
+        ("GET", "/models", {"params": {"limit": "5"}}),
+        ("POST", "/empty", {}),
+        ("PUT", "/raw", {"content": b"\x00bytes"}),
+        (
+            "POST",
+            "/typed",
+            {"json": [1, 2], "headers": {"content-type": "application/vnd.x+json", "X-Adapter": "call"}},
+        ),
+        ("GET", "http://user:secret@other.example:8443/v2/x", {}),
+    ],
+)
+async def test_requests_are_what_httpx_builds_for_the_same_call(method: str, url: str, options: dict[str, Any]) -> None:
+    """The request is made from kept parts, not by httpx's constructor; what it carries (URL,
+    headers, body) must still be exactly what ``httpx.AsyncClient`` builds for the same call."""
+    base, headers = "https://api.example/v1", {"Authorization": "Bearer k", "X-Adapter": "kept"}
+    ours = UpstreamClient(httpx.AsyncHTTPTransport(), base_url=base, headers=headers, timeout=httpx.Timeout(5.0))
+    async with httpx.AsyncClient(base_url=base, headers=headers) as reference:
+        for _ in range(2):  # the second time from the kept URL
+            built = ours.build_request(method, url, **options)
+            expected = reference.build_request(method, url, **options)
+            if expected.url.userinfo:  # AsyncClient's auth flow turns these into a header when it sends
+                pair = f"{expected.url.username}:{expected.url.password}".encode()
+                expected.headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+            assert built.url == expected.url
+            assert sorted(built.headers.multi_items()) == sorted(expected.headers.multi_items())
+            assert built.headers.raw[0][0] == b"Host"
+            assert built.content == expected.content
+    await ours.aclose()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from json import dumps as json_dumps
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
@@ -48,6 +49,8 @@ class RequestOptions(TypedDict, total=False):
 
 #: Parsed URLs kept per client; adapters call a handful, but a model name can sit in a path.
 _MAX_URLS = 256
+#: Methods httpx gives a ``Content-Length: 0`` when they carry no body.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class UpstreamClient:
@@ -65,50 +68,72 @@ class UpstreamClient:
         self.base_url = httpx.URL(base_url)
         if self.base_url and not self.base_url.raw_path.endswith(b"/"):
             self.base_url = self.base_url.copy_with(raw_path=self.base_url.raw_path + b"/")
+        #: Fixed once built: every kept URL starts from a copy of them.
         self.headers = httpx.Headers(_DEFAULT_HEADERS)
         self.headers.update(headers or {})
         self.timeout = timeout
         self._timeouts = timeout.as_dict()
-        #: Each URL parsed once, with the Basic credentials its user-info stands for, if any.
-        self._urls: dict[str, tuple[httpx.URL, str | None]] = {}
+        #: Each URL parsed once, with the headers its requests start from.
+        self._urls: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
         self.is_closed = False
         #: Run on every response, streamed or not, before anyone reads it; one that raises closes it.
         self.response_hooks: list[Callable[[httpx.Response], Awaitable[None]]] = []
 
-    def url(self, url: str) -> tuple[httpx.URL, str | None]:
+    def url(self, url: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
         """``url`` parsed (once), appended to the base URL when it is relative as httpx does, with
-        the ``Authorization`` value its user-info stands for (``https://user:pass@host``), as
-        httpx sends it: user-info never goes on the wire itself."""
+        the headers every request to it starts from: ``Host`` first, then the client's headers, and
+        the ``Authorization`` its user-info stands for (``https://user:pass@host``) as httpx sends
+        it: user-info never goes on the wire itself, and it wins over a configured header."""
         kept = self._urls.get(url)
         if kept is None:
             parsed = httpx.URL(url)
             if parsed.is_relative_url and self.base_url:
                 parsed = self.base_url.copy_with(raw_path=self.base_url.raw_path + parsed.raw_path.lstrip(b"/"))
-            basic = None
+            headers = self.headers.copy()
             if parsed.username or parsed.password:
                 pair = f"{parsed.username}:{parsed.password}".encode()
-                basic = f"Basic {base64.b64encode(pair).decode('ascii')}"
+                headers["Authorization"] = f"Basic {base64.b64encode(pair).decode('ascii')}"
+            raw = headers.raw
+            if parsed.host and "Host" not in headers:
+                raw.insert(0, (b"Host", parsed.netloc))
             if len(self._urls) >= _MAX_URLS:
                 self._urls.clear()
-            kept = self._urls[url] = (parsed, basic)
+            kept = self._urls[url] = (parsed, raw)
         return kept
 
     def build_request(self, method: str, url: str, **options: Unpack[RequestOptions]) -> httpx.Request:
-        target, basic = self.url(url)
+        """The request httpx would build for these arguments, headers included, made from the kept
+        URL and its headers: httpx's own constructor re-derives the headers' encoding and copies
+        them twice per request, a tenth of a small call's CPU here."""
+        target, raw = self.url(url)
         params, headers = options.get("params"), options.get("headers")
         if params:
             target = target.copy_merge_params(params)
-        if headers or basic:
-            merged = self.headers.copy()
-            merged.update(headers or {})
-            if basic:
-                merged["Authorization"] = basic  # as httpx's BasicAuth: the URL's credentials win
-        else:
-            merged = self.headers
-        # A fresh extensions dict per request: a transport may add to it, and that must not reach the next one.
-        extensions = {"timeout": self._timeouts}
         json, content = options.get("json"), options.get("content")
-        return httpx.Request(method, target, headers=merged, json=json, content=content, extensions=extensions)
+        body: list[tuple[bytes, bytes]] = []
+        if json is not None:
+            content = json_dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            body = [(b"Content-Length", str(len(content)).encode()), (b"Content-Type", b"application/json")]
+        elif content is not None:
+            body = [(b"Content-Length", str(len(content)).encode())]
+        elif method in _BODY_METHODS:
+            body = [(b"Content-Length", b"0")]
+        if headers:
+            # The call's own headers replace the client's, and win over the body's, as in httpx.
+            given = httpx.Headers(headers)
+            names = {name.lower() for name, _ in given.raw}
+            raw = [item for item in raw if item[0].lower() not in names] + given.raw
+            body = [item for item in body if item[0].lower() not in names]
+        # A fresh extensions dict per request: a transport may add to it, and that must not reach the next one.
+        request = httpx.Request(
+            method,
+            target,
+            headers=raw + body,
+            stream=httpx.ByteStream(content or b""),
+            extensions={"timeout": self._timeouts},
+        )
+        request.read()  # the body is in memory already: ``request.content`` answers, as with httpx's own
+        return request
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response with its body still to read (the caller closes it), or httpx's exception."""
