@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from functools import partial
 from typing import Protocol
 
 from ratatoskr_client.types import ChatEvent
@@ -74,13 +75,18 @@ class Chain:
 
 
 def _bind_unary(stage: Stage, nxt: Next) -> Next:
-    async def step(call: Call, ctx: RequestContext) -> Result:
-        return await stage.unary(call, ctx, nxt)
-
-    return step
+    # A stage that changes nothing is left out, and the others are bound without a frame of their
+    # own: each layer here is paid on every call, a dozen times over.
+    if type(stage).unary is Stage.unary:
+        return nxt
+    return partial(stage.unary, next=nxt)
 
 
 def _bind_stream(stage: Stage, nxt: NextStream) -> NextStream:
+    if type(stage).stream is Stage.stream:
+        return nxt
+
+    # The stage's stream is closed by the chain (not left to the stage above, nor to the collector).
     async def step(call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         events = stage.stream(call, ctx, nxt)
         async with aclosing(events):  # type: ignore[type-var]

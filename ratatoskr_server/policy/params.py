@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import fields, replace
 from typing import Any, Protocol
@@ -34,6 +34,8 @@ from ratatoskr_server.registry.models import KNOWN_PARAMETERS
 log = logging.getLogger(__name__)
 
 _NUMERIC = frozenset(NUMERIC_PARAMETERS)
+_UNSUPPORTED = ParameterAvailability("unsupported")
+_OPAQUE = ParameterAvailability("opaque")
 _REJECTION_WORDS = re.compile(r"unsupported|not supported|unrecognized|unknown|not permitted|not allowed|extra inputs")
 
 #: Remembered rejections kept at most; model names come from callers, so the table must be bounded.
@@ -160,13 +162,20 @@ class ParameterGuard:
     ) -> dict[str, ParameterAvailability]:
         """Every known parameter's availability on this provider and model, as GetModelMetadata shows it."""
         now = time.monotonic()
-        out: dict[str, ParameterAvailability] = {}
-        for name in KNOWN_PARAMETERS:
-            if name not in supported or self._rejected.get((provider, model, name), 0.0) > now:
-                out[name] = ParameterAvailability("unsupported")
-            else:
-                out[name] = known.get(name, ParameterAvailability("opaque"))
-        return out
+        return {name: self._available(name, provider, model, supported, known, now) for name in KNOWN_PARAMETERS}
+
+    def _available(
+        self,
+        name: str,
+        provider: str,
+        model: str,
+        supported: frozenset[str],
+        known: Mapping[str, ParameterAvailability],
+        now: float,
+    ) -> ParameterAvailability:
+        if name not in supported or self._rejected.get((provider, model, name), 0.0) > now:
+            return _UNSUPPORTED
+        return known.get(name, _OPAQUE)
 
     def check(
         self,
@@ -180,11 +189,14 @@ class ParameterGuard:
         """``options`` fit for dispatch (unsupported parameters handled by the policy, ranges enforced),
         and the parameters it dropped, for the caller's notes."""
         options = lift_raw_options(options)
-        table = self.availability(provider, model, supported, known)
+        given = parameters_set(options)
+        if not given:  # nothing to judge: the table is read only for what a call sets
+            return options, []
+        now = time.monotonic()
         policy = self.policy_for(provider)
         unsupported: list[str] = []
-        for name in parameters_set(options):
-            spec = table[name]
+        for name in given:
+            spec = self._available(name, provider, model, supported, known, now)
             value = getattr(options, name)
             if spec.availability == "unsupported" or (
                 spec.availability == "read_only" and spec.value and not _same(value, spec.value)
@@ -238,6 +250,22 @@ def availability_of(spec: ParameterSpec) -> ParameterAvailability:
     return ParameterAvailability(spec.availability, spec.min, spec.max, spec.default, spec.value or "")
 
 
+class _KnownParameters(Mapping[str, ParameterAvailability]):
+    """A record's parameter specs as availabilities, each made when a call asks about it."""
+
+    def __init__(self, specs: Mapping[str, ParameterSpec]) -> None:
+        self._specs = specs
+
+    def __getitem__(self, name: str) -> ParameterAvailability:
+        return availability_of(self._specs[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
 class ParamsStage(Stage):
     """The parameter check on the candidate a call goes to; upstream refusals are remembered.
 
@@ -253,12 +281,12 @@ class ParamsStage(Stage):
             return call
         provider, model = call.target.provider, call.target.model
         record = self.registry.lookup(provider.name, model)
-        known = {name: availability_of(spec) for name, spec in record.parameters.items()} if record else {}
+        known = _KnownParameters(record.parameters) if record else {}
         options, dropped = self.guard.check(
             call.options, provider=provider.name, model=model, supported=provider.supported_parameters, known=known
         )
         ctx.note_dropped(dropped)
-        return call.but(options=options)
+        return call if options is call.options else call.but(options=options)
 
     def _learn(self, call: Call, err: InvalidArgument) -> None:
         if call.options is not None and call.target is not None:
