@@ -15,8 +15,20 @@ _KEY_SHAPES = re.compile(
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every known secret (longest first) and every key-shaped token replaced."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    return scrub_ordered(text, ordered_secrets(secrets))
+
+
+def ordered_secrets(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets worth masking (four characters or more), longest first, so that one inside
+    another is masked as part of the longer; for a caller that scrubs many texts with the same set."""
+    return tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+
+def scrub_ordered(text: str, secrets: tuple[str, ...]) -> str:
+    """``scrub`` with secrets already put in order by ``ordered_secrets``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
     return _KEY_SHAPES.sub(MASK, text)
 
 

@@ -233,6 +233,8 @@ def test_keys_never_reach_logs_metrics_errors_or_config_check(authd: DaemonProce
     assert any(e.startswith("UNAUTHENTICATED") for e in errors) and any(
         e.startswith("PERMISSION_DENIED") for e in errors
     )
+    with ServiceClient(authd.tcp_address(), timeout=10, api_key=keyring.tokens["embedder"]) as embedder:
+        embedder.embed(["a call the log names its caller for"])  # this test's own, whatever ran before it
     metrics = urllib.request.urlopen(authd.metrics_url(), timeout=10).read().decode()
     check = run_ratatoskr("config", "check", "--config", str(authd.config_path), "--json")
     assert check.returncode == 0, check.stderr

@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from ratatoskr_server.context import RequestContext
-from ratatoskr_server.redact import scrub
+from ratatoskr_server.redact import ordered_secrets, scrub_ordered
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -49,10 +49,10 @@ def trace_ids(ctx: RequestContext) -> dict[str, str]:
 class Redactor(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = list(secrets)
+        self.secrets = ordered_secrets(secrets)  # put in order once, not for every string of every record
 
     def scrub(self, text: str) -> str:
-        return scrub(text, self.secrets)
+        return scrub_ordered(text, self.secrets)
 
     def _deep(self, value: Any) -> Any:
         if isinstance(value, str):

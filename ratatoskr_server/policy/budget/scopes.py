@@ -15,7 +15,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from ratatoskr_server.config import BudgetLimits, BudgetSettings
-from ratatoskr_server.policy.budget.windows import day_window, month_window
+from ratatoskr_server.policy.budget.windows import Windows
 from ratatoskr_server.state.budget import Bucket
 
 GLOBAL = "global"
@@ -28,14 +28,15 @@ class Scopes:
     def __init__(self, settings: BudgetSettings) -> None:
         self.settings = settings
         self.zone = ZoneInfo(settings.timezone)
+        self._windows = Windows(self.zone)
 
     def _buckets(self, scope: str, daily: Decimal | None, monthly: Decimal | None, now: datetime) -> list[Bucket]:
         out = []
         if daily is not None:
-            day = day_window(now, self.zone)
+            day = self._windows.day(now)
             out.append(Bucket(scope, day.name, daily, day.ends_at))
         if monthly is not None:
-            month = month_window(now, self.zone)
+            month = self._windows.month(now)
             out.append(Bucket(scope, month.name, monthly, month.ends_at))
         return out
 
@@ -57,7 +58,7 @@ class Scopes:
         return buckets
 
     def windows(self, now: datetime) -> list[str]:
-        return [day_window(now, self.zone).name, month_window(now, self.zone).name]
+        return [self._windows.day(now).name, self._windows.month(now).name]
 
     def all(self, now: datetime, seen: Iterable[str]) -> list[Bucket]:
         """Every bucket with a limit now: the configured scopes, and callers a glob matched that

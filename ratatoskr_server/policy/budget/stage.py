@@ -119,6 +119,7 @@ class BudgetStage(Stage):
         self.metrics = metrics
         self.clock = clock
         self.scopes = Scopes(settings)
+        self._warn_at = Decimal(str(settings.warn_at))
         self._counters: dict[tuple[str, str, bool], PromptCounter] = {}
 
     # -- before ------------------------------------------------------------------------------------
@@ -167,10 +168,10 @@ class BudgetStage(Stage):
             used = level.spent + level.reserved
             limit = level.bucket.limit
             if self.metrics is not None:
-                remaining = self.metrics.budget_remaining.labels(scope=level.bucket.scope, window=level.bucket.window)
+                remaining = self.metrics.child(self.metrics.budget_remaining, level.bucket.scope, level.bucket.window)
                 remaining.set(float(max(limit - used, Decimal(0))))
             share = used / limit if limit else Decimal(1)
-            if share >= Decimal(str(self.settings.warn_at)):
+            if share >= self._warn_at:
                 warnings.append(
                     f"{level.bucket.scope} {level.bucket.window}: {usd(used)} of {usd(limit)} spent or reserved "
                     f"({share * 100:.0f}%)"

@@ -35,5 +35,33 @@ def month_window(now: datetime, zone: ZoneInfo) -> Window:
     return Window(f"month:{today.year:04d}-{today.month:02d}", _midnight(first_next, zone))
 
 
+class Windows:
+    """The current day and month windows of one zone, each worked out once while it lasts.
+
+    A call asks for its windows on every paid request; the calendar arithmetic (a zone conversion
+    and two date computations per window) is redone only when ``now`` leaves the kept window, in
+    either direction (a test's clock may go back).
+    """
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._day: tuple[datetime, Window] | None = None
+        self._month: tuple[datetime, Window] | None = None
+
+    def day(self, now: datetime) -> Window:
+        kept = self._day
+        if kept is None or not kept[0] <= now < kept[1].ends_at:
+            window = day_window(now, self.zone)
+            kept = self._day = (_midnight(now.astimezone(self.zone).date(), self.zone), window)
+        return kept[1]
+
+    def month(self, now: datetime) -> Window:
+        kept = self._month
+        if kept is None or not kept[0] <= now < kept[1].ends_at:
+            window = month_window(now, self.zone)
+            kept = self._month = (_midnight(now.astimezone(self.zone).date().replace(day=1), self.zone), window)
+        return kept[1]
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
