@@ -79,9 +79,20 @@ class Redactor(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        #: The last second formatted, and its text: lines come many to a second.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -124,6 +135,12 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # What no line of ours prints is not gathered for every record (the logging HOWTO's list of
+    # optimisations): the caller's file and line (a stack walk per record), thread and process.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # httpx and httpcore log every upstream URL, query string (and so any key in it) included, at
     # INFO and DEBUG; our adapters log what matters about upstream calls themselves.
     for noisy in ("httpx", "httpcore"):
