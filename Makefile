@@ -26,7 +26,7 @@ CONFIG_ARG := $(if $(CONFIG),--config "$(CONFIG)")
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck unit redis-server proto bytecode model runtime dev lock install bench bench-embed bench-chat bench-start bench-peers clean
+.PHONY: run test lint typecheck unit redis-server proto bytecode model runtime dev lock install bench bench-embed bench-chat bench-start bench-instructions bench-peers clean
 
 run: $(GEN_STAMP) $(RUNTIME_STAMP) bytecode
 	@echo "==> default model (imported once into local.model_dir)"
@@ -137,6 +137,12 @@ bench: $(GEN_STAMP) $(DEV_STAMP) $(RUNTIME_STAMP)
 bench-embed: $(GEN_STAMP) $(RUNTIME_STAMP)
 	$(VENV)/bin/ratatoskr models import --if-missing $(CONFIG_ARG)
 	$(PY) bench/embed.py $(ARGS)
+
+# Instructions per call in the daemon (valgrind's callgrind): the per-call cost without the VM's
+# noise, the figure to compare two versions of the per-call path by. Needs valgrind.
+bench-instructions: $(GEN_STAMP) $(DEV_STAMP)
+	@command -v valgrind >/dev/null 2>&1 || { echo "bench-instructions needs valgrind (apt-get install valgrind)"; exit 2; }
+	$(PY) bench/instructions.py $(ARGS)
 
 # Start to SERVING (no model, the default model) and idle memory, against a bare grpc.aio server.
 bench-start: $(GEN_STAMP) $(RUNTIME_STAMP)

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,9 +202,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def spawn_helper(*args: str) -> tuple[subprocess.Popen[str], str]:
-    """This script in one of its server roles; returns the process and the first line it prints."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+def spawn_helper(*args: str, prefix: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
+    """This script in one of its server roles; returns the process and the first line it prints.
+    ``prefix`` runs it under another program (bench/instructions.py: valgrind)."""
+    proc = subprocess.Popen([*prefix, sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line:
@@ -221,7 +222,9 @@ STAGES = {
 }
 
 
-def start_daemon(socket_path: Path, upstream_url: str, stages: str = "production") -> subprocess.Popen[bytes]:
+def start_daemon(
+    socket_path: Path, upstream_url: str, stages: str = "production", prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """The daemon with one provider, "up", and no local models, configured as ``STAGES[stages]`` says.
 
     "production" is what the issue's goal measures: every stage a production user would have on
@@ -253,8 +256,8 @@ def start_daemon(socket_path: Path, upstream_url: str, stages: str = "production
         )
     # The request log goes to a file, as a service manager's journal takes it, not to this terminal.
     log = (socket_path.parent / "daemon.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "ratatoskr_server", "serve"], env=env, stderr=log)
-    deadline = time.monotonic() + 60
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "ratatoskr_server", "serve"], env=env, stderr=log)
+    deadline = time.monotonic() + (300 if prefix else 60)  # under valgrind a start takes ~20x as long
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the daemon exited with status {proc.returncode}")
@@ -265,7 +268,7 @@ def start_daemon(socket_path: Path, upstream_url: str, stages: str = "production
         except RatatoskrError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("the daemon did not become SERVING within 60 s")
+    raise SystemExit("the daemon did not become SERVING in time")
 
 
 def upstream_connections(port: int) -> int:
