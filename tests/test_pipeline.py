@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ class _Settle(Stage):
     async def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
         outcome = "cancel"
         try:
-            async for event in next(call, ctx):
-                yield event
+            async with aclosing(next(call, ctx)) as events:  # type: ignore[type-var]  # the stage contract
+                async for event in events:
+                    yield event
             outcome = "ok"
         except Exception:
             outcome = "error"
@@ -80,6 +82,7 @@ class _Terminal:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.seen: list[str] = []
+        self.closed = False
 
     async def unary(self, call: Call, ctx: RequestContext) -> Result:
         self.seen.append(call.model)
@@ -91,11 +94,14 @@ class _Terminal:
 
     async def stream(self, call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         self.seen.append(call.model)
-        yield ContentDelta("a")
-        if self.mode == "error":
-            raise NotFound("cut")
-        yield ContentDelta("b")
-        yield Done("stop")
+        try:
+            yield ContentDelta("a")
+            if self.mode == "error":
+                raise NotFound("cut")
+            yield ContentDelta("b")
+            yield Done("stop")
+        finally:
+            self.closed = True
 
 
 def _embed_call() -> Call:
@@ -140,11 +146,29 @@ async def test_streams_settle_on_success_failure_and_a_consumer_that_leaves() ->
             pass
     assert settle.settled == ["error"]
 
-    settle = _Settle()
-    stream = Chain([settle], _Terminal("ok")).stream(_chat_call(), ctx)
+    settle, terminal = _Settle(), _Terminal("ok")
+    stream = Chain([settle, _Tag(), _Settle()], terminal).stream(_chat_call(), ctx)
     assert isinstance(await anext(aiter(stream)), ContentDelta)
     await stream.aclose()  # type: ignore[attr-defined]
     assert settle.settled == ["cancel"]
+    assert terminal.closed  # at once, through every stage: not left to the garbage collector
+
+
+class _Refuse(Stage):
+    """A stage that returns a stream rather than being one, and refuses when it is called."""
+
+    def stream(self, call: Call, ctx: RequestContext, next: NextStream) -> AsyncIterator[ChatEvent]:
+        raise NotFound("refused by the stage")
+
+
+async def test_a_stage_that_returns_a_stream_is_called_at_the_first_read() -> None:
+    """What it raises must reach whoever reads the stream (a retry or fallback stage above), not
+    whoever merely asked for it."""
+    terminal = _Terminal("ok")
+    stream = Chain([_Refuse(), _Settle()], terminal).stream(_chat_call(), RequestContext.start())  # no raise yet
+    with pytest.raises(NotFound, match="refused by the stage"):
+        await anext(aiter(stream))
+    assert terminal.seen == []
 
 
 def test_every_adapter_implements_the_protocol_of_each_capability_it_declares() -> None:

@@ -7,12 +7,15 @@ call, wrap or replace the result, or refuse with a domain error; it never reache
 
 Work that must happen however the call ends (a budget's settle, a breaker's verdict) goes in a
 ``finally`` around ``await next(...)`` in ``unary``, and in a ``finally`` of the async generator in
-``stream``: the chain closes every stream it opened (``aclosing``), so that ``finally`` runs on
-success, on failure and when the consumer goes away (cancel).
+``stream``.  Every stream is closed by whoever opened it, so that ``finally`` runs on success, on
+failure and when the consumer goes away (cancel): a stage whose ``stream`` is an async generator
+closes the stream it got from ``next`` (``aclosing``, or ``aclose`` in a ``finally``), and the chain
+closes what a stage's plain ``stream`` returned.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
@@ -83,10 +86,17 @@ def _bind_unary(stage: Stage, nxt: Next) -> Next:
 
 
 def _bind_stream(stage: Stage, nxt: NextStream) -> NextStream:
-    if type(stage).stream is Stage.stream:
+    method = type(stage).stream
+    if method is Stage.stream:
         return nxt
+    if inspect.isasyncgenfunction(method):
+        # Its body runs at the first read already, and it closes the stream it opened (the stage
+        # contract, above): bound as it is, without a generator of the chain's around each event.
+        return partial(stage.stream, next=nxt)
 
-    # The stage's stream is closed by the chain (not left to the stage above, nor to the collector).
+    # A stage that returns a stream (often ``next``'s own) decides when it is called: the chain
+    # defers that to the first read, so what it raises reaches whoever reads (a fallback or retry
+    # around it), and closes what it returned.
     async def step(call: Call, ctx: RequestContext) -> AsyncIterator[ChatEvent]:
         events = stage.stream(call, ctx, nxt)
         async with aclosing(events):  # type: ignore[type-var]
