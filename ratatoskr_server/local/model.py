@@ -76,6 +76,11 @@ class LocalModel:
             raise FailedPrecondition(f"model '{name}': output {manifest.output_name!r} is not in the graph {outputs}")
         if manifest.output_kind == "logits" and not manifest.labels:
             raise FailedPrecondition(f"model '{name}': a logits model needs its labels in the manifest")
+        if manifest.output_kind == "logits":
+            self._dimension = len(manifest.labels)
+        else:  # read from the graph once: every embedding call reports it
+            shape = handle.session.get_outputs()[0].shape
+            self._dimension = int(manifest.dimension or shape[-1])
         self.batcher = MicroBatcher(name, self.run_batch, executor, limits, fixed_width=manifest.pad_to)
 
     @property
@@ -84,10 +89,7 @@ class LocalModel:
 
     @property
     def dimension(self) -> int:
-        if self.manifest.output_kind == "logits":
-            return len(self.manifest.labels)
-        shape = self.handle.session.get_outputs()[0].shape
-        return int(self.manifest.dimension or shape[-1])
+        return self._dimension
 
     @property
     def normalized(self) -> bool:

@@ -45,9 +45,10 @@ class PoolTelemetry:
         self, model: str, rows: int, tokens: int, links: Sequence[SpanContext | None]
     ) -> contextlib.AbstractContextManager[Any]:
         """One inference batch: its size in metrics, and a span linked to every request in it."""
-        label = self.metrics.model_label(model)
-        self.metrics.batch_size.labels(model=label).observe(rows)
-        self.metrics.batch_tokens.labels(model=label).observe(tokens)
+        metrics = self.metrics
+        label = metrics.model_label(model)
+        metrics.child(metrics.batch_size, label).observe(rows)
+        metrics.child(metrics.batch_tokens, label).observe(tokens)
         if self.tracing is None:
             return _NOTHING
         unique = list({(link.trace_id, link.span_id): link for link in links if link is not None}.values())
@@ -56,7 +57,7 @@ class PoolTelemetry:
 
     # -- gauges and histograms -------------------------------------------------------------------
     def queue_depth(self, model: str, requests: int) -> None:
-        self.metrics.queue_depth.labels(model=self.metrics.model_label(model)).set(requests)
+        self.metrics.child(self.metrics.queue_depth, self.metrics.model_label(model)).set(requests)
 
     def loaded(self, model: str, seconds: float) -> None:
         self.metrics.model_load.labels(model=self.metrics.model_label(model)).observe(seconds)
