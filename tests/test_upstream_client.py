@@ -217,6 +217,7 @@ def test_aiohttp_errors_map_to_what_httpcore_raises_for_the_same_event() -> None
             {"json": [1, 2], "headers": {"content-type": "application/vnd.x+json", "X-Adapter": "call"}},
         ),
         ("GET", "http://user:secret@other.example:8443/v2/x", {}),
+        ("GET", "http://user:secret@other.example/v2/x", {"headers": {"Authorization": "Bearer call", "X-A": "1"}}),
     ],
 )
 async def test_requests_are_what_httpx_builds_for_the_same_call(method: str, url: str, options: dict[str, Any]) -> None:

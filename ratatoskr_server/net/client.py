@@ -121,6 +121,8 @@ class UpstreamClient:
         if headers:
             # The call's own headers replace the client's, and win over the body's, as in httpx.
             given = httpx.Headers(headers)
+            if target.userinfo:  # as httpx's BasicAuth: the URL's credentials win over a call's header too
+                given.pop("Authorization", None)
             names = {name.lower() for name, _ in given.raw}
             raw = [item for item in raw if item[0].lower() not in names] + given.raw
             body = [item for item in body if item[0].lower() not in names]
