@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from chat_overhead import ECHO_METHOD, MESSAGES, request_bodies, spawn_helper, start_daemon, stop
@@ -52,16 +53,20 @@ def callgrind(out: Path) -> list[str]:
     ]
 
 
+def control(pid: int, *command: str) -> None:
+    """Tell the callgrind running as ``pid`` to do ``command`` (quietly: it reports on stderr)."""
+    subprocess.run(["callgrind_control", *command, str(pid)], check=True, capture_output=True)
+
+
 def counted(pid: int, out: Path, calls: int, one: Callable[[], object]) -> int:
     """Instructions per call of process ``pid`` (under ``callgrind(out)``) while ``one`` runs ``calls`` times."""
     for _ in range(WARMUP):
         one()
-    quiet = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(["callgrind_control", "-i", "on", str(pid)], **quiet)  # type: ignore[call-overload]
+    control(pid, "-i", "on")
     for _ in range(calls):
         one()
-    subprocess.run(["callgrind_control", "-i", "off", str(pid)], **quiet)  # type: ignore[call-overload]
-    subprocess.run(["callgrind_control", "--dump", str(pid)], **quiet)  # type: ignore[call-overload]
+    control(pid, "-i", "off")
+    control(pid, "--dump")
     total = 0
     for dump in out.parent.glob(f"{out.name}.*[0-9]"):
         for line in dump.read_text(errors="replace").splitlines():
@@ -82,15 +87,15 @@ def main() -> int:
     os.environ["PYTHONHASHSEED"] = "0"  # the same dict and set layouts every run: the same instructions
     workdir = Path(tempfile.mkdtemp(prefix="rt-instr-", dir="/tmp"))
     figures: dict[str, int] = {}
-    procs: list[subprocess.Popen[object]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
         upstream, port = spawn_helper("--serve-upstream")
-        procs.append(upstream)  # type: ignore[arg-type]
+        procs.append(upstream)
         upstream_url = f"http://127.0.0.1:{port}"
 
         echo_out, echo_socket = workdir / "echo.out", workdir / "echo.sock"
         echo, _ = spawn_helper("--serve-echo", str(echo_socket), prefix=callgrind(echo_out))
-        procs.append(echo)  # type: ignore[arg-type]
+        procs.append(echo)
         payload = request_bodies()[2]
         with grpc.insecure_channel(f"unix:{echo_socket}") as channel:
             call = channel.unary_unary(ECHO_METHOD, None, None)
@@ -102,7 +107,7 @@ def main() -> int:
             out, socket = workdir / f"{stages}.out", workdir / f"{stages}" / "r.sock"
             socket.parent.mkdir()
             daemon = start_daemon(socket, upstream_url, stages, prefix=callgrind(out))
-            procs.append(daemon)  # type: ignore[arg-type]
+            procs.append(daemon)
             with ServiceClient(socket, timeout=60) as client:
                 if stages == "lean":
                     figures["health"] = counted(daemon.pid, out, args.calls, client.health)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 
 from ratatoskr_server.config import HttpSettings
+from ratatoskr_server.net.aio import _mapped
 from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.http import build_client
 from tests.upstreams.harness import Upstream, serve
@@ -164,8 +168,6 @@ async def test_a_body_left_half_read_frees_its_connection_and_slot(upstream: Ups
 
 
 async def test_a_refused_connection_is_a_connect_error(settings: HttpSettings) -> None:
-    import socket
-
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -176,11 +178,6 @@ async def test_a_refused_connection_is_a_connect_error(settings: HttpSettings) -
 
 
 def test_aiohttp_errors_map_to_what_httpcore_raises_for_the_same_event() -> None:
-    import aiohttp
-    from aiohttp.client_reqrep import ConnectionKey
-
-    from ratatoskr_server.net.aio import _mapped
-
     key = ConnectionKey("upstream", 443, True, True, None, None, None)
     table: list[tuple[Exception, type[httpx.TransportError]]] = [
         (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
