@@ -110,7 +110,10 @@ def wait_http(url: str, proc: subprocess.Popen[Any]) -> None:
     raise SystemExit(f"{url} did not answer within 60 s")
 
 
-def start_daemon(socket_path: Path, upstream_url: str, http_port: int) -> subprocess.Popen[bytes]:
+def start_daemon(
+    socket_path: Path, upstream_url: str, http_port: int, settings: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The lean daemon every HTTP-front bench measures; ``settings``: more RATATOSKR_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RATATOSKR_")}
     env.update(
         RATATOSKR_SERVER__SOCKET_PATH=str(socket_path),
@@ -125,6 +128,7 @@ def start_daemon(socket_path: Path, upstream_url: str, http_port: int) -> subpro
         RATATOSKR_HTTP_FRONT__ENABLED="true",
         RATATOSKR_HTTP_FRONT__PORT=str(http_port),
     )
+    env.update(settings or {})
     proc = subprocess.Popen([sys.executable, "-m", "ratatoskr_server", "serve"], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -140,10 +140,10 @@ async def window(call: Call, clients: int, seconds: float) -> list[float]:
 
 
 async def measure(
-    targets: dict[str, Call], servers: dict[str, int], args: argparse.Namespace
+    targets: dict[str, Call], servers: dict[str, tuple[int, ...]], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
-    """Calls/s and latency per target, and the CPU its server process (``servers``: pid) spent per
-    call; the upstream's own CPU is left out of every figure but the direct one."""
+    """Calls/s and latency per target, and the CPU its server processes (``servers``: pids) spent per
+    call, summed; the upstream's own CPU is left out of every figure but the direct one."""
     for call in targets.values():  # warm: connections, lazy imports, first-call paths
         await window(call, args.clients, 1.0)
     elapsed: dict[str, float] = dict.fromkeys(targets, 0.0)
@@ -152,10 +152,10 @@ async def measure(
     names = list(targets)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start, cpu_before = time.perf_counter(), cpu_seconds(servers[name])
+            start, cpu_before = time.perf_counter(), sum(map(cpu_seconds, servers[name]))
             latencies[name] += await window(targets[name], args.clients, args.seconds)
             elapsed[name] += time.perf_counter() - start
-            cpu[name] += cpu_seconds(servers[name]) - cpu_before
+            cpu[name] += sum(map(cpu_seconds, servers[name])) - cpu_before
     out = {}
     for name in targets:
         ordered = sorted(latencies[name])
@@ -204,7 +204,7 @@ def main() -> int:
                 for url, model, proc in urls.values():
                     await wait_ready(session, url, model, proc)
                 targets = {name: http_call(session, url, model) for name, (url, model, _) in urls.items()}
-                servers = {name: proc.pid for name, (_, _, proc) in urls.items()}
+                servers = {name: (proc.pid,) for name, (_, _, proc) in urls.items()}
                 async with AsyncServiceClient(workdir / "r.sock", timeout=60) as client:
                     targets["ratatoskr grpc"] = grpc_call(client)
                     servers["ratatoskr grpc"] = servers["ratatoskr front"]

@@ -63,6 +63,11 @@ class ServerSettings(_Section):
     tcp_require_auth: bool = Field(
         default=True, description="Callers over TCP need a key ([callers.NAME]); false warns loudly off loopback."
     )
+    reuse_port: bool = Field(
+        default=False,
+        description="Several daemons of this user may listen on the same TCP ports (tcp_port, http_front.port); "
+        "the kernel spreads connections among them. Each needs its own socket_path.",
+    )
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: TCP speaks TLS.")
     tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
     tls_client_ca_file: Path | None = Field(

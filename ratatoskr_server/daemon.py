@@ -176,11 +176,13 @@ def _bind_failure(err: OSError) -> str:
     }.get(err.errno or 0, err.strerror or str(err))
 
 
-def check_port_free(host: str, port: int, setting: str) -> None:
+def check_port_free(host: str, port: int, setting: str, *, shared: bool = False) -> None:
     """Fail with one line naming the setting when a TCP port cannot be bound.
 
     gRPC's C core would report the same failure as several lines of resolver and subchannel
-    noise after the Unix socket already exists; a plain bind first says it plainly.
+    noise after the Unix socket already exists; a plain bind first says it plainly.  ``shared``
+    (``server.reuse_port``) probes with SO_REUSEPORT, so a port held by sibling daemons passes while
+    one held by any other process (or another user: the kernel's rule) still fails.
     """
     if port == 0:
         return
@@ -192,6 +194,8 @@ def check_port_free(host: str, port: int, setting: str) -> None:
     for family, kind, proto, _name, address in infos:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and http.server do
+            if shared:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(address)
             except OSError as err:
@@ -381,7 +385,7 @@ class Daemon:
             options=[
                 ("grpc.max_receive_message_length", int(srv.max_receive_message_mb * 2**20)),
                 ("grpc.max_send_message_length", int(srv.max_send_message_mb * 2**20)),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(srv.reuse_port)),
             ]
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.front), server)
@@ -394,7 +398,8 @@ class Daemon:
     def _bind(self, server: grpc.aio.Server) -> None:
         srv = self.settings.server
         if srv.tcp_enabled:
-            check_port_free(srv.tcp_host, srv.tcp_port, "server.tcp_port or `serve --tcp HOST:PORT`")
+            setting = "server.tcp_port or `serve --tcp HOST:PORT`"
+            check_port_free(srv.tcp_host, srv.tcp_port, setting, shared=srv.reuse_port)
         path = srv.resolved_socket_path()
         prepare_socket_path(path, srv.socket_group)
         old_umask = os.umask(0o777 & ~srv.socket_mode_bits())
@@ -424,11 +429,13 @@ class Daemon:
         settings = self.settings.http_front
         if not settings.enabled:
             return
-        check_port_free(settings.host, settings.port, "http_front.port")
+        shared = self.settings.server.reuse_port
+        check_port_free(settings.host, settings.port, "http_front.port", shared=shared)
         # aiohttp's server side loads only when the front is on (off by default; a costly import).
         from ratatoskr_server.fronts.openai_http.server import HttpFront
 
-        self.http_front = HttpFront(settings, self.gateway, self.front, self.settings.server.shutdown_grace_s)
+        grace_s = self.settings.server.shutdown_grace_s
+        self.http_front = HttpFront(settings, self.gateway, self.front, grace_s, reuse_port=shared)
         try:
             self.listen.append(await self.http_front.start())
         except OSError as err:

@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 class HttpFront:
     """Started with the daemon when ``http_front.enabled``; stopped in its drain."""
 
-    def __init__(self, settings: HttpFrontSettings, gateway: Gateway, front: Front, grace_s: float) -> None:
+    def __init__(
+        self, settings: HttpFrontSettings, gateway: Gateway, front: Front, grace_s: float, *, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         app = build_app(gateway, front, max_body_bytes=int(settings.max_body_mb * 2**20))
         # In-flight requests get the daemon's shutdown grace, as gRPC calls do.
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace_s, handle_signals=False)
@@ -32,7 +35,8 @@ class HttpFront:
     async def start(self) -> str:
         """Listen; the address as ``http://host:port`` (the real port when 0 was asked for)."""
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.port, reuse_address=True)
+        host, port = self.settings.host, self.settings.port
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, reuse_port=self.reuse_port or None)
         await site.start()
         port = int(self.runner.addresses[0][1])  # the bound port, when 0 was asked for
         self.address = f"http://{self.settings.host}:{port}"
