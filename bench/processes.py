@@ -6,8 +6,11 @@ Both sets run at once, each on its own ports, and the windows interleave (bench/
 ``measure``), so the machine's drift falls on both alike.  Per target it prints calls/s, latency and
 the CPU all of that set's daemon processes spent per call, through the HTTP front (one aiohttp pool
 of 32 connections, which the kernel spreads over the processes) and through gRPC over TCP
-(``--channels`` channels, the clients taking turns, since one channel is one connection and so one
-process).  The daemons are bench/http_front.py's lean ones; the upstream's CPU is left out.
+(``--channels`` channels, each its own connection, the clients taking turns on them: one connection
+reaches one process).  gRPC shares one connection among all the channels a process opens to one
+address, and the client keeps that default (for one daemon it is the cheaper way), so the bench
+opens its channels itself, with a subchannel pool each, and sends the client's own Chat request as
+bytes.  The daemons are bench/http_front.py's lean ones; the upstream's CPU is left out.
 
 Run: .venv/bin/python bench/processes.py [--processes 2 --clients 32 --seconds 3 --rounds 3]
 """
@@ -26,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from http_front import free_port, start_daemon, stop
-from http_throughput import Call, grpc_call, http_call, measure, wait_ready
+import grpc
+import grpc.aio
+from http_front import MESSAGES, free_port, start_daemon, stop
+from http_throughput import Call, http_call, measure, wait_ready
 
-from ratatoskr_client import AsyncServiceClient
+from ratatoskr_client import convert
+from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2
+from ratatoskr_client.types import ChatOptions, Message
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,6 +54,23 @@ def start_set(count: int, upstream_url: str, workdir: Path) -> tuple[list[subpro
         socket_path = workdir / f"p{count}-{i}.sock"  # each daemon keeps its own Unix socket
         procs.append(start_daemon(socket_path, upstream_url, http_port, settings))
     return procs, grpc_port, http_port
+
+
+def chat_bytes() -> bytes:
+    """The Chat request the client sends for http_front's messages to ``up/bench``."""
+    return gateway_pb2.ChatRequest(
+        messages=[convert.message_to_pb(Message(m["role"], m["content"])) for m in MESSAGES],
+        options=convert.chat_options_to_pb(ChatOptions(model="up/bench")),
+    ).SerializeToString()
+
+
+def grpc_chat(channel: grpc.aio.Channel, request: bytes) -> Call:
+    method = channel.unary_unary("/ratatoskr.v1.Gateway/Chat")  # bytes in, bytes out
+
+    async def call() -> None:
+        await method(request, timeout=60)
+
+    return call
 
 
 def turns(calls: list[Call]) -> Call:
@@ -84,6 +108,8 @@ def main() -> int:
         for daemons, _, _ in sets.values():
             procs += daemons
 
+        request = chat_bytes()
+
         async def run() -> dict[str, dict[str, float]]:
             connector = aiohttp.TCPConnector(limit=args.clients, limit_per_host=args.clients)
             timeout = aiohttp.ClientTimeout(total=60)
@@ -97,11 +123,12 @@ def main() -> int:
                     pids = tuple(d.pid for d in daemons)
                     targets[f"{n} process(es), HTTP front"] = http_call(session, url, "up/bench")
                     servers[f"{n} process(es), HTTP front"] = pids
+                    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel
                     channels = [
-                        await stack.enter_async_context(AsyncServiceClient(f"127.0.0.1:{grpc_port}", timeout=60))
+                        await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}", options))
                         for _ in range(args.channels)
                     ]
-                    targets[f"{n} process(es), gRPC TCP"] = turns([grpc_call(c) for c in channels])
+                    targets[f"{n} process(es), gRPC TCP"] = turns([grpc_chat(c, request) for c in channels])
                     servers[f"{n} process(es), gRPC TCP"] = pids
                 return await measure(targets, servers, args)
 

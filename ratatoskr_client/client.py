@@ -71,13 +71,10 @@ SPILLED_KEY = "x-ratatoskr-spilled"
 #: what the daemon's setting and the caller's key allow.
 PRIVACY_TIER_KEY = "x-ratatoskr-privacy-tier"
 
-#: Embedding responses for big batches exceed gRPC's 4 MiB default.  Each client keeps its own
-#: connection (gRPC otherwise shares one among all channels to a target in the process), so clients
-#: spread over daemons sharing a port (``server.reuse_port``) instead of all landing on one.
+#: Embedding responses for big batches exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
