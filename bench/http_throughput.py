@@ -168,6 +168,20 @@ async def measure(
     return out
 
 
+def print_figures(figures: dict[str, dict[str, float]], ratios: dict[str, float], server: str) -> None:
+    """One line per target (``server`` names whose CPU it is), then the ratios."""
+    width = max(map(len, figures))
+    for name, f in figures.items():
+        rate, p50, p99, cpu = f["calls_per_s"], f["p50_ms"], f["p99_ms"], f["server_cpu_ms_per_call"]
+        print(
+            f"  {name:{width}s} {rate:9.1f} calls/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   "
+            f"{server} CPU {cpu:6.3f} ms/call"
+        )
+    width = max(map(len, ratios), default=0)
+    for name, ratio in ratios.items():
+        print(f"  {name:{width}s} {ratio:6.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -228,14 +242,7 @@ def main() -> int:
                 f"{args.rounds} rounds x {args.seconds:g} s per target, "
                 f"closed loop, one chat per call (cpus: {os.cpu_count()})"
             )
-            for name, f in figures.items():
-                rate, p50, p99, cpu = f["calls_per_s"], f["p50_ms"], f["p99_ms"], f["server_cpu_ms_per_call"]
-                print(
-                    f"  {name:18s} {rate:9.1f} calls/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   "
-                    f"server CPU {cpu:6.3f} ms/call"
-                )
-            for name, ratio in ratios.items():
-                print(f"  {name:34s} {ratio:6.3f}")
+            print_figures(figures, ratios, "server")
             if litellm is None:
                 print(f"  litellm proxy: not run ({LITELLM} is missing)")
     finally:

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,13 @@ from typing import Any
 import aiohttp
 import grpc
 import grpc.aio
+from chat_overhead import spawn_helper
 from http_front import MESSAGES, free_port, start_daemon, stop
-from http_throughput import Call, http_call, measure, wait_ready
+from http_throughput import Call, http_call, measure, print_figures, wait_ready
 
 from ratatoskr_client import convert
 from ratatoskr_client._proto.ratatoskr.v1 import gateway_pb2
 from ratatoskr_client.types import ChatOptions, Message
-
-HERE = Path(__file__).resolve().parent
 
 
 def start_set(count: int, upstream_url: str, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
@@ -98,12 +96,9 @@ def main() -> int:
     procs: list[subprocess.Popen[Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="rt-procs-", dir="/tmp"))
     try:
-        upstream = subprocess.Popen(
-            [sys.executable, str(HERE / "chat_overhead.py"), "--serve-upstream"], stdout=subprocess.PIPE, text=True
-        )
+        upstream, port = spawn_helper("--serve-upstream")
         procs.append(upstream)
-        assert upstream.stdout is not None
-        upstream_url = f"http://127.0.0.1:{upstream.stdout.readline().strip()}"
+        upstream_url = f"http://127.0.0.1:{port}"
         sets = {n: start_set(n, upstream_url, workdir) for n in (1, args.processes)}
         for daemons, _, _ in sets.values():
             procs += daemons
@@ -147,14 +142,7 @@ def main() -> int:
                 f"{args.clients} concurrent clients, {args.rounds} rounds x {args.seconds:g} s per target, "
                 f"closed loop, one chat per call; gRPC over {args.channels} channels (cpus: {os.cpu_count()})"
             )
-            for name, f in figures.items():
-                rate, p50, p99, cpu = f["calls_per_s"], f["p50_ms"], f["p99_ms"], f["server_cpu_ms_per_call"]
-                print(
-                    f"  {name:28s} {rate:9.1f} calls/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   "
-                    f"daemons' CPU {cpu:6.3f} ms/call"
-                )
-            for name, ratio in ratios.items():
-                print(f"  {name:44s} {ratio:6.3f}")
+            print_figures(figures, ratios, "daemons'")
     finally:
         for proc in reversed(procs):
             stop(proc)
