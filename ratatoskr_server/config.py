@@ -66,7 +66,7 @@ class ServerSettings(_Section):
     reuse_port: bool = Field(
         default=False,
         description="Several daemons of this user may listen on the same TCP ports (tcp_port, http_front.port); "
-        "the kernel spreads connections among them. Each needs its own socket_path.",
+        "the kernel spreads connections among them. Each needs its own socket_path and metrics.port.",
     )
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: TCP speaks TLS.")
     tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")

@@ -73,6 +73,7 @@ _RESTART_PREFIXES = (
     "server.tcp_enabled",
     "server.tcp_host",
     "server.tcp_port",
+    "server.reuse_port",
     "server.tls_",
     "server.max_receive_message_mb",
     "server.max_send_message_mb",
