@@ -258,7 +258,8 @@ def test_watch_redraws_until_told_to_stop_and_survives_a_daemon_going_away(watch
 
 
 def test_the_watch_command_runs_until_ctrl_c(watched: DaemonProcess) -> None:
-    env = clean_env(TTY_COMPATIBLE="1", COLUMNS=str(WIDTH), LINES="60")
+    # faulthandler: should it ever hang after Ctrl-C, SIGABRT below prints where every thread stands.
+    env = clean_env(TTY_COMPATIBLE="1", COLUMNS=str(WIDTH), LINES="60", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -293,7 +294,14 @@ def test_the_watch_command_runs_until_ctrl_c(watched: DaemonProcess) -> None:
         assert seen.wait(60), b"".join(chunks).decode(errors="replace")
     finally:
         proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.stderr is not None
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        raise AssertionError("still running 30 s after Ctrl-C:\n" + proc.stderr.read().decode()) from None
+    assert code == 0, proc.stderr.read().decode()
     reader.join(timeout=10)
     assert MODEL.encode() in b"".join(chunks)
 
