@@ -24,12 +24,17 @@ def ordered_secrets(secrets: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
 
 
+#: The shortest text ``_KEY_SHAPES`` can match ("Bearer" and a space and eight characters; "sk-",
+#: "hf_" and twelve): a shorter text is not searched (most of a log line's fields are short).
+_SHORTEST_SHAPE = 15
+
+
 def scrub_ordered(text: str, secrets: tuple[str, ...]) -> str:
     """``scrub`` with secrets already put in order by ``ordered_secrets``."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return _KEY_SHAPES.sub(MASK, text)
+    return _KEY_SHAPES.sub(MASK, text) if len(text) >= _SHORTEST_SHAPE else text
 
 
 #: Header and query-parameter names whose values are credentials (Authorization, api-key, X-Token, sig…).

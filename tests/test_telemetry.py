@@ -44,6 +44,20 @@ def test_configured_secrets_and_key_shapes_are_masked() -> None:
     assert lines[1]["authorization"] == MASK and lines[1]["note"] == f"key={MASK}"
 
 
+@pytest.mark.parametrize(
+    "shortest", ["sk-" + "a" * 12, "hf_" + "a" * 12, "rtk_" + "a" * 12, "Bearer " + "a" * 8, "bearer\t" + "a" * 8]
+)
+def test_the_shortest_key_shapes_are_masked_in_every_field(shortest: str) -> None:
+    # Texts shorter than the shortest key shape are not searched: these are the shapes at that length.
+    logger, stream = _capture([])
+    logger.info(shortest, extra={"field": shortest, "nested": {"inner": [shortest]}, "count": 3, "ratio": 0.5})
+    line = json.loads(stream.getvalue())
+    assert shortest not in stream.getvalue()
+    assert line["msg"] == line["field"] == line["nested"]["inner"][0] == MASK
+    assert (line["count"], line["ratio"]) == (3, 0.5)
+    assert scrub(shortest[:-1]) == shortest[:-1]  # one character short is no key
+
+
 def test_daemon_log_never_contains_a_configured_key(model_root: Path) -> None:
     d = DaemonProcess(
         model_root,

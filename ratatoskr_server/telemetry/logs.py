@@ -21,6 +21,8 @@ from ratatoskr_server.context import RequestContext
 from ratatoskr_server.redact import ordered_secrets, scrub_ordered
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+#: Field types that cannot hold a secret.
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 #: A W3C traceparent: version, trace id, parent span id, flags.
@@ -72,9 +74,13 @@ class Redactor(logging.Filter):
             record.exc_info = None
         elif record.exc_text:
             record.exc_text = self.scrub(record.exc_text)
+        secrets = self.secrets
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD:
-                setattr(record, key, self._deep(value))
+            if key in _STANDARD or type(value) in _PLAIN:
+                continue
+            clean = scrub_ordered(value, secrets) if type(value) is str else self._deep(value)
+            if clean is not value:  # most fields hold nothing to mask: left as they are
+                setattr(record, key, clean)
         return True
 
 
@@ -83,6 +89,8 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         #: The last second formatted, and its text: lines come many to a second.
         self._second: tuple[int, str] = (-1, "")
+        #: ``json.dumps(..., default=str)`` would build an encoder for every line.
+        self._encode = json.JSONEncoder(default=str).encode
 
     def _timestamp(self, record: logging.LogRecord) -> str:
         second = int(record.created)
@@ -104,7 +112,7 @@ class JsonFormatter(logging.Formatter):
             data["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             data["exc"] = record.exc_text
-        return json.dumps(data, default=str)
+        return self._encode(data)
 
 
 class TextFormatter(logging.Formatter):
