@@ -26,6 +26,12 @@ TINY_NLI = "tiny-nli"
 TINY_NLI_LABELS = ["contradiction", "entailment", "neutral"]
 REPO = Path(__file__).resolve().parent.parent
 
+# A shell without job control starts background commands with SIGINT ignored, and every process
+# they start inherits that: a suite run so (a CI runner, `make test &`) would send Ctrl-C to CLI
+# children that cannot hear it.  The suite and its children take SIGINT as at a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def _toml_key(key: str) -> str:
     """A key as TOML spells it: bare when it can be, quoted otherwise (``"llamacpp/*"``)."""
