@@ -132,6 +132,33 @@ async def test_concurrent_reserves_on_two_connections_never_pass_the_limit(tmp_p
         await b.close()
 
 
+async def test_a_failing_ledger_job_leaves_nothing_alone_or_in_a_shared_commit(tmp_path: Path) -> None:
+    """Each job is atomic: alone in its transaction, or beside others in one group commit."""
+    ledger = SqliteBudgetLedger(tmp_path / "l.db")
+
+    def writes(scope: str, fails: bool = False) -> Any:
+        def job(db: sqlite3.Connection) -> str:
+            db.execute("INSERT INTO spend (scope, window, nanos) VALUES (?, 'w', 1)", (scope,))
+            if fails:
+                raise RuntimeError(f"{scope} failed after writing")
+            return scope
+
+        return job
+
+    try:
+        with pytest.raises(RuntimeError, match="alone failed"):
+            await ledger._submit(writes("alone", fails=True))
+        assert await ledger._submit(writes("after")) == "after"  # the ledger goes on
+        # Submitted together, these share one transaction (one flush takes all that are pending).
+        shared = [ledger._submit(writes(s, fails=s == "middle")) for s in ("first", "middle", "last")]
+        outcomes = await asyncio.gather(*shared, return_exceptions=True)
+        assert outcomes[0] == "first" and outcomes[2] == "last" and isinstance(outcomes[1], RuntimeError)
+    finally:
+        await ledger.close()
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert sorted(r[0] for r in db.execute("SELECT scope FROM spend")) == ["after", "first", "last"]
+
+
 async def test_a_crashed_daemons_reservations_lapse_and_spend_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     ledger = SqliteBudgetLedger(path)

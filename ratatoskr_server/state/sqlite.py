@@ -5,8 +5,8 @@ never waits on the disk and statements never interleave.  WAL lets readers (``ra
 run beside the writer.  Every reserve and settle runs inside a ``BEGIN IMMEDIATE`` transaction,
 which takes the write lock before reading, so two reserves (of this daemon or another process on
 the same file) cannot both see the same room; those that arrive while one transaction runs share
-the next (group commit: one thread hop and one commit for all, each in its own savepoint, in
-order), which keeps the latency of many concurrent calls near that of one.  Amounts are integer
+the next (group commit: one thread hop and one commit for all, each in its own savepoint when
+there are several, in order), which keeps the latency of many concurrent calls near that of one.  Amounts are integer
 nano-dollars: no float ever touches money.
 
 Reservations carry an expiry: a daemon that died before settling leaves rows that stop counting
@@ -121,14 +121,23 @@ class SqliteBudgetLedger:
         db.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for job in jobs:
-                db.execute("SAVEPOINT job")
+            if len(jobs) == 1:
+                # Alone in its transaction, a job needs no savepoint (two statements fewer, the usual
+                # case at a low rate): when it fails, the whole transaction is rolled back.
                 try:
-                    outcomes.append((True, job(db)))
+                    outcomes.append((True, jobs[0](db)))
                 except Exception as err:
-                    db.execute("ROLLBACK TO job")
-                    outcomes.append((False, err))
-                db.execute("RELEASE job")
+                    db.execute("ROLLBACK")
+                    return [(False, err)]
+            else:
+                for job in jobs:
+                    db.execute("SAVEPOINT job")
+                    try:
+                        outcomes.append((True, job(db)))
+                    except Exception as err:
+                        db.execute("ROLLBACK TO job")
+                        outcomes.append((False, err))
+                    db.execute("RELEASE job")
         except BaseException:
             db.execute("ROLLBACK")
             raise
