@@ -107,7 +107,12 @@ def timing_from_pb(t: types_pb2.Timing) -> Timing:
     )
 
 
+_NO_NOTES = Notes()
+
+
 def notes_to_pb(n: Notes) -> types_pb2.Notes:
+    if n == _NO_NOTES:  # most answers: nothing to build field by field
+        return types_pb2.Notes()
     pb = types_pb2.Notes(
         dropped_parameters=n.dropped_parameters,
         budget_warning=n.budget_warning,
@@ -547,7 +552,7 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
             types_pb2.ResponseFormat(
                 type=_FORMATS[f.type],
                 schema_name=f.schema_name,
-                json_schema=_dict_to_struct(f.json_schema),
+                json_schema=None if f.json_schema is None else _dict_to_struct(f.json_schema),  # None stays None
                 strict=f.strict,
             )
         )
@@ -559,7 +564,29 @@ def chat_options_to_pb(o: ChatOptions) -> types_pb2.ChatOptions:
     return pb
 
 
+#: ChatOptions fields whose wire value is the domain value as it is (scalars; "optional" ones are
+#: listed only when set, as None-when-unset wants).
+_PLAIN_OPTIONS = frozenset(
+    {
+        "model",
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "top_k",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "parallel_tool_calls",
+        "context_strategy",
+        "stream_failover",
+    }
+)
+
+
 def chat_options_from_pb(pb: types_pb2.ChatOptions) -> ChatOptions:
+    given = pb.ListFields()  # only what the caller set, in one call
+    if all(descriptor.name in _PLAIN_OPTIONS for descriptor, _ in given):  # the usual request: nothing to convert
+        return ChatOptions(**{descriptor.name: value for descriptor, value in given})
     choice: ToolChoice | None = None
     which = pb.tool_choice.WhichOneof("choice") if pb.HasField("tool_choice") else None
     if which == "function":
