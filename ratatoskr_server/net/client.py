@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from json import dumps as json_dumps
+from json import JSONEncoder
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
@@ -47,6 +47,8 @@ class RequestOptions(TypedDict, total=False):
     content: bytes
 
 
+#: httpx's JSON body encoding, as one kept encoder (``json.dumps`` with these arguments builds one per call).
+_encode_json = JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 #: Parsed URLs kept per client; adapters call a handful, but a model name can sit in a path.
 _MAX_URLS = 256
 #: Methods httpx gives a ``Content-Length: 0`` when they carry no body.
@@ -112,7 +114,7 @@ class UpstreamClient:
         json, content = options.get("json"), options.get("content")
         body: list[tuple[bytes, bytes]] = []
         if json is not None:
-            content = json_dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            content = _encode_json(json).encode()
             body = [(b"Content-Length", str(len(content)).encode()), (b"Content-Type", b"application/json")]
         elif content is not None:
             body = [(b"Content-Length", str(len(content)).encode())]
