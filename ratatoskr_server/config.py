@@ -152,7 +152,7 @@ class CallerSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics; off, calls do not record them either.")
     host: str = "127.0.0.1"
     port: int = Field(default=9742, ge=0, le=65535, description="Prometheus endpoint; 0 picks a free port.")
 

@@ -249,7 +249,7 @@ class Daemon:
         self._ready_sent = False
         #: Command-line settings (serve --socket/--tcp/--log-format); a reload keeps them.
         self.overrides = dict(overrides or {})
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(enabled=settings.metrics.enabled)
         self.tracing = tracing or Tracing.from_settings(settings.tracing)
         self.edge = Edge(self.metrics, settings.server.max_in_flight, self.tracing)
         self.gateway = Gateway.from_settings(settings, self.metrics, tracing=self.tracing, local=local)

@@ -208,7 +208,7 @@ class Gateway:
         """The usual parts: an inference executor, a separate loader executor, the pool, the registry,
         and the Redis stores when ``state.backend = "redis"``; ``local``: executors and pool built already
         (the daemon's, loading its preload models early; see local/parts.py)."""
-        metrics = metrics or Metrics()
+        metrics = metrics or Metrics(enabled=settings.metrics.enabled)
         local = local or LocalParts.from_settings(settings)
         registry = ModelRegistry.embedded()
         load_live(registry, settings.registry.cache_file.expanduser())

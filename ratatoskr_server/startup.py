@@ -55,7 +55,7 @@ async def _run_daemon(settings: Settings, path: Path | None, overrides: dict[str
     from ratatoskr_server.telemetry.pool import PoolTelemetry
     from ratatoskr_server.telemetry.tracing import Tracing
 
-    metrics = Metrics()
+    metrics = Metrics(enabled=settings.metrics.enabled)
     tracing = Tracing.from_settings(settings.tracing)
     local = LocalParts.from_settings(settings, PoolTelemetry(metrics, tracing))
     await local.pool.begin_loading(settings.local.preload)

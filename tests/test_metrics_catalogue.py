@@ -163,3 +163,28 @@ async def test_the_pool_and_batches_move_their_metrics(gw: EmbeddedGateway) -> N
     assert await gw.unload_model(MODEL)
     assert _value(gw, "ratatoskr_pool_models_loaded") == 0
     assert _value(gw, "ratatoskr_pool_memory_mb") == 0
+
+
+async def test_metrics_off_record_nothing_and_calls_still_answer(
+    model_root: Path, upstream: Upstream, tmp_path: Path
+) -> None:
+    """metrics.enabled = false: nothing serves them, so a call records none (and answers the same)."""
+    config = _settings(model_root, upstream, tmp_path)
+    config["metrics"] = {"enabled": False}
+    g = EmbeddedGateway(load_settings(**config))
+    try:
+        result = await g.chat(HI, ChatOptions(model=KNOWN, max_tokens=10))
+        assert result.usage.completion_tokens == openai_double.USAGE["completion_tokens"]
+        assert [e async for e in g.chat_stream(HI, ChatOptions(model=KNOWN))][-1].finish_reason == "stop"
+        assert (await g.embed(["one"])).dimension > 0
+        samples = [(m.name, s) for m in g.metrics.registry.collect() for s in m.samples]
+        moved = {name for name, s in samples if s.value and not s.name.endswith("_created")}
+        # Only the pool's state, set when a model loads (not per call), is kept.
+        assert moved == {
+            "ratatoskr_model_load_seconds",
+            "ratatoskr_pool_memory_budget_mb",
+            "ratatoskr_pool_memory_mb",
+            "ratatoskr_pool_models_loaded",
+        }
+    finally:
+        await g.close()

@@ -39,10 +39,34 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
+class _Muted:
+    """A labelled child that records nothing: what ``Metrics.child`` hands out when metrics are off."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        return None
+
+    def dec(self, amount: float = 1) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def observe(self, amount: float) -> None:
+        return None
+
+
+_MUTED = _Muted()
+
+
 class Metrics:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, enabled: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._clock = clock
+        #: Off (``metrics.enabled = false``: nothing serves them), the per-call metrics, which all go
+        #: through ``child``, record nothing: a call does not pay for numbers nobody can read.
+        self.enabled = enabled
         #: Which model names get a label of their own (configured or catalogued ones; set by the
         #: gateway that knows them); None: the first MAX_MODEL_LABELS names seen.
         self.model_filter: Callable[[str], bool] | None = None
@@ -277,6 +301,8 @@ class Metrics:
         """``metric.labels(*values)`` (values in the order of its label names), kept: ``labels()``
         takes a lock and builds its key on every call, a few microseconds each, several per call.
         Only for label values that are bounded already (model labels, rpc names, providers)."""
+        if not self.enabled:
+            return _MUTED  # type: ignore[return-value]  # records nothing, whatever the metric's kind
         key = (id(metric), values)
         found = self._children.get(key)
         if found is None:
