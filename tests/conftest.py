@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,13 @@ def run_ratatoskr(*args: str, timeout: float = 120) -> subprocess.CompletedProce
         env=clean_env(),
         cwd=REPO,
     )
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bound to find it, then released): nothing listens there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def short_dir() -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from ratatoskr_client.types import ChatOptions, ContentDelta, Done, Message, UsageEvent
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, free_port
 from tests.upstreams.harness import Handler, Upstream, serve
 
 QUESTION = [Message("user", "What is the capital of France?")]
@@ -65,9 +64,7 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def llama_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     log = log_path.open("wb")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -47,6 +46,7 @@ from ratatoskr_client.types import (
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.providers.anthropic import AnthropicProvider
 from ratatoskr_server.redact import MASK
+from tests.conftest import free_port
 from tests.upstreams import anthropic_double as double
 from tests.upstreams.harness import Upstream, serve
 
@@ -373,9 +373,7 @@ async def test_cancel_closes_the_upstream_stream(provider: AnthropicProvider, up
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_connection_refused_is_unavailable(stream: bool) -> None:
-    with socket.socket() as s:  # a port that was just free and has no listener
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     p = make_provider(f"http://127.0.0.1:{port}/v1")
     try:
         err = await _fail(p, "text", stream)

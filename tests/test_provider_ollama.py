@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from ratatoskr_client.types import (
 from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.providers.capabilities import Capability
 from ratatoskr_server.providers.ollama import OllamaProvider
+from tests.conftest import free_port
 from tests.upstreams import ollama_double
 from tests.upstreams.harness import Upstream, serve
 from tests.upstreams.ollama_double import MIDSTREAM_ERROR, PROMPT_EVAL_COUNT, TEXT, THINKING, TOOL_CALL, WORDS
@@ -89,14 +89,6 @@ def last_body(upstream: Upstream, path: str) -> dict[str, Any]:
     assert bodies, f"nothing was sent to {path}"
     body: dict[str, Any] = bodies[-1]
     return body
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound to find it free, then released."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_declares_what_the_native_api_carries() -> None:
@@ -271,7 +263,7 @@ async def test_list_models_reads_tags(provider: OllamaProvider, upstream: Upstre
 
 
 async def test_not_running_says_so() -> None:
-    base_url = f"http://127.0.0.1:{closed_port()}"
+    base_url = f"http://127.0.0.1:{free_port()}"
     provider = make_provider(base_url)
     try:
         for call in (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -39,6 +38,7 @@ from ratatoskr_server.config import HttpSettings, ProviderSettings
 from ratatoskr_server.providers.openai_compat import OpenAICompatProvider
 from ratatoskr_server.providers.scrub import REDACTED, Scrubber, scrub_events
 from ratatoskr_server.redact import MASK
+from tests.conftest import free_port
 from tests.upstreams import openai_double
 from tests.upstreams.harness import Upstream, serve
 
@@ -235,9 +235,7 @@ async def test_cancel_closes_the_upstream_connection(provider: OpenAICompatProvi
 
 
 async def test_unreachable_upstream_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nobody listens there
+    port = free_port()  # closed again: nobody listens there
     p = OpenAICompatProvider(
         "vllm", ProviderSettings(kind="openai_compat", base_url=f"http://127.0.0.1:{port}/v1"), HttpSettings()
     )

@@ -3,23 +3,16 @@ connections among them (how a host with many cores runs one daemon per core behi
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
 
 from ratatoskr_client import ServiceClient
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, free_port
 
 #: Each try is a new TCP connection, which the kernel hashes to one of two listeners: 40 tries all
 #: landing on one daemon has odds of 2**-39.
 TRIES = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _pid_behind(address: str) -> int:
@@ -28,7 +21,7 @@ def _pid_behind(address: str) -> int:
 
 
 def test_daemons_with_reuse_port_share_the_grpc_and_http_ports(model_root: Path) -> None:
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     shared = {
         "server": {"tcp_port": grpc_port, "reuse_port": True},
         "http_front": {"enabled": True, "port": http_port},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from ratatoskr_server.config import HttpSettings
 from ratatoskr_server.net.aio import _mapped
 from ratatoskr_server.net.client import UpstreamClient
 from ratatoskr_server.net.http import build_client
+from tests.conftest import free_port
 from tests.upstreams.harness import Upstream, serve
 
 
@@ -168,9 +168,7 @@ async def test_a_body_left_half_read_frees_its_connection_and_slot(upstream: Ups
 
 
 async def test_a_refused_connection_is_a_connect_error(settings: HttpSettings) -> None:
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     async with build_client(settings, base_url=f"http://127.0.0.1:{port}/v1", headers={}) as client:
         with pytest.raises(httpx.ConnectError) as refused:
             await client.get("/echo")
