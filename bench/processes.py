@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -73,12 +74,10 @@ def grpc_chat(channel: grpc.aio.Channel, request: bytes) -> Call:
 
 def turns(calls: list[Call]) -> Call:
     """One call that goes to each of ``calls`` in turn (the clients take turns on the channels)."""
-    state = {"next": 0}
+    following = itertools.cycle(calls)
 
     async def call() -> None:
-        i = state["next"]
-        state["next"] = (i + 1) % len(calls)
-        await calls[i]()
+        await next(following)()
 
     return call
 

@@ -64,8 +64,9 @@ class Metrics:
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, enabled: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._clock = clock
-        #: Off (``metrics.enabled = false``: nothing serves them), the per-call metrics, which all go
-        #: through ``child``, record nothing: a call does not pay for numbers nobody can read.
+        #: Off (``metrics.enabled = false``: nothing serves them), what goes through ``child`` (every
+        #: per-call metric but the in-flight gauge) records nothing: a call does not pay for numbers
+        #: nobody can read.
         self.enabled = enabled
         #: Which model names get a label of their own (configured or catalogued ones; set by the
         #: gateway that knows them); None: the first MAX_MODEL_LABELS names seen.
